@@ -1,0 +1,22 @@
+// Runtime choice of the CPU vector path. The package is compiled for baseline
+// x86-64; vector kernels are compiled per function with target attributes and
+// chosen here, so one wheel runs on any x86-64 CPU.
+//
+// FASTDL_ISA=scalar|avx2|avx512 (read at import) forces a path; tests switch
+// paths with fastdl._C.set_cpu_isa to cover every path the machine has.
+#pragma once
+
+#include <string>
+
+namespace fastdl {
+
+enum class CpuIsa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+// avx2 means AVX2+FMA; avx512 means AVX-512 F/BW/VL/DQ.
+CpuIsa best_cpu_isa();
+CpuIsa cpu_isa();
+// Throws (ValueError) for an unknown name or a path this CPU lacks.
+void set_cpu_isa(const std::string& name);
+const char* cpu_isa_name(CpuIsa isa);
+
+}  // namespace fastdl

@@ -1,0 +1,35 @@
+"""Helpers shared by every op wrapper in fastdl.ops."""
+
+import torch
+
+from .. import _C
+
+SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def check_device(op: str, **tensors: torch.Tensor) -> None:
+    """Fail clearly before dispatch when the tensors' devices can't be served.
+
+    The dispatcher would otherwise pick a kernel by the "highest" device among the
+    arguments and fail with a message that names neither the op's arguments nor the
+    cause (for example a build without CUDA kernels).
+    """
+    (first_name, first), *rest = tensors.items()
+    for name, tensor in rest:
+        if tensor.device != first.device:
+            raise RuntimeError(
+                f"fastdl.{op}: {first_name} and {name} must be on the same device, "
+                f"got {first.device} and {tensor.device}"
+            )
+    device_type = first.device.type
+    if device_type not in SUPPORTED_DEVICE_TYPES and device_type != "meta":
+        raise RuntimeError(
+            f"fastdl.{op}: {first_name} must be on one of {', '.join(SUPPORTED_DEVICE_TYPES)}, "
+            f"got {first.device}"
+        )
+    if device_type == "cuda" and not _C.cuda_compiled:
+        raise RuntimeError(
+            f"fastdl.{op}: {first_name} is on {first.device}, but this fastdl build has no CUDA "
+            "kernels (built with FASTDL_CUDA=0, or without nvcc / a CUDA torch); rebuild with "
+            "FASTDL_CUDA=1"
+        )
