@@ -1,0 +1,1 @@
+"""Benchmark cases and timing shared by ``benchmarks/`` and ``python -m fastdl``."""

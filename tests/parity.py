@@ -1,0 +1,20 @@
+"""Helpers to compare fastdl ops with their reference op."""
+
+import torch
+
+from conftest import TOLERANCES
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, **overrides) -> None:
+    """torch.testing.assert_close with the dtype's tolerance from conftest.TOLERANCES."""
+    tolerance = dict(TOLERANCES.get(expected.dtype, {}), **overrides)
+    torch.testing.assert_close(actual, expected, **tolerance)
+
+
+def assert_same_indices(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Integer results (indices) must match exactly, in order."""
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.device == expected.device, (actual.device, expected.device)
+    assert torch.equal(actual.cpu(), expected.cpu()), (
+        f"\nfastdl:    {actual.tolist()[:50]}\nreference: {expected.tolist()[:50]}"
+    )
