@@ -13,27 +13,20 @@ TOLERANCES = {
     torch.float16: dict(rtol=1e-3, atol=1e-3),
 }
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-    ),
-]
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 _ISA_ORDER = ["scalar", "avx2", "avx512"]
 CPU_ISAS = _ISA_ORDER[: _ISA_ORDER.index(fastdl._C.best_cpu_isa()) + 1]
 
 
-@pytest.fixture(params=DEVICES)
+@pytest.fixture(params=[pytest.param(("cpu", isa), id=f"cpu-{isa}") for isa in CPU_ISAS]
+                + [pytest.param(("cuda", None), id="cuda", marks=requires_cuda)])
 def device(request):
-    return torch.device(request.param)
-
-
-@pytest.fixture(params=CPU_ISAS)
-def cpu_isa(request):
-    """Run the test once per CPU vector path this machine has."""
+    """The device to test on. On CPU the test runs once per vector path this machine
+    has (scalar, avx2, avx512), so every kernel path is covered."""
+    device_type, isa = request.param
     previous = fastdl._C.cpu_isa()
-    fastdl._C.set_cpu_isa(request.param)
-    yield request.param
+    if isa is not None:
+        fastdl._C.set_cpu_isa(isa)
+    yield torch.device(device_type)
     fastdl._C.set_cpu_isa(previous)

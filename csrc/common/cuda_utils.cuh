@@ -1,0 +1,33 @@
+// Small helpers shared by the CUDA kernels.
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+namespace fastdl::cuda {
+
+// Default block size for one-thread-per-element kernels.
+constexpr int kThreadsPerBlock = 256;
+constexpr unsigned kFullWarpMask = 0xffffffffu;
+
+// Dynamic shared memory a block may use without opting in per kernel
+// (cudaFuncSetAttribute), on every architecture we build for.
+constexpr size_t kDefaultSharedMemoryBytes = 48 * 1024;
+
+template <typename T>
+__host__ __device__ constexpr T ceil_div(T a, T b) {
+  return (a + b - 1) / b;
+}
+
+// Grid size for `n` elements at `threads` per block; grid.x is limited to 2^31 - 1.
+inline unsigned grid_for(int64_t n, int threads = kThreadsPerBlock) {
+  const int64_t blocks = ceil_div<int64_t>(n, threads);
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fastdl: ", n,
+              " elements exceed the CUDA grid size limit");
+  return static_cast<unsigned>(blocks > 0 ? blocks : 1);
+}
+
+}  // namespace fastdl::cuda
