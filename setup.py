@@ -68,7 +68,10 @@ def extension():
     # Portable by default: no -march=native. Vector code is compiled per function
     # with target attributes and chosen at run time (csrc/common/cpu_isa.h).
     # -ffp-contract=off: no implicit FMA, so vector and scalar paths round alike.
-    cxx_flags = ["-O3", "-fvisibility=hidden", "-ffp-contract=off"]
+    # -fopenmp: at::parallel_for is a header template; without it the kernels compile
+    # to serial loops. libgomp resolves to the copy torch already loaded.
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-ffp-contract=off", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     macros = []
     if not with_cuda:
         return CppExtension(
@@ -77,6 +80,7 @@ def extension():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=macros,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
     macros.append(("FASTDL_WITH_CUDA", "1"))
     return CUDAExtension(
@@ -90,6 +94,7 @@ def extension():
             # the math allows (NMS IoU divides exactly as torchvision does).
             "nvcc": ["-O3", "-lineinfo"],
         },
+        extra_link_args=link_flags,
     )
 
 

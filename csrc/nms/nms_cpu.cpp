@@ -30,8 +30,12 @@
 namespace fastdl::nms_cpu {
 namespace {
 
-constexpr int64_t kBlock = 256;
-static_assert(kBlock % kBoxesPerWord == 0, "blocks must end on a word boundary");
+// Boxes decided per block. Each block costs one parallel region (a fork/join), so
+// blocks grow with N to keep the number of regions at most kMaxBlocks; the serial
+// in-block work is then about 1/kMaxBlocks of the total.
+constexpr int64_t kMinBlock = 256;
+constexpr int64_t kMaxBlocks = 8;
+static_assert(kMinBlock % kBoxesPerWord == 0, "blocks must end on a word boundary");
 // 64 words = 1024 boxes x 5 arrays x 4 bytes = 20 KB: fits L1 with room to spare.
 constexpr int64_t kWordsPerChunk = 64;
 // Below this many pivot x word steps a sweep is cheaper than waking threads.
@@ -104,16 +108,14 @@ SortedBoxes<T> gather_sorted(const T* boxes, const std::vector<int32_t>& order,
   T* base = storage.data_ptr<T>();
   T *x1 = base, *y1 = base + stride, *x2 = base + 2 * stride, *y2 = base + 3 * stride,
     *area = base + 4 * stride;
-  at::parallel_for(0, n, 4096, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = lo; k < hi; ++k) {
-      const T* box = boxes + 4 * static_cast<int64_t>(order[k]);
-      x1[k] = box[0];
-      y1[k] = box[1];
-      x2[k] = box[2];
-      y2[k] = box[3];
-      area[k] = box_area(box[0], box[1], box[2], box[3]);
-    }
-  });
+  for (int64_t k = 0; k < n; ++k) {
+    const T* box = boxes + 4 * static_cast<int64_t>(order[k]);
+    x1[k] = box[0];
+    y1[k] = box[1];
+    x2[k] = box[2];
+    y2[k] = box[3];
+    area[k] = box_area(box[0], box[1], box[2], box[3]);
+  }
   return {x1, y1, x2, y2, area};
 }
 
@@ -139,10 +141,11 @@ void greedy_nms(CpuIsa isa, const SortedBoxes<T>& all, int64_t begin, int64_t co
                          all.area + begin};
   const int64_t num_words = (count + kBoxesPerWord - 1) / kBoxesPerWord;
   std::vector<SuppressionWord> words(num_words, 0);
+  const int64_t block_words = std::max(kMinBlock / kBoxesPerWord, (num_words + kMaxBlocks - 1) / kMaxBlocks);
+  const int64_t block_size = block_words * kBoxesPerWord;
   std::vector<int32_t> pivots;
-  pivots.reserve(kBlock);
-  for (int64_t block_begin = 0; block_begin < count; block_begin += kBlock) {
-    const int64_t block_end = std::min(count, block_begin + kBlock);
+  for (int64_t block_begin = 0; block_begin < count; block_begin += block_size) {
+    const int64_t block_end = std::min(count, block_begin + block_size);
     const int64_t block_end_word = (block_end + kBoxesPerWord - 1) / kBoxesPerWord;
     pivots.clear();
     for (int32_t i = static_cast<int32_t>(block_begin); i < block_end; ++i) {

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <tuple>
 #include <type_traits>
 
 #include "common/box_math.h"
@@ -66,7 +67,7 @@ struct MaskLayout {
   const int64_t* tile_end;
   int row_blocks;
 
-  __host__ __device__ int64_t first_tile(int rb) const {
+  __device__ int64_t first_tile(int rb) const {
     if constexpr (kBatched) {
       return rb == 0 ? 0 : tile_end[rb - 1];
     } else {
@@ -96,7 +97,8 @@ struct MaskLayout {
       // first_tile(r) <= tile  <=>  r <= (b - sqrt(b^2 - 8 tile)) / 2 with b = 2R + 1;
       // the integer discriminant is exact in double, the steps below fix rounding.
       const int64_t b = 2 * static_cast<int64_t>(row_blocks) + 1;
-      rb = static_cast<int>((static_cast<double>(b) - sqrt(static_cast<double>(b * b - 8 * tile))) / 2);
+      const double root = sqrt(static_cast<double>(b * b - 8 * tile));
+      rb = static_cast<int>((static_cast<double>(b) - root) / 2);
       rb = max(0, min(rb, row_blocks - 1));
       while (rb > 0 && first_tile(rb) > tile) --rb;
       while (rb + 1 < row_blocks && first_tile(rb + 1) <= tile) ++rb;
@@ -196,13 +198,15 @@ __global__ void __launch_bounds__(kReduceThreads)
       if (rb + 1 < row_blocks) load_diagonal(rb + 1, next_lo, next_hi);
 
       const int rows = min(n - rb * kTile, kTile);
-      uint64_t candidates = ~removed[rb] & (rows == kTile ? ~uint64_t(0) : (uint64_t(1) << rows) - 1);
+      const uint64_t valid = rows == kTile ? ~uint64_t(0) : (uint64_t(1) << rows) - 1;
+      uint64_t candidates = ~removed[rb] & valid;
       uint64_t keep = 0;
       while (candidates != 0) {
         const int bit = __ffsll(static_cast<long long>(candidates)) - 1;
         keep |= uint64_t(1) << bit;
         // Uniform across the warp: every lane tracks the same candidates.
-        const uint64_t suppressed = __shfl_sync(cuda::kFullWarpMask, bit < 32 ? diag_lo : diag_hi, bit % 32);
+        const uint64_t suppressed =
+            __shfl_sync(cuda::kFullWarpMask, bit < 32 ? diag_lo : diag_hi, bit % 32);
         candidates &= candidates - 1;
         candidates &= ~suppressed;
       }
@@ -274,11 +278,11 @@ at::Tensor greedy_nms(const at::Tensor& boxes, double iou_threshold, MaskLayout<
   auto* mask_words = reinterpret_cast<uint64_t*>(mask.mutable_data_ptr<int64_t>());
   TORCH_CHECK(num_tiles <= std::numeric_limits<int32_t>::max(), "fastdl: too many boxes for the ",
               "CUDA NMS mask grid (", n, ")");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastdl_nms_mask", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "fastdl_nms", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     nms_mask_kernel<scalar_t, kBatched><<<static_cast<unsigned>(num_tiles), kTile, 0, stream>>>(
-        boxes.const_data_ptr<scalar_t>(), n, threshold_for<acc_t>(iou_threshold), layout, segment_end,
-        mask_words);
+        boxes.const_data_ptr<scalar_t>(), n, threshold_for<acc_t>(iou_threshold), layout,
+        segment_end, mask_words);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 
@@ -286,29 +290,33 @@ at::Tensor greedy_nms(const at::Tensor& boxes, double iou_threshold, MaskLayout<
   // when it fits.
   const size_t bitset_bytes = static_cast<size_t>(row_blocks) * sizeof(uint64_t);
   const bool bitset_in_shared = bitset_bytes + sizeof(uint64_t) <= cuda::kDefaultSharedMemoryBytes;
-  at::Tensor global_removed;
-  if (!bitset_in_shared) global_removed = at::empty({row_blocks}, long_options);
+  uint64_t* global_removed = nullptr;
+  at::Tensor global_bitset;
+  if (!bitset_in_shared) {
+    global_bitset = at::empty({row_blocks}, long_options);
+    global_removed = reinterpret_cast<uint64_t*>(global_bitset.mutable_data_ptr<int64_t>());
+  }
   at::Tensor out = at::empty({n}, long_options);
   at::Tensor count = at::empty({}, long_options);
-  nms_reduce_kernel<kBatched>
-      <<<1, kReduceThreads, sizeof(uint64_t) + (bitset_in_shared ? bitset_bytes : 0), stream>>>(
-          mask_words, layout, n,
-          bitset_in_shared ? nullptr : reinterpret_cast<uint64_t*>(global_removed.mutable_data_ptr<int64_t>()),
-          out_map.const_data_ptr<int64_t>(), out.mutable_data_ptr<int64_t>(),
-          count.mutable_data_ptr<int64_t>());
+  const size_t shared_bytes = sizeof(uint64_t) + (bitset_in_shared ? bitset_bytes : 0);
+  nms_reduce_kernel<kBatched><<<1, kReduceThreads, shared_bytes, stream>>>(
+      mask_words, layout, n, global_removed, out_map.const_data_ptr<int64_t>(),
+      out.mutable_data_ptr<int64_t>(), count.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out.narrow(0, 0, count.item<int64_t>());
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
   check_nms_inputs("nms", boxes, scores, nullptr, iou_threshold);
-  check_dtype("nms", "boxes", boxes, {c10::kFloat, c10::kDouble, c10::kHalf, c10::kBFloat16}, " on CUDA");
+  check_dtype("nms", "boxes", boxes, {c10::kFloat, c10::kDouble, c10::kHalf, c10::kBFloat16},
+              " on CUDA");
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
 
-  // Stable descending sort: NaN first, ties by lower index, as the CPU kernel.
-  const at::Tensor order = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+  // Stable descending sort: NaN first, ties by lower index, the CPU kernel's order.
+  const at::Tensor order =
+      std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
   const at::Tensor sorted_boxes = boxes.index_select(0, order).contiguous();
   const int row_blocks = static_cast<int>(ceil_div<int64_t>(n, kTile));
   const MaskLayout<false> layout{nullptr, row_blocks};
@@ -316,11 +324,11 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
   return greedy_nms(sorted_boxes, iou_threshold, layout, num_tiles, nullptr, order);
 }
 
-at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
-                            double iou_threshold) {
+at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
+                            const at::Tensor& idxs, double iou_threshold) {
   check_nms_inputs("batched_nms", boxes, scores, &idxs, iou_threshold);
-  check_dtype("batched_nms", "boxes", boxes, {c10::kFloat, c10::kDouble, c10::kHalf, c10::kBFloat16},
-              " on CUDA");
+  check_dtype("batched_nms", "boxes", boxes,
+              {c10::kFloat, c10::kDouble, c10::kHalf, c10::kBFloat16}, " on CUDA");
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
@@ -334,7 +342,8 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
       at::sort(idxs.index_select(0, score_order), /*stable=*/true, /*dim=*/0, /*descending=*/false);
   const at::Tensor& classes = std::get<0>(class_sort);
   const at::Tensor& by_class = std::get<1>(class_sort);
-  const at::Tensor sorted_boxes = boxes.index_select(0, score_order.index_select(0, by_class)).contiguous();
+  const at::Tensor order = score_order.index_select(0, by_class);
+  const at::Tensor sorted_boxes = boxes.index_select(0, order).contiguous();
 
   const int row_blocks = static_cast<int>(ceil_div<int64_t>(n, kTile));
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -346,15 +355,16 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
         tiles.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  // The mask holds only the tiles within class segments; sizing it takes the total
-  // on the host.
+  // The mask holds only tiles within class segments, so its size follows the class
+  // sizes rather than N^2; reading the tile total costs one small sync.
   const at::Tensor tile_end = at::cumsum(tiles, 0);
   const int64_t num_tiles = tile_end.select(0, row_blocks - 1).item<int64_t>();
   const MaskLayout<true> layout{tile_end.const_data_ptr<int64_t>(), row_blocks};
-  const at::Tensor kept_ranks =
-      greedy_nms(sorted_boxes, iou_threshold, layout, num_tiles, segment_end.const_data_ptr<int>(), by_class);
+  const at::Tensor kept_ranks = greedy_nms(sorted_boxes, iou_threshold, layout, num_tiles,
+                                           segment_end.const_data_ptr<int>(), by_class);
   // Kept boxes come out class by class; ascending score rank is the output order.
-  return score_order.index_select(0, std::get<0>(at::sort(kept_ranks, /*dim=*/0, /*descending=*/false)));
+  const at::Tensor ranks = std::get<0>(at::sort(kept_ranks, /*dim=*/0, /*descending=*/false));
+  return score_order.index_select(0, ranks);
 }
 
 }  // namespace
