@@ -8,12 +8,36 @@ Environment:
 
 import glob
 import os
+import shutil
 import sys
 import sysconfig
 
-from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-import torch
+
+def locate_cuda_home() -> None:
+    """Set CUDA_HOME to a real toolkit before torch.utils.cpp_extension reads it.
+
+    torch derives CUDA_HOME from the nvcc on PATH; a wrapper script there (e.g.
+    /usr/local/bin/nvcc exec'ing the toolkit's nvcc) makes it /usr/local, which has no
+    CUDA headers or libcudart, and the link fails.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if os.path.isfile(os.path.join(home, "bin", "nvcc")) and os.path.isfile(
+            os.path.join(home, "include", "cuda_runtime.h")
+        ):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+locate_cuda_home()
+
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
