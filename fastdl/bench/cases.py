@@ -30,11 +30,15 @@ class Case:
         return f"{self.op}: {self.name}"
 
 
+class ReferenceUnavailable(RuntimeError):
+    """The reference op lives in a package that is not installed."""
+
+
 def _torchvision_ops():
     try:
         import torchvision.ops
     except ImportError as e:  # an optional dependency: only the comparison needs it
-        raise RuntimeError("the NMS reference is torchvision; install it to compare") from e
+        raise ReferenceUnavailable("torchvision is not installed (pip install torchvision)") from e
     return torchvision.ops
 
 

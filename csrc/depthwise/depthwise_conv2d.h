@@ -1,0 +1,44 @@
+// Shared pieces of the depthwise convolution ops: the geometry of one call and
+// the argument checks. Output channel oc reads input channel oc / multiplier.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <cstdint>
+
+#include "common/host_device.h"
+
+namespace fastdl::depthwise {
+
+// Output length of a convolution along one dimension (PyTorch's formula).
+FASTDL_HOST_DEVICE int64_t conv_output_size(int64_t input, int64_t kernel, int64_t stride,
+                                            int64_t padding, int64_t dilation) {
+  return (input + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1;
+}
+
+struct Geometry {
+  int64_t batch, channels, multiplier;  // out_channels = channels * multiplier
+  int64_t in_h, in_w, out_h, out_w;
+  int64_t kernel_h, kernel_w;
+  int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+
+  int64_t out_channels() const { return channels * multiplier; }
+};
+
+// Checks input (N, C, H, W), weight (C * m, 1, kH, kW), optional bias (C * m,),
+// stride/padding/dilation (2 values each, stride and dilation >= 1, padding >= 0),
+// dtypes and devices, and that the output is not empty; returns the geometry.
+Geometry check_forward_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                            const at::Tensor* bias, c10::IntArrayRef stride,
+                            c10::IntArrayRef padding, c10::IntArrayRef dilation);
+
+// The same for the backward op, plus grad_output's shape against the geometry.
+Geometry check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                             const at::Tensor& weight, c10::IntArrayRef stride,
+                             c10::IntArrayRef padding, c10::IntArrayRef dilation);
+
+// Layout the output takes: channels_last when the input is (PyTorch's rule).
+bool use_channels_last(const at::Tensor& input);
+
+}  // namespace fastdl::depthwise
