@@ -34,6 +34,7 @@ def _load_extension():
 _C, build_info = _load_extension()
 
 from . import ops  # noqa: E402  (registers fake kernels; needs _C loaded first)
+from . import nn  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ops", "build_info", "__version__"]
+__all__ = ["ops", "nn", "build_info", "__version__"]

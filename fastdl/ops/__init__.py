@@ -1,5 +1,6 @@
 """Functional API over the compiled ops (``torch.ops.fastdl.*``)."""
 
+from .depthwise_conv2d import depthwise_conv2d
 from .nms import batched_nms, nms
 
-__all__ = ["nms", "batched_nms"]
+__all__ = ["nms", "batched_nms", "depthwise_conv2d"]

@@ -33,3 +33,11 @@ def check_device(op: str, **tensors: torch.Tensor) -> None:
             "kernels (built with FASTDL_CUDA=0, or without nvcc / a CUDA torch); rebuild with "
             "FASTDL_CUDA=1"
         )
+
+
+def pair(op: str, name: str, value) -> list[int]:
+    """An int or a pair of ints as a two-element list (the ops' int[2] arguments)."""
+    values = [value, value] if isinstance(value, int) else list(value)
+    if len(values) != 2 or not all(isinstance(v, int) for v in values):
+        raise ValueError(f"fastdl.{op}: {name} must be an int or a pair of ints, got {value!r}")
+    return values

@@ -1,0 +1,413 @@
+// CPU depthwise convolution: layout handling, work split and ISA dispatch around
+// the kernels of depthwise_conv2d_cpu_kernels.inc.
+//
+// NCHW: one task per (image, input channel). The input plane is copied once into
+// a zero-padded buffer split into stride_w column phases (prepare_plane), then
+// every output channel of that input channel is computed from it with contiguous
+// vector loads: no im2col, no bounds checks in the inner loop, any stride.
+//   grad_input: the transposed convolution, i.e. the same kernel with the flipped
+//   filter at stride 1 over grad_output spread out by the stride (zeros between).
+//   grad_weight/bias: one task per input channel, summing over images in order:
+//   deterministic, no atomics.
+// Channels last (multiplier 1): vectorised across channels, one task per output
+// row; grad_weight splits channels across tasks, again deterministic. Channels
+// last with a multiplier > 1 runs the NCHW kernels on an NCHW copy.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/cpu_isa.h"
+#include "depthwise/depthwise_conv2d.h"
+#include "depthwise/depthwise_conv2d_cpu_kernels.h"
+
+namespace fastdl::depthwise {
+namespace {
+
+// Widest vector any ISA loads past the end of a prepared row.
+constexpr int64_t kMaxVectorWidth = 16;
+// Channels per grad_weight task in channels last: a multiple of every vector width.
+constexpr int64_t kChannelsPerTask = 16;
+
+// Calls fn(kernels) with the kernel set of the current ISA (float64 always scalar).
+template <typename T, typename Fn>
+void with_kernels(Fn&& fn) {
+  if constexpr (std::is_same_v<T, float>) {
+    const CpuIsa isa = cpu_isa();
+    if (isa == CpuIsa::avx512) return fn(Avx512Kernels{});
+    if (isa == CpuIsa::avx2) return fn(Avx2Kernels{});
+  }
+  fn(ScalarKernels{});
+}
+
+// Layout of a prepared plane for a stride-`stride_w` convolution producing
+// out_h x out_w outputs with the given kernel and dilation.
+struct PreparedLayout {
+  int64_t rows, phases, phase_width, size;
+  std::vector<int64_t> tap_offset;
+  PlaneConv conv;
+
+  PreparedLayout(int64_t out_h, int64_t out_w, int64_t kernel_h, int64_t kernel_w,
+                 int64_t stride_h, int64_t stride_w, int64_t dilation_h, int64_t dilation_w) {
+    rows = (out_h - 1) * stride_h + (kernel_h - 1) * dilation_h + 1;
+    phases = stride_w;
+    phase_width = out_w + (kernel_w - 1) * dilation_w / stride_w + kMaxVectorWidth;
+    size = phases * rows * phase_width;
+
+    for (int64_t kh = 0; kh < kernel_h; ++kh)
+      for (int64_t kw = 0; kw < kernel_w; ++kw) {
+        const int64_t x = kw * dilation_w;  // padded column of output 0's tap
+        tap_offset.push_back((x % stride_w) * rows * phase_width + kh * dilation_h * phase_width +
+                             x / stride_w);
+      }
+    conv = {out_h, out_w, kernel_h * kernel_w, kernel_h, kernel_w, stride_h * phase_width,
+            tap_offset.data()};
+  }
+  PreparedLayout(const PreparedLayout&) = delete;
+};
+
+// Writes `src` (src_h x src_w) into `dst` as laid out by `layout`: source (r, c)
+// goes to padded position (pad_top + r * spread_h, pad_left + c * spread_w); all
+// else is zero. Padding may be negative (the source is then cropped).
+template <typename T, typename Kernels>
+void prepare_plane(Kernels kernels, const PreparedLayout& layout, const T* src, int64_t src_h,
+                   int64_t src_w, int64_t pad_top, int64_t pad_left, int64_t spread_h,
+                   int64_t spread_w, T* dst) {
+  const int64_t width = layout.phase_width, phases = layout.phases, rows = layout.rows;
+  // Rows no source row lands on are all padding.
+  const int64_t y_first = std::max<int64_t>(pad_top, 0), y_end = std::min(rows, pad_top + (src_h - 1) * spread_h + 1);
+  for (int64_t q = 0; q < phases; ++q) {
+    T* phase = dst + q * rows * width;
+    std::fill(phase, phase + std::max<int64_t>(y_first, 0) * width, T(0));
+    if (y_end < rows) std::fill(phase + std::max(y_end, y_first) * width, phase + rows * width, T(0));
+  }
+  for (int64_t y = y_first; y < y_end; ++y) {
+    const int64_t r = (y - pad_top) / spread_h;
+    const bool has_source = (y - pad_top) % spread_h == 0;
+    const T* src_row = src + r * src_w;
+    if (!has_source) {
+      for (int64_t q = 0; q < phases; ++q) std::fill_n(dst + (q * rows + y) * width, width, T(0));
+    } else if (spread_w == 1 && phases == 1) {
+      // The padded row: zeros, the source (cropped to the row), zeros.
+      T* row = dst + y * width;
+      const int64_t first = std::max<int64_t>(0, -pad_left);
+      const int64_t last = std::max(first, std::min<int64_t>(src_w, width - pad_left));
+      std::fill(row, row + std::max<int64_t>(pad_left + first, 0), T(0));
+      std::memcpy(row + pad_left + first, src_row + first, (last - first) * sizeof(T));
+      std::fill(row + pad_left + last, row + width, T(0));
+    } else if (spread_w == 1 && phases == 2 && pad_left >= 0) {
+      // Stride 2: source column c lands in phase (c + pad_left) % 2, slot
+      // (c + pad_left) / 2, so pairs of source columns split into both phases at
+      // once with vector shuffles.
+      T* even = dst + y * width;
+      T* odd = dst + (rows + y) * width;
+      T* first_phase = pad_left % 2 == 0 ? even : odd;
+      T* second_phase = pad_left % 2 == 0 ? odd : even;
+      const int64_t first_slot = pad_left / 2, second_slot = (pad_left + 1) / 2;
+      const int64_t pairs = std::max<int64_t>(0, std::min(src_w / 2, width - second_slot));
+      std::fill(even, even + width, T(0));
+      std::fill(odd, odd + width, T(0));
+      kernels.deinterleave2(src_row, pairs, first_phase + first_slot, second_phase + second_slot);
+      for (int64_t c = 2 * pairs; c < src_w; ++c) {
+        const int64_t x = c + pad_left;
+        if (x / 2 < width) (x % 2 == 0 ? even : odd)[x / 2] = src_row[c];
+      }
+    } else {
+      // General: phase q holds padded columns x = q + i * phases; fetch the source
+      // column landing in each slot, if any.
+      for (int64_t q = 0; q < phases; ++q) {
+        T* dst_row = dst + (q * rows + y) * width;
+        for (int64_t i = 0, x = q; i < width; ++i, x += phases) {
+          const int64_t offset = x - pad_left;  // spread_w * source column, if it is one
+          const int64_t c = offset / spread_w;
+          dst_row[i] = offset >= 0 && offset % spread_w == 0 && c < src_w ? src_row[c] : T(0);
+        }
+      }
+    }
+  }
+}
+
+// Reusable per-task scratch buffer.
+template <typename T>
+T* scratch(std::vector<T>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
+// Weight (C, 1, kH, kW) -> (kH * kW, C), the channels-last kernels' order.
+at::Tensor taps_by_channel(const at::Tensor& weight) {
+  return weight.reshape({weight.size(0), -1}).t().contiguous();
+}
+
+ChannelsLastConv channels_last_conv(const Geometry& g) {
+  return {g.in_h,     g.in_w,     g.out_h,    g.out_w,    g.channels,   g.channels,   g.kernel_h,
+          g.kernel_w, g.stride_h, g.stride_w, g.pad_h,    g.pad_w,      g.dilation_h, g.dilation_w};
+}
+
+// ---------------------------------------------------------------- forward
+
+template <typename T>
+void forward_nchw(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  const PreparedLayout layout(g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
+                              g.dilation_h, g.dilation_w);
+  const T* in = input.const_data_ptr<T>();
+  const T* w = weight.const_data_ptr<T>();
+  const T* b = bias ? bias->const_data_ptr<T>() : nullptr;
+  T* o = out.mutable_data_ptr<T>();
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w, taps = layout.conv.taps;
+  at::parallel_for(0, g.batch * g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer;
+    T* prepared = scratch(buffer, layout.size);
+    with_kernels<T>([&](auto kernels) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / g.channels, c = task % g.channels;
+        prepare_plane(kernels, layout, in + task * in_plane, g.in_h, g.in_w, g.pad_h, g.pad_w, 1, 1, prepared);
+        for (int64_t k = 0; k < g.multiplier; ++k) {
+          const int64_t oc = c * g.multiplier + k;
+          kernels.forward_plane(layout.conv, prepared, w + oc * taps, b ? b[oc] : T(0), false,
+                                o + (n * g.out_channels() + oc) * out_plane);
+        }
+      }
+    });
+  });
+}
+
+template <typename T>
+void forward_channels_last(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  const ChannelsLastConv conv = channels_last_conv(g);
+  const at::Tensor w = taps_by_channel(weight);
+  const T* in = input.const_data_ptr<T>();
+  const T* b = bias ? bias->const_data_ptr<T>() : nullptr;
+  T* o = out.mutable_data_ptr<T>();
+  const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
+  at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+    with_kernels<T>([&](auto kernels) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / g.out_h, ho = row % g.out_h;
+        kernels.forward_rows_cl(conv, in + n * in_image, w.const_data_ptr<T>(), b, ho, ho + 1,
+                                o + n * out_image);
+      }
+    });
+  });
+}
+
+at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                                c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  const char* op = "depthwise_conv2d";
+  const Geometry g = check_forward_args(op, input, weight, bias ? &*bias : nullptr, stride,
+                                        padding, dilation);
+  check_dtype(op, "input", input, {c10::kFloat, c10::kDouble}, " on CPU");
+  const bool channels_last = use_channels_last(input);
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor out = at::empty({g.batch, g.out_channels(), g.out_h, g.out_w}, input.options(), format);
+  if (g.batch == 0) return out;
+  const at::Tensor w = weight.contiguous();
+  const std::optional<at::Tensor> b = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastdl_depthwise_conv2d_cpu", [&] {
+    if (channels_last && g.multiplier == 1) {
+      forward_channels_last<scalar_t>(g, input.contiguous(format), w, b, out);
+    } else if (channels_last) {
+      at::Tensor nchw_out = at::empty_like(out, at::MemoryFormat::Contiguous);
+      forward_nchw<scalar_t>(g, input.contiguous(), w, b, nchw_out);
+      out.copy_(nchw_out);
+    } else {
+      forward_nchw<scalar_t>(g, input.contiguous(), w, b, out);
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------- backward
+
+template <typename T>
+void input_grad_nchw(const Geometry& g, const at::Tensor& grad_out, const at::Tensor& weight,
+                     at::Tensor& grad_in) {
+  // grad_in(y, x) = sum_t w[t] * U(y + pad - k * d), U = grad_out spread by the
+  // stride: a stride-1 convolution with the flipped filter over U placed at
+  // (d * (k - 1) - pad) -- negative when the padding exceeds the kernel's reach.
+  const PreparedLayout layout(g.in_h, g.in_w, g.kernel_h, g.kernel_w, 1, 1, g.dilation_h,
+                              g.dilation_w);
+  const int64_t taps = layout.conv.taps;
+  std::vector<T> flipped(g.out_channels() * taps);
+  const T* w = weight.const_data_ptr<T>();
+  for (int64_t oc = 0; oc < g.out_channels(); ++oc)
+    std::reverse_copy(w + oc * taps, w + (oc + 1) * taps, flipped.begin() + oc * taps);
+  const T* go = grad_out.const_data_ptr<T>();
+  T* gi = grad_in.mutable_data_ptr<T>();
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const int64_t top = g.dilation_h * (g.kernel_h - 1) - g.pad_h;
+  const int64_t left = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
+  at::parallel_for(0, g.batch * g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer;
+    T* prepared = scratch(buffer, layout.size);
+    with_kernels<T>([&](auto kernels) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / g.channels, c = task % g.channels;
+        for (int64_t k = 0; k < g.multiplier; ++k) {
+          const int64_t oc = c * g.multiplier + k;
+          prepare_plane(kernels, layout, go + (n * g.out_channels() + oc) * out_plane, g.out_h, g.out_w,
+                        top, left, g.stride_h, g.stride_w, prepared);
+          kernels.forward_plane(layout.conv, prepared, flipped.data() + oc * taps, T(0), k > 0,
+                                gi + task * in_plane);
+        }
+      }
+    });
+  });
+}
+
+template <typename T>
+void weight_grad_nchw(const Geometry& g, const at::Tensor& grad_out, const at::Tensor& input,
+                      at::Tensor* grad_weight, at::Tensor* grad_bias) {
+  const PreparedLayout layout(g.out_h, g.out_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
+                              g.dilation_h, g.dilation_w);
+  const T* go = grad_out.const_data_ptr<T>();
+  const T* in = input.const_data_ptr<T>();
+  T* gw = grad_weight ? grad_weight->mutable_data_ptr<T>() : nullptr;
+  T* gb = grad_bias ? grad_bias->mutable_data_ptr<T>() : nullptr;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w, taps = layout.conv.taps;
+  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer;
+    T* prepared = scratch(buffer, layout.size);
+    with_kernels<T>([&](auto kernels) {
+      for (int64_t c = begin; c < end; ++c) {
+        for (int64_t n = 0; n < g.batch; ++n) {
+          if (gw != nullptr)
+            prepare_plane(kernels, layout, in + (n * g.channels + c) * in_plane, g.in_h, g.in_w, g.pad_h,
+                          g.pad_w, 1, 1, prepared);
+          for (int64_t k = 0; k < g.multiplier; ++k) {
+            const int64_t oc = c * g.multiplier + k;
+            const T* go_plane = go + (n * g.out_channels() + oc) * out_plane;
+            if (gw != nullptr) kernels.weight_grad_plane(layout.conv, prepared, go_plane, gw + oc * taps);
+            if (gb != nullptr) gb[oc] += kernels.sum(go_plane, out_plane);
+          }
+        }
+      }
+    });
+  });
+}
+
+template <typename T>
+void input_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
+                              const at::Tensor& weight, at::Tensor& grad_in) {
+  const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
+  const T* go = grad_out.const_data_ptr<T>();
+  T* gi = grad_in.mutable_data_ptr<T>();
+  ChannelsLastConv conv = channels_last_conv(g);
+  at::Tensor w = taps_by_channel(weight);
+  const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
+  if (unit_stride) {
+    // The transposed convolution at stride 1 is a convolution of grad_out with the
+    // flipped filter and padding d * (k - 1) - p: the fast forward kernel applies.
+    w = w.flip(0).contiguous();
+    conv = {g.out_h, g.out_w, g.in_h, g.in_w, g.channels, g.channels, g.kernel_h, g.kernel_w, 1, 1,
+            g.dilation_h * (g.kernel_h - 1) - g.pad_h, g.dilation_w * (g.kernel_w - 1) - g.pad_w,
+            g.dilation_h, g.dilation_w};
+  }
+  at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
+    with_kernels<T>([&](auto kernels) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / g.in_h, ih = row % g.in_h;
+        if (unit_stride)
+          kernels.forward_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(), nullptr, ih,
+                                  ih + 1, gi + n * in_image);
+        else
+          kernels.input_grad_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(), ih, ih + 1,
+                                     gi + n * in_image);
+      }
+    });
+  });
+}
+
+template <typename T>
+void weight_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
+                               const at::Tensor& input, at::Tensor* grad_weight,
+                               at::Tensor* grad_bias) {
+  // Accumulated as (taps, C) so each task owns a slice of channels across every
+  // image and row: no reduction between tasks, the same sums whatever the threads.
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  at::Tensor gw_taps = at::zeros({taps, g.channels}, input.options());
+  const T* go = grad_out.const_data_ptr<T>();
+  const T* in = input.const_data_ptr<T>();
+  T* gw = gw_taps.mutable_data_ptr<T>();
+  T* gb = grad_bias ? grad_bias->mutable_data_ptr<T>() : nullptr;
+  const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
+  const int64_t tasks = (g.channels + kChannelsPerTask - 1) / kChannelsPerTask;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    with_kernels<T>([&](auto kernels) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t c = task * kChannelsPerTask;
+        ChannelsLastConv conv = channels_last_conv(g);
+        conv.channels = std::min(kChannelsPerTask, g.channels - c);
+        for (int64_t n = 0; n < g.batch; ++n)
+          kernels.weight_grad_rows_cl(conv, in + n * in_image + c, go + n * out_image + c, 0,
+                                      g.out_h, gw + c, gb ? gb + c : nullptr);
+      }
+    });
+  });
+  if (grad_weight != nullptr) grad_weight->copy_(gw_taps.t().reshape(grad_weight->sizes()));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+    std::array<bool, 3> output_mask) {
+  const Geometry g = check_backward_args(grad_output, input, weight, stride, padding, dilation);
+  check_dtype("depthwise_conv2d_backward", "input", input, {c10::kFloat, c10::kDouble}, " on CPU");
+  const bool channels_last = use_channels_last(input);
+  const bool cl_kernels = channels_last && g.multiplier == 1;
+  const auto in_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto work_format = cl_kernels ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options(), in_format);
+  if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
+  if (output_mask[2]) grad_bias = at::zeros({g.out_channels()}, weight.options());
+  if (g.batch == 0) {
+    if (grad_input.defined()) grad_input.zero_();
+    return {grad_input, grad_weight, grad_bias};
+  }
+  const at::Tensor go = grad_output.contiguous(work_format);
+  const at::Tensor in = input.contiguous(work_format);
+  const at::Tensor w = weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastdl_depthwise_conv2d_backward_cpu", [&] {
+    if (grad_input.defined()) {
+      at::Tensor target = cl_kernels || !channels_last ? grad_input : at::empty_like(in);
+      if (cl_kernels)
+        input_grad_channels_last<scalar_t>(g, go, w, target);
+      else
+        input_grad_nchw<scalar_t>(g, go, w, target);
+      if (!target.is_same(grad_input)) grad_input.copy_(target);
+    }
+    if (grad_weight.defined() || grad_bias.defined()) {
+      at::Tensor* gw = grad_weight.defined() ? &grad_weight : nullptr;
+      at::Tensor* gb = grad_bias.defined() ? &grad_bias : nullptr;
+      if (cl_kernels)
+        weight_grad_channels_last<scalar_t>(g, go, in, gw, gb);
+      else
+        weight_grad_nchw<scalar_t>(g, go, in, gw, gb);
+    }
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+}  // namespace fastdl::depthwise
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+  m.impl("depthwise_conv2d", &fastdl::depthwise::depthwise_conv2d_cpu);
+  m.impl("depthwise_conv2d_backward", &fastdl::depthwise::depthwise_conv2d_backward_cpu);
+}

@@ -1,0 +1,95 @@
+// The inner loops of the CPU depthwise convolution, compiled once per ISA
+// (depthwise_conv2d_cpu_{scalar,avx2,avx512}.cpp include depthwise_conv2d_cpu_kernels.inc
+// under that ISA's target) and chosen at run time by depthwise_conv2d_cpu.cpp.
+//
+// NCHW kernels work on one plane whose input was copied into a zero-padded buffer
+// split into `stride_w` column phases, so every tap of every output row is a
+// contiguous run of inputs: any stride, dilation and padding vectorise along W.
+// Channels-last kernels vectorise along C.
+#pragma once
+
+#include <cstdint>
+
+namespace fastdl::depthwise {
+
+// One output plane from a prepared input plane. Tap t = kh * kernel_w + kw of output
+// (ho, wo) reads prepared[ho * stride_h * row_stride + tap_offset[t] + wo].
+struct PlaneConv {
+  int64_t out_h, out_w;
+  int64_t taps;        // kernel_h * kernel_w
+  int64_t kernel_h, kernel_w;  // picks an unrolled kernel for 3x3, 5x5, 7x7
+  int64_t row_step;    // stride_h * row_stride
+  const int64_t* tap_offset;
+};
+
+// One image in NHWC, multiplier 1; weights are (taps, C), bias (C). The kernels
+// handle `channels` channels starting at the pointers they get, with pixels (and
+// weight taps) `channel_stride` elements apart, so a caller can split channels.
+struct ChannelsLastConv {
+  int64_t in_h, in_w, out_h, out_w, channels, channel_stride;
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+};
+
+// Member list of each ISA's kernel set, for one element type T.
+#define FASTDL_DEPTHWISE_KERNEL_LIST(T)                                                     \
+  /* out = (accumulate ? out : bias) + sum over taps of weight[t] * input */               \
+  static void forward_plane(const PlaneConv& g, const T* prepared, const T* weight, T bias,  \
+                            bool accumulate, T* out);                                      \
+  /* grad_weight[t] += sum over outputs of grad_out * input at tap t */                     \
+  static void weight_grad_plane(const PlaneConv& g, const T* prepared, const T* grad_out,    \
+                                T* grad_weight);                                           \
+  static T sum(const T* data, int64_t n);                                                  \
+  /* even[i] = src[2i], odd[i] = src[2i + 1] for i < count */                              \
+  static void deinterleave2(const T* src, int64_t count, T* even, T* odd);                 \
+  /* Output rows [begin, end) of one image; bias may be null. */                            \
+  static void forward_rows_cl(const ChannelsLastConv& g, const T* input, const T* weight,    \
+                              const T* bias, int64_t begin, int64_t end, T* out);           \
+  /* Input-gradient rows [begin, end) of one image. */                                      \
+  static void input_grad_rows_cl(const ChannelsLastConv& g, const T* grad_out,               \
+                                 const T* weight, int64_t begin, int64_t end, T* grad_in);  \
+  /* grad_weight (taps, C) and grad_bias (C, may be null) += contributions of output rows   \
+     [begin, end) of one image. */                                                         \
+  static void weight_grad_rows_cl(const ChannelsLastConv& g, const T* input,                 \
+                                  const T* grad_out, int64_t begin, int64_t end,             \
+                                  T* grad_weight, T* grad_bias);
+
+struct ScalarKernels {
+  FASTDL_DEPTHWISE_KERNEL_LIST(float)
+  FASTDL_DEPTHWISE_KERNEL_LIST(double)
+};
+struct Avx2Kernels {
+  FASTDL_DEPTHWISE_KERNEL_LIST(float)
+};
+struct Avx512Kernels {
+  FASTDL_DEPTHWISE_KERNEL_LIST(float)
+};
+
+// Defines `Set`'s members for T by forwarding to the templates of the ISA
+// namespace `impl` (in an ISA translation unit, after the kernels are included).
+#define FASTDL_DEPTHWISE_DEFINE_KERNELS(Set, impl, T)                                         \
+  void Set::forward_plane(const PlaneConv& g, const T* prepared, const T* weight, T bias,     \
+                          bool accumulate, T* out) {                                          \
+    impl::forward_plane<T>(g, prepared, weight, bias, accumulate, out);                       \
+  }                                                                                           \
+  void Set::weight_grad_plane(const PlaneConv& g, const T* prepared, const T* grad_out,       \
+                              T* grad_weight) {                                               \
+    impl::weight_grad_plane<T>(g, prepared, grad_out, grad_weight);                           \
+  }                                                                                           \
+  T Set::sum(const T* data, int64_t n) { return impl::sum<T>(data, n); }                      \
+  void Set::deinterleave2(const T* src, int64_t count, T* even, T* odd) {                     \
+    impl::deinterleave2<T>(src, count, even, odd);                                            \
+  }                                                                                           \
+  void Set::forward_rows_cl(const ChannelsLastConv& g, const T* input, const T* weight,       \
+                            const T* bias, int64_t begin, int64_t end, T* out) {              \
+    impl::forward_rows_cl<T>(g, input, weight, bias, begin, end, out);                        \
+  }                                                                                           \
+  void Set::input_grad_rows_cl(const ChannelsLastConv& g, const T* grad_out, const T* weight, \
+                               int64_t begin, int64_t end, T* grad_in) {                      \
+    impl::input_grad_rows_cl<T>(g, grad_out, weight, begin, end, grad_in);                    \
+  }                                                                                           \
+  void Set::weight_grad_rows_cl(const ChannelsLastConv& g, const T* input, const T* grad_out, \
+                                int64_t begin, int64_t end, T* grad_weight, T* grad_bias) {   \
+    impl::weight_grad_rows_cl<T>(g, input, grad_out, begin, end, grad_weight, grad_bias);     \
+  }
+
+}  // namespace fastdl::depthwise

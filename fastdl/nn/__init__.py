@@ -1,0 +1,5 @@
+"""Drop-in ``torch.nn`` layers backed by fastdl kernels."""
+
+from .depthwise import DepthwiseConv2d
+
+__all__ = ["DepthwiseConv2d"]
