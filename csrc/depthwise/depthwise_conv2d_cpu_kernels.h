@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "depthwise/depthwise_conv2d.h"
+
 namespace fastdl::depthwise {
 
 // One output plane from a prepared input plane. Tap t = kh * kernel_w + kw of output

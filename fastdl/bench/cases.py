@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .. import ops
 from .inputs import detection_boxes
@@ -74,6 +75,86 @@ def _batched_nms_case(n: int, num_classes: int, threshold: float, default: bool 
     )
 
 
+def _outputs_close(actual, expected) -> bool:
+    """Float results (a tensor or a tuple of them) agree to float32 rounding."""
+    if isinstance(actual, torch.Tensor):
+        actual, expected = (actual,), (expected,)
+    return all(
+        torch.allclose(a.float(), e.float(), rtol=1e-3, atol=1e-3 * max(1.0, e.abs().max().item()))
+        for a, e in zip(actual, expected)
+    )
+
+
+def _forward_and_backward(conv):
+    """conv's forward then the gradients of all inputs, as one timed call."""
+
+    def run(x, weight, bias, grad_out, *args):
+        out = conv(x, weight, bias, *args)
+        return torch.autograd.grad(out, (x, weight, bias), grad_out)
+
+    return run
+
+
+def _depthwise_case(model: str, batch: int, channels: int, size: int, kernel: int, stride: int,
+                    channels_last: bool, backward: bool, default: bool = False) -> Case:
+    padding = kernel // 2
+
+    def make_inputs(device):
+        g = torch.Generator().manual_seed(channels * size + kernel)
+        x = torch.randn(batch, channels, size, size, generator=g).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(channels, 1, kernel, kernel, generator=g).to(device)
+        bias = torch.randn(channels, generator=g).to(device)
+        if not backward:
+            return x, weight, bias, stride, padding
+        out_size = (size + 2 * padding - kernel) // stride + 1
+        grad_out = torch.randn(batch, channels, out_size, out_size, generator=g).to(device)
+        if channels_last:
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        return (x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), grad_out,
+                stride, padding)
+
+    def fastdl_conv(x, weight, bias, stride, padding):
+        return ops.depthwise_conv2d(x, weight, bias, stride, padding)
+
+    def torch_conv(x, weight, bias, stride, padding):
+        return F.conv2d(x, weight, bias, stride, padding, groups=x.shape[1])
+
+    layout = "channels_last" if channels_last else "NCHW"
+    return Case(
+        op="depthwise_conv2d",
+        name=(f"{model} {channels}x{size}x{size} {kernel}x{kernel} s{stride}, batch {batch}, "
+              f"{layout}, {'fwd+bwd' if backward else 'fwd'}"),
+        reference_name="F.conv2d(groups=C)",
+        make_inputs=make_inputs,
+        run=_forward_and_backward(fastdl_conv) if backward else fastdl_conv,
+        run_reference=_forward_and_backward(torch_conv) if backward else torch_conv,
+        same=_outputs_close,
+        default=default,
+    )
+
+
+def _depthwise_cases() -> list[Case]:
+    shapes = [  # (model, channels, size, kernel, stride, batches)
+        ("MobileNetV2", 32, 112, 3, 1, (1, 32)),
+        ("MobileNetV2", 96, 112, 3, 2, (1, 32)),
+        ("MobileNetV2", 144, 56, 3, 1, (1, 32)),
+        ("MobileNetV2", 384, 14, 3, 1, (1, 32)),
+        ("MobileNetV2", 960, 7, 3, 1, (1, 32)),
+        ("ConvNeXt-T", 96, 56, 7, 1, (1, 32)),
+        ("ConvNeXt-T", 384, 14, 7, 1, (1, 32)),
+    ]
+    return [
+        _depthwise_case(model, batch, channels, size, kernel, stride, channels_last, backward,
+                        default=(channels, batch, channels_last, backward) == (144, 32, False, False))
+        for model, channels, size, kernel, stride, batches in shapes
+        for batch in batches
+        for channels_last in (False, True)
+        for backward in (False, True)
+    ]
+
+
 CASES = [
     _nms_case(1000, 0.5),
     _nms_case(5000, 0.5, default=True),
@@ -82,6 +163,7 @@ CASES = [
     _batched_nms_case(5000, 80, 0.5, default=True),
     _batched_nms_case(20000, 80, 0.5),
     _batched_nms_case(20000, 4, 0.5),
+    *_depthwise_cases(),
 ]
 
 
