@@ -35,8 +35,6 @@
 namespace fastdl::depthwise {
 namespace {
 
-// Widest vector any ISA loads past the end of a prepared row.
-constexpr int64_t kMaxVectorWidth = 16;
 // Channels per grad_weight task in channels last: a multiple of every vector width.
 constexpr int64_t kChannelsPerTask = 16;
 
@@ -62,7 +60,7 @@ struct PreparedLayout {
                  int64_t stride_h, int64_t stride_w, int64_t dilation_h, int64_t dilation_w) {
     rows = (out_h - 1) * stride_h + (kernel_h - 1) * dilation_h + 1;
     phases = stride_w;
-    phase_width = out_w + (kernel_w - 1) * dilation_w / stride_w + kMaxVectorWidth;
+    phase_width = out_w + (kernel_w - 1) * dilation_w / stride_w + kMaxWidth;
     size = phases * rows * phase_width;
 
     for (int64_t kh = 0; kh < kernel_h; ++kh)
@@ -80,8 +78,10 @@ struct PreparedLayout {
 // Writes `src` (src_h x src_w) into `dst` as laid out by `layout`: source (r, c)
 // goes to padded position (pad_top + r * spread_h, pad_left + c * spread_w); all
 // else is zero. Padding may be negative (the source is then cropped).
+// Rows are short (often under 64 elements): inline loops beat a libc memcpy /
+// memset call per row, so GCC must not turn the loops back into those calls.
 template <typename T, typename Kernels>
-void prepare_plane(Kernels kernels, const PreparedLayout& layout, const T* src, int64_t src_h,
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void prepare_plane(Kernels kernels, const PreparedLayout& layout, const T* src, int64_t src_h,
                    int64_t src_w, int64_t pad_top, int64_t pad_left, int64_t spread_h,
                    int64_t spread_w, T* dst) {
   const int64_t width = layout.phase_width, phases = layout.phases, rows = layout.rows;
@@ -104,7 +104,7 @@ void prepare_plane(Kernels kernels, const PreparedLayout& layout, const T* src, 
       const int64_t first = std::max<int64_t>(0, -pad_left);
       const int64_t last = std::max(first, std::min<int64_t>(src_w, width - pad_left));
       std::fill(row, row + std::max<int64_t>(pad_left + first, 0), T(0));
-      std::memcpy(row + pad_left + first, src_row + first, (last - first) * sizeof(T));
+      for (int64_t i = first; i < last; ++i) row[pad_left + i] = src_row[i];
       std::fill(row + pad_left + last, row + width, T(0));
     } else if (spread_w == 1 && phases == 2 && pad_left >= 0) {
       // Stride 2: source column c lands in phase (c + pad_left) % 2, slot
@@ -280,10 +280,11 @@ void weight_grad_nchw(const Geometry& g, const at::Tensor& grad_out, const at::T
   T* gb = grad_bias ? grad_bias->mutable_data_ptr<T>() : nullptr;
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w, taps = layout.conv.taps;
   at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buffer;
+    std::vector<T> buffer, partial(g.multiplier * taps * kMaxWidth);
     T* prepared = scratch(buffer, layout.size);
     with_kernels<T>([&](auto kernels) {
       for (int64_t c = begin; c < end; ++c) {
+        std::fill(partial.begin(), partial.end(), T(0));
         for (int64_t n = 0; n < g.batch; ++n) {
           if (gw != nullptr)
             prepare_plane(kernels, layout, in + (n * g.channels + c) * in_plane, g.in_h, g.in_w, g.pad_h,
@@ -291,10 +292,16 @@ void weight_grad_nchw(const Geometry& g, const at::Tensor& grad_out, const at::T
           for (int64_t k = 0; k < g.multiplier; ++k) {
             const int64_t oc = c * g.multiplier + k;
             const T* go_plane = go + (n * g.out_channels() + oc) * out_plane;
-            if (gw != nullptr) kernels.weight_grad_plane(layout.conv, prepared, go_plane, gw + oc * taps);
+            if (gw != nullptr)
+              kernels.weight_grad_plane(layout.conv, prepared, go_plane, partial.data() + k * taps * kMaxWidth);
             if (gb != nullptr) gb[oc] += kernels.sum(go_plane, out_plane);
           }
         }
+        if (gw == nullptr) continue;
+        for (int64_t k = 0; k < g.multiplier; ++k)
+          for (int64_t t = 0; t < taps; ++t)
+            gw[(c * g.multiplier + k) * taps + t] =
+                kernels.sum(partial.data() + (k * taps + t) * kMaxWidth, kMaxWidth);
       }
     });
   });

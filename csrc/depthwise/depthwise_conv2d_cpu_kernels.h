@@ -14,6 +14,10 @@
 
 namespace fastdl::depthwise {
 
+// Widest vector of any ISA, in elements of float: the stride of weight_grad_plane's
+// per-tap partial sums and the padding past prepared rows.
+constexpr int64_t kMaxWidth = 16;
+
 // One output plane from a prepared input plane. Tap t = kh * kernel_w + kw of output
 // (ho, wo) reads prepared[ho * stride_h * row_stride + tap_offset[t] + wo].
 struct PlaneConv {
@@ -37,9 +41,10 @@ struct ChannelsLastConv {
   /* out = (accumulate ? out : bias) + sum over taps of weight[t] * input */               \
   static void forward_plane(const PlaneConv& g, const T* prepared, const T* weight, T bias,  \
                             bool accumulate, T* out);                                      \
-  /* grad_weight[t] += sum over outputs of grad_out * input at tap t */                     \
+  /* partial[t * kMaxWidth + lane] += lane sums of grad_out * input at tap t; */            \
+  /* summing a tap's kMaxWidth entries gives its weight gradient */                          \
   static void weight_grad_plane(const PlaneConv& g, const T* prepared, const T* grad_out,    \
-                                T* grad_weight);                                           \
+                                T* partial);                                               \
   static T sum(const T* data, int64_t n);                                                  \
   /* even[i] = src[2i], odd[i] = src[2i + 1] for i < count */                              \
   static void deinterleave2(const T* src, int64_t count, T* even, T* odd);                 \
@@ -74,8 +79,8 @@ struct Avx512Kernels {
     impl::forward_plane<T>(g, prepared, weight, bias, accumulate, out);                       \
   }                                                                                           \
   void Set::weight_grad_plane(const PlaneConv& g, const T* prepared, const T* grad_out,       \
-                              T* grad_weight) {                                               \
-    impl::weight_grad_plane<T>(g, prepared, grad_out, grad_weight);                           \
+                              T* partial) {                                                   \
+    impl::weight_grad_plane<T>(g, prepared, grad_out, partial);                               \
   }                                                                                           \
   T Set::sum(const T* data, int64_t n) { return impl::sum<T>(data, n); }                      \
   void Set::deinterleave2(const T* src, int64_t count, T* even, T* odd) {                     \
