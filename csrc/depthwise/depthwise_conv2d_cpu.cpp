@@ -351,7 +351,6 @@ void weight_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
   const T* in = input.const_data_ptr<T>();
   T* gw = gw_taps.mutable_data_ptr<T>();
   T* gb = grad_bias ? grad_bias->mutable_data_ptr<T>() : nullptr;
-  const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
   const int64_t tasks = (g.channels + kChannelsPerTask - 1) / kChannelsPerTask;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     with_kernels<T>([&](auto kernels) {
@@ -359,9 +358,7 @@ void weight_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
         const int64_t c = task * kChannelsPerTask;
         ChannelsLastConv conv = channels_last_conv(g);
         conv.channels = std::min(kChannelsPerTask, g.channels - c);
-        for (int64_t n = 0; n < g.batch; ++n)
-          kernels.weight_grad_rows_cl(conv, in + n * in_image + c, go + n * out_image + c, 0,
-                                      g.out_h, gw + c, gb ? gb + c : nullptr);
+        kernels.weight_grad_cl(conv, in + c, go + c, g.batch, gw + c, gb ? gb + c : nullptr);
       }
     });
   });

@@ -54,11 +54,10 @@ struct ChannelsLastConv {
   /* Input-gradient rows [begin, end) of one image. */                                      \
   static void input_grad_rows_cl(const ChannelsLastConv& g, const T* grad_out,               \
                                  const T* weight, int64_t begin, int64_t end, T* grad_in);  \
-  /* grad_weight (taps, C) and grad_bias (C, may be null) += contributions of output rows   \
-     [begin, end) of one image. */                                                         \
-  static void weight_grad_rows_cl(const ChannelsLastConv& g, const T* input,                 \
-                                  const T* grad_out, int64_t begin, int64_t end,             \
-                                  T* grad_weight, T* grad_bias);
+  /* grad_weight (taps, C) and grad_bias (C, may be null) of `images` images, stored */   \
+  /* (not accumulated). */                                                                 \
+  static void weight_grad_cl(const ChannelsLastConv& g, const T* input, const T* grad_out,   \
+                             int64_t images, T* grad_weight, T* grad_bias);
 
 struct ScalarKernels {
   FASTDL_DEPTHWISE_KERNEL_LIST(float)
@@ -94,9 +93,9 @@ struct Avx512Kernels {
                                int64_t begin, int64_t end, T* grad_in) {                      \
     impl::input_grad_rows_cl<T>(g, grad_out, weight, begin, end, grad_in);                    \
   }                                                                                           \
-  void Set::weight_grad_rows_cl(const ChannelsLastConv& g, const T* input, const T* grad_out, \
-                                int64_t begin, int64_t end, T* grad_weight, T* grad_bias) {   \
-    impl::weight_grad_rows_cl<T>(g, input, grad_out, begin, end, grad_weight, grad_bias);     \
+  void Set::weight_grad_cl(const ChannelsLastConv& g, const T* input, const T* grad_out,     \
+                           int64_t images, T* grad_weight, T* grad_bias) {                   \
+    impl::weight_grad_cl<T>(g, input, grad_out, images, grad_weight, grad_bias);              \
   }
 
 }  // namespace fastdl::depthwise
