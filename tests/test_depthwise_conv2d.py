@@ -280,6 +280,8 @@ def _valid():
          r"weight must have shape \(C \* multiplier, 1, kH, kW\) with C = 4 input channels, got \(6, 1, 3, 3\)"),
         (lambda x, w, b: (x[:, :0], w, b), ValueError,
          r"input must have at least one channel, got \(2, 0, 8, 8\)"),
+        (lambda x, w, b: (x[:, :, :0], w, b), ValueError,
+         r"input must have a non-empty image, got \(2, 4, 0, 8\)"),
         (lambda x, w, b: (x, torch.randn(8, 1, 0, 3), b), ValueError,
          r"weight's kernel size must be at least 1x1, got \(8, 1, 0, 3\)"),
         (lambda x, w, b: (x, w, b[:3]), ValueError, r"bias must have shape \(C \* multiplier,\), got \(3,\)"),

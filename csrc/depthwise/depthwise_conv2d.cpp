@@ -24,6 +24,8 @@ Geometry check_forward_args(const char* op, const at::Tensor& input, const at::T
                             c10::IntArrayRef padding, c10::IntArrayRef dilation) {
   check_shape(op, "input", input, {-1, -1, -1, -1}, "(N, C, H, W)");
   check_shape(op, "weight", weight, {-1, 1, -1, -1}, "(C * multiplier, 1, kH, kW)");
+  TORCH_CHECK_VALUE(input.size(2) > 0 && input.size(3) > 0, "fastdl.", op,
+                    ": input must have a non-empty image, got ", format_shape(input.sizes()));
   const int64_t channels = input.size(1);
   TORCH_CHECK_VALUE(channels > 0, "fastdl.", op, ": input must have at least one channel, got ",
                     format_shape(input.sizes()));

@@ -21,7 +21,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cstring>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -81,16 +80,17 @@ struct PreparedLayout {
 // Rows are short (often under 64 elements): inline loops beat a libc memcpy /
 // memset call per row, so GCC must not turn the loops back into those calls.
 template <typename T, typename Kernels>
-__attribute__((optimize("no-tree-loop-distribute-patterns"))) void prepare_plane(Kernels kernels, const PreparedLayout& layout, const T* src, int64_t src_h,
-                   int64_t src_w, int64_t pad_top, int64_t pad_left, int64_t spread_h,
-                   int64_t spread_w, T* dst) {
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void prepare_plane(
+    Kernels kernels, const PreparedLayout& layout, const T* src, int64_t src_h, int64_t src_w,
+    int64_t pad_top, int64_t pad_left, int64_t spread_h, int64_t spread_w, T* dst) {
   const int64_t width = layout.phase_width, phases = layout.phases, rows = layout.rows;
-  // Rows no source row lands on are all padding.
-  const int64_t y_first = std::max<int64_t>(pad_top, 0), y_end = std::min(rows, pad_top + (src_h - 1) * spread_h + 1);
+  // Rows before the first and after the last source row are all padding.
+  const int64_t y_first = std::min(std::max<int64_t>(pad_top, 0), rows);
+  const int64_t y_end = std::max(y_first, std::min(rows, pad_top + (src_h - 1) * spread_h + 1));
   for (int64_t q = 0; q < phases; ++q) {
     T* phase = dst + q * rows * width;
-    std::fill(phase, phase + std::max<int64_t>(y_first, 0) * width, T(0));
-    if (y_end < rows) std::fill(phase + std::max(y_end, y_first) * width, phase + rows * width, T(0));
+    std::fill(phase, phase + y_first * width, T(0));
+    std::fill(phase + y_end * width, phase + rows * width, T(0));
   }
   for (int64_t y = y_first; y < y_end; ++y) {
     const int64_t r = (y - pad_top) / spread_h;
