@@ -5,7 +5,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include <array>
 #include <cstdint>
+#include <tuple>
 
 #include "common/host_device.h"
 
@@ -51,5 +53,13 @@ Geometry check_backward_args(const at::Tensor& grad_output, const at::Tensor& in
 
 // Layout the output takes: channels_last when the input is (PyTorch's rule).
 bool use_channels_last(const at::Tensor& input);
+at::MemoryFormat output_format(const at::Tensor& input);
+
+// The backward op's outputs that output_mask asks for (undefined otherwise):
+// grad_input uninitialised in the input's layout, grad_weight and grad_bias zeroed.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_grads(const Geometry& g,
+                                                              const at::Tensor& input,
+                                                              const at::Tensor& weight,
+                                                              std::array<bool, 3> output_mask);
 
 }  // namespace fastdl::depthwise

@@ -212,7 +212,7 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
                                         padding, dilation);
   check_dtype(op, "input", input, {c10::kFloat, c10::kDouble}, " on CPU");
   const bool channels_last = use_channels_last(input);
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto format = output_format(input);
   at::Tensor out = at::empty({g.batch, g.out_channels(), g.out_h, g.out_w}, input.options(), format);
   if (g.batch == 0) return out;
   const at::Tensor w = weight.contiguous();
@@ -373,13 +373,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
   check_dtype("depthwise_conv2d_backward", "input", input, {c10::kFloat, c10::kDouble}, " on CPU");
   const bool channels_last = use_channels_last(input);
   const bool cl_kernels = channels_last && g.multiplier == 1;
-  const auto in_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const auto work_format = cl_kernels ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-
-  at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options(), in_format);
-  if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
-  if (output_mask[2]) grad_bias = at::zeros({g.out_channels()}, weight.options());
+  auto [grad_input, grad_weight, grad_bias] = allocate_grads(g, input, weight, output_mask);
   if (g.batch == 0) {
     if (grad_input.defined()) grad_input.zero_();
     return {grad_input, grad_weight, grad_bias};

@@ -186,10 +186,6 @@ void check_cuda_dtype(const char* op, const at::Tensor& input) {
   check_dtype(op, "input", input, {c10::kFloat, c10::kDouble, c10::kHalf, c10::kBFloat16}, " on CUDA");
 }
 
-at::MemoryFormat format_of(const at::Tensor& input) {
-  return use_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                                  c10::IntArrayRef padding, c10::IntArrayRef dilation) {
@@ -198,7 +194,7 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
                                         padding, dilation);
   check_cuda_dtype(op, input);
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto format = format_of(input);
+  const auto format = output_format(input);
   at::Tensor out = at::empty({g.batch, g.out_channels(), g.out_h, g.out_w}, input.options(), format);
   if (out.numel() == 0) return out;
   const at::Tensor in = input.contiguous(format), w = weight.contiguous();
@@ -232,12 +228,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   const Geometry g = check_backward_args(grad_output, input, weight, stride, padding, dilation);
   check_cuda_dtype("depthwise_conv2d_backward", input);
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto format = format_of(input);
+  const auto format = output_format(input);
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
-  at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options(), format);
-  if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
-  if (output_mask[2]) grad_bias = at::zeros({g.out_channels()}, weight.options());
+  auto [grad_input, grad_weight, grad_bias] = allocate_grads(g, input, weight, output_mask);
   if (g.batch == 0) {
     if (grad_input.defined()) grad_input.zero_();
     return {grad_input, grad_weight, grad_bias};
