@@ -9,6 +9,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isnan.h>
+#include <ATen/ops/masked_fill.h>
 #include <ATen/ops/sort.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -303,7 +305,15 @@ at::Tensor greedy_nms(const at::Tensor& boxes, double iou_threshold, MaskLayout<
       mask_words, layout, n, global_removed, out_map.const_data_ptr<int64_t>(),
       out.mutable_data_ptr<int64_t>(), count.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out.narrow(0, 0, count.item<int64_t>());
+  // A copy, so the N-long buffer is not kept alive behind a short result.
+  return out.narrow(0, 0, count.item<int64_t>()).clone();
+}
+
+// CUDA's radix sort orders NaN by its sign bit, so a negative NaN (what x86 makes of
+// 0 * inf, say) would sort last; the CPU kernel and torch.sort on CPU put every NaN
+// first. Making them all positive NaN gives the same order on both devices.
+at::Tensor nan_as_positive(const at::Tensor& scores) {
+  return scores.masked_fill(at::isnan(scores), std::numeric_limits<double>::quiet_NaN());
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
@@ -316,7 +326,7 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
 
   // Stable descending sort: NaN first, ties by lower index, the CPU kernel's order.
   const at::Tensor order =
-      std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+      std::get<1>(at::sort(nan_as_positive(scores), /*stable=*/true, /*dim=*/0, /*descending=*/true));
   const at::Tensor sorted_boxes = boxes.index_select(0, order).contiguous();
   const int row_blocks = static_cast<int>(ceil_div<int64_t>(n, kTile));
   const MaskLayout<false> layout{nullptr, row_blocks};
@@ -337,7 +347,7 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores,
   // segment in score order, so boxes only meet boxes of their class in the mask.
   // by_class[i] is the score rank of position i.
   const at::Tensor score_order =
-      std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+      std::get<1>(at::sort(nan_as_positive(scores), /*stable=*/true, /*dim=*/0, /*descending=*/true));
   const auto class_sort =
       at::sort(idxs.index_select(0, score_order), /*stable=*/true, /*dim=*/0, /*descending=*/false);
   const at::Tensor& classes = std::get<0>(class_sort);
