@@ -36,6 +36,8 @@ namespace {
 
 // Channels per grad_weight task in channels last: a multiple of every vector width.
 constexpr int64_t kChannelsPerTask = 16;
+// Channels-last images up to this many pixels are convolved through a padded copy.
+constexpr int64_t kSmallImagePixels = 32 * 32;
 
 // Calls fn(kernels) with the kernel set of the current ISA (float64 always scalar).
 template <typename T, typename Fn>
@@ -184,24 +186,53 @@ void forward_nchw(const Geometry& g, const at::Tensor& input, const at::Tensor& 
   });
 }
 
+// Channels-last convolution of `batch` images with weights (taps, C): one task
+// per output row. Small images instead go one task per image through a
+// zero-padded copy, so that every pixel takes the unrolled interior kernel: on a
+// 7x7 image the border pixels are over half of the work.
 template <typename T>
-void forward_channels_last(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
-                           const std::optional<at::Tensor>& bias, at::Tensor& out) {
-  const ChannelsLastConv conv = channels_last_conv(g);
-  const at::Tensor w = taps_by_channel(weight);
-  const T* in = input.const_data_ptr<T>();
-  const T* b = bias ? bias->const_data_ptr<T>() : nullptr;
-  T* o = out.mutable_data_ptr<T>();
-  const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
-  at::parallel_for(0, g.batch * g.out_h, 1, [&](int64_t begin, int64_t end) {
+void convolve_channels_last(const ChannelsLastConv& conv, int64_t batch, const T* in, const T* w,
+                            const T* b, T* out) {
+  const int64_t in_image = conv.in_h * conv.in_w * conv.channels;
+  const int64_t out_image = conv.out_h * conv.out_w * conv.channels;
+  const bool padded_copy = conv.pad_h >= 0 && conv.pad_w >= 0 && conv.pad_h + conv.pad_w > 0 &&
+                           conv.in_h * conv.in_w <= kSmallImagePixels;
+  if (!padded_copy) {
+    at::parallel_for(0, batch * conv.out_h, 1, [&](int64_t begin, int64_t end) {
+      with_kernels<T>([&](auto kernels) {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t n = row / conv.out_h, ho = row % conv.out_h;
+          kernels.forward_rows_cl(conv, in + n * in_image, w, b, ho, ho + 1, out + n * out_image);
+        }
+      });
+    });
+    return;
+  }
+  ChannelsLastConv padded = conv;
+  padded.in_h += 2 * conv.pad_h;
+  padded.in_w += 2 * conv.pad_w;
+  padded.pad_h = padded.pad_w = 0;
+  const int64_t row_elems = conv.in_w * conv.channels, padded_row = padded.in_w * conv.channels;
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> image(padded.in_h * padded_row, T(0));  // borders stay zero
     with_kernels<T>([&](auto kernels) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / g.out_h, ho = row % g.out_h;
-        kernels.forward_rows_cl(conv, in + n * in_image, w.const_data_ptr<T>(), b, ho, ho + 1,
-                                o + n * out_image);
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t h = 0; h < conv.in_h; ++h)
+          std::copy_n(in + n * in_image + h * row_elems, row_elems,
+                      image.data() + (conv.pad_h + h) * padded_row + conv.pad_w * conv.channels);
+        kernels.forward_rows_cl(padded, image.data(), w, b, 0, conv.out_h, out + n * out_image);
       }
     });
   });
+}
+
+template <typename T>
+void forward_channels_last(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  const at::Tensor w = taps_by_channel(weight);
+  convolve_channels_last<T>(channels_last_conv(g), g.batch, input.const_data_ptr<T>(),
+                            w.const_data_ptr<T>(), bias ? bias->const_data_ptr<T>() : nullptr,
+                            out.mutable_data_ptr<T>());
 }
 
 at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -310,30 +341,28 @@ void weight_grad_nchw(const Geometry& g, const at::Tensor& grad_out, const at::T
 template <typename T>
 void input_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
                               const at::Tensor& weight, at::Tensor& grad_in) {
-  const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
   const T* go = grad_out.const_data_ptr<T>();
   T* gi = grad_in.mutable_data_ptr<T>();
-  ChannelsLastConv conv = channels_last_conv(g);
-  at::Tensor w = taps_by_channel(weight);
-  const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
-  if (unit_stride) {
+  if (g.stride_h == 1 && g.stride_w == 1) {
     // The transposed convolution at stride 1 is a convolution of grad_out with the
-    // flipped filter and padding d * (k - 1) - p: the fast forward kernel applies.
-    w = w.flip(0).contiguous();
-    conv = {g.out_h, g.out_w, g.in_h, g.in_w, g.channels, g.channels, g.kernel_h, g.kernel_w, 1, 1,
-            g.dilation_h * (g.kernel_h - 1) - g.pad_h, g.dilation_w * (g.kernel_w - 1) - g.pad_w,
-            g.dilation_h, g.dilation_w};
+    // flipped filter and padding d * (k - 1) - p: the forward kernels apply.
+    const at::Tensor flipped = taps_by_channel(weight).flip(0).contiguous();
+    const ChannelsLastConv conv{g.out_h, g.out_w, g.in_h, g.in_w, g.channels, g.channels,
+                                g.kernel_h, g.kernel_w, 1, 1,
+                                g.dilation_h * (g.kernel_h - 1) - g.pad_h,
+                                g.dilation_w * (g.kernel_w - 1) - g.pad_w, g.dilation_h, g.dilation_w};
+    convolve_channels_last<T>(conv, g.batch, go, flipped.const_data_ptr<T>(), nullptr, gi);
+    return;
   }
+  const ChannelsLastConv conv = channels_last_conv(g);
+  const at::Tensor w = taps_by_channel(weight);
+  const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
   at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
     with_kernels<T>([&](auto kernels) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / g.in_h, ih = row % g.in_h;
-        if (unit_stride)
-          kernels.forward_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(), nullptr, ih,
-                                  ih + 1, gi + n * in_image);
-        else
-          kernels.input_grad_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(), ih, ih + 1,
-                                     gi + n * in_image);
+        kernels.input_grad_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(), ih, ih + 1,
+                                   gi + n * in_image);
       }
     });
   });
