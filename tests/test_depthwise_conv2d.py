@@ -46,6 +46,10 @@ def _configs():
         (1, 5, 1, 11, 11, 4, 3, 0, 2),  # even kernel, stride 3
         (1, 16, 1, 8, 8, 2, 1, 5, 1),  # padding beyond the kernel's reach
         (3, 24, 1, 15, 17, 9, 1, 4, 1),  # large kernel (RepLKNet-style)
+        # Images above 32x32 pixels: channels last works on the input in place
+        # instead of through a padded copy.
+        (1, 19, 1, 40, 33, 3, 1, 1, 1),
+        (1, 16, 1, 36, 36, 7, 2, 3, 1),
     ]
     rng = random.Random(0)
     sampled = []
