@@ -7,17 +7,18 @@ from typing import Callable, Sequence
 import torch
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a timer sees it finish."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _time_run(fn: Callable, args: Sequence, iterations: int, device: torch.device) -> float:
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(iterations):
         fn(*args)
-    _synchronize(device)
+    synchronize(device)
     return (time.perf_counter() - start) / iterations
 
 
