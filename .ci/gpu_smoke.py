@@ -1,0 +1,27 @@
+"""Every CUDA kernel once, on small odd shapes, forward and backward, in each dtype:
+a short program for compute-sanitizer (see .ci/gpu)."""
+
+import torch
+
+import fastdl
+from fastdl.bench.inputs import detection_boxes
+
+device = torch.device("cuda")
+for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+    for n in (1, 63, 64, 65, 1000, 5000):
+        boxes, scores, classes = detection_boxes(n, seed=n, device=device, num_classes=7)
+        boxes, scores = boxes.to(dtype), scores.to(dtype)
+        fastdl.ops.nms(boxes, scores, 0.5)
+        fastdl.ops.batched_nms(boxes, scores, classes, 0.5)
+    for channels_last in (False, True):
+        for (c, m, h, w, k, s, p, d) in [(5, 1, 13, 11, 3, 1, 1, 1), (16, 2, 9, 10, 7, 2, 3, 1),
+                                         (3, 1, 6, 7, 4, 3, 0, 2), (8, 1, 1, 1, 3, 1, 1, 1)]:
+            x = torch.randn(2, c, h, w, device=device, dtype=dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_()
+            weight = torch.randn(c * m, 1, k, k, device=device, dtype=dtype, requires_grad=True)
+            bias = torch.randn(c * m, device=device, dtype=dtype, requires_grad=True)
+            fastdl.ops.depthwise_conv2d(x, weight, bias, s, p, d).sum().backward()
+torch.cuda.synchronize()
+print("gpu smoke: every kernel ran")
