@@ -140,11 +140,16 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void prepare_plane
   }
 }
 
-// Reusable per-task scratch buffer.
-template <typename T>
-T* scratch(std::vector<T>& buffer, int64_t size) {
-  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
-  return buffer.data();
+// Runs fn(kernels, prepared, task) for every task in [0, tasks), in parallel, each
+// thread with its own prepared-plane buffer: the frame of every NCHW kernel.
+template <typename T, typename Fn>
+void for_each_plane_task(int64_t tasks, const PreparedLayout& layout, Fn&& fn) {
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> prepared(layout.size);
+    with_kernels<T>([&](auto kernels) {
+      for (int64_t task = begin; task < end; ++task) fn(kernels, prepared.data(), task);
+    });
+  });
 }
 
 // Weight (C, 1, kH, kW) -> (kH * kW, C), the channels-last kernels' order.
@@ -169,20 +174,14 @@ void forward_nchw(const Geometry& g, const at::Tensor& input, const at::Tensor& 
   const T* b = bias ? bias->const_data_ptr<T>() : nullptr;
   T* o = out.mutable_data_ptr<T>();
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w, taps = layout.conv.taps;
-  at::parallel_for(0, g.batch * g.channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buffer;
-    T* prepared = scratch(buffer, layout.size);
-    with_kernels<T>([&](auto kernels) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / g.channels, c = task % g.channels;
-        prepare_plane(kernels, layout, in + task * in_plane, g.in_h, g.in_w, g.pad_h, g.pad_w, 1, 1, prepared);
-        for (int64_t k = 0; k < g.multiplier; ++k) {
-          const int64_t oc = c * g.multiplier + k;
-          kernels.forward_plane(layout.conv, prepared, w + oc * taps, b ? b[oc] : T(0), false,
-                                o + (n * g.out_channels() + oc) * out_plane);
-        }
-      }
-    });
+  for_each_plane_task<T>(g.batch * g.channels, layout, [&](auto kernels, T* prepared, int64_t task) {
+    const int64_t n = task / g.channels, c = task % g.channels;
+    prepare_plane(kernels, layout, in + task * in_plane, g.in_h, g.in_w, g.pad_h, g.pad_w, 1, 1, prepared);
+    for (int64_t k = 0; k < g.multiplier; ++k) {
+      const int64_t oc = c * g.multiplier + k;
+      kernels.forward_plane(layout.conv, prepared, w + oc * taps, b ? b[oc] : T(0), false,
+                            o + (n * g.out_channels() + oc) * out_plane);
+    }
   });
 }
 
@@ -282,21 +281,15 @@ void input_grad_nchw(const Geometry& g, const at::Tensor& grad_out, const at::Te
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   const int64_t top = g.dilation_h * (g.kernel_h - 1) - g.pad_h;
   const int64_t left = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
-  at::parallel_for(0, g.batch * g.channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buffer;
-    T* prepared = scratch(buffer, layout.size);
-    with_kernels<T>([&](auto kernels) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / g.channels, c = task % g.channels;
-        for (int64_t k = 0; k < g.multiplier; ++k) {
-          const int64_t oc = c * g.multiplier + k;
-          prepare_plane(kernels, layout, go + (n * g.out_channels() + oc) * out_plane, g.out_h, g.out_w,
-                        top, left, g.stride_h, g.stride_w, prepared);
-          kernels.forward_plane(layout.conv, prepared, flipped.data() + oc * taps, T(0), k > 0,
-                                gi + task * in_plane);
-        }
-      }
-    });
+  for_each_plane_task<T>(g.batch * g.channels, layout, [&](auto kernels, T* prepared, int64_t task) {
+    const int64_t n = task / g.channels, c = task % g.channels;
+    for (int64_t k = 0; k < g.multiplier; ++k) {
+      const int64_t oc = c * g.multiplier + k;
+      prepare_plane(kernels, layout, go + (n * g.out_channels() + oc) * out_plane, g.out_h, g.out_w,
+                    top, left, g.stride_h, g.stride_w, prepared);
+      kernels.forward_plane(layout.conv, prepared, flipped.data() + oc * taps, T(0), k > 0,
+                            gi + task * in_plane);
+    }
   });
 }
 
@@ -310,31 +303,25 @@ void weight_grad_nchw(const Geometry& g, const at::Tensor& grad_out, const at::T
   T* gw = grad_weight ? grad_weight->mutable_data_ptr<T>() : nullptr;
   T* gb = grad_bias ? grad_bias->mutable_data_ptr<T>() : nullptr;
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w, taps = layout.conv.taps;
-  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buffer, partial(g.multiplier * taps * kMaxWidth);
-    T* prepared = scratch(buffer, layout.size);
-    with_kernels<T>([&](auto kernels) {
-      for (int64_t c = begin; c < end; ++c) {
-        std::fill(partial.begin(), partial.end(), T(0));
-        for (int64_t n = 0; n < g.batch; ++n) {
-          if (gw != nullptr)
-            prepare_plane(kernels, layout, in + (n * g.channels + c) * in_plane, g.in_h, g.in_w, g.pad_h,
-                          g.pad_w, 1, 1, prepared);
-          for (int64_t k = 0; k < g.multiplier; ++k) {
-            const int64_t oc = c * g.multiplier + k;
-            const T* go_plane = go + (n * g.out_channels() + oc) * out_plane;
-            if (gw != nullptr)
-              kernels.weight_grad_plane(layout.conv, prepared, go_plane, partial.data() + k * taps * kMaxWidth);
-            if (gb != nullptr) gb[oc] += kernels.sum(go_plane, out_plane);
-          }
-        }
-        if (gw == nullptr) continue;
-        for (int64_t k = 0; k < g.multiplier; ++k)
-          for (int64_t t = 0; t < taps; ++t)
-            gw[(c * g.multiplier + k) * taps + t] =
-                kernels.sum(partial.data() + (k * taps + t) * kMaxWidth, kMaxWidth);
+  // One task per input channel, summing over images in order (deterministic).
+  for_each_plane_task<T>(g.channels, layout, [&](auto kernels, T* prepared, int64_t c) {
+    std::vector<T> partial(g.multiplier * taps * kMaxWidth, T(0));
+    for (int64_t n = 0; n < g.batch; ++n) {
+      if (gw != nullptr)
+        prepare_plane(kernels, layout, in + (n * g.channels + c) * in_plane, g.in_h, g.in_w, g.pad_h,
+                      g.pad_w, 1, 1, prepared);
+      for (int64_t k = 0; k < g.multiplier; ++k) {
+        const int64_t oc = c * g.multiplier + k;
+        const T* go_plane = go + (n * g.out_channels() + oc) * out_plane;
+        if (gw != nullptr)
+          kernels.weight_grad_plane(layout.conv, prepared, go_plane, partial.data() + k * taps * kMaxWidth);
+        if (gb != nullptr) gb[oc] += kernels.sum(go_plane, out_plane);
       }
-    });
+    }
+    if (gw == nullptr) return;
+    for (int64_t k = 0; k < g.multiplier; ++k)
+      for (int64_t t = 0; t < taps; ++t)
+        gw[(c * g.multiplier + k) * taps + t] = kernels.sum(partial.data() + (k * taps + t) * kMaxWidth, kMaxWidth);
   });
 }
 
