@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <type_traits>
 
 namespace fastdl {
 
@@ -18,5 +19,18 @@ CpuIsa cpu_isa();
 // Throws (ValueError) for an unknown name or a path this CPU lacks.
 void set_cpu_isa(const std::string& name);
 const char* cpu_isa_name(CpuIsa isa);
+
+// Calls fn(kernels) with the kernel set of the current ISA. Each op declares one
+// struct of kernels per ISA; float uses the vector sets, every other type (float64)
+// the scalar set.
+template <typename T, typename Scalar, typename Avx2, typename Avx512, typename Fn>
+void with_isa_kernels(Fn&& fn) {
+  if constexpr (std::is_same_v<T, float>) {
+    const CpuIsa isa = cpu_isa();
+    if (isa == CpuIsa::avx512) return fn(Avx512{});
+    if (isa == CpuIsa::avx2) return fn(Avx2{});
+  }
+  fn(Scalar{});
+}
 
 }  // namespace fastdl

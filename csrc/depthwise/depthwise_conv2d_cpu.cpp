@@ -39,15 +39,9 @@ constexpr int64_t kChannelsPerTask = 16;
 // Channels-last images up to this many pixels are convolved through a padded copy.
 constexpr int64_t kSmallImagePixels = 32 * 32;
 
-// Calls fn(kernels) with the kernel set of the current ISA (float64 always scalar).
 template <typename T, typename Fn>
 void with_kernels(Fn&& fn) {
-  if constexpr (std::is_same_v<T, float>) {
-    const CpuIsa isa = cpu_isa();
-    if (isa == CpuIsa::avx512) return fn(Avx512Kernels{});
-    if (isa == CpuIsa::avx2) return fn(Avx2Kernels{});
-  }
-  fn(ScalarKernels{});
+  with_isa_kernels<T, ScalarKernels, Avx2Kernels, Avx512Kernels>(fn);
 }
 
 // Layout of a prepared plane for a stride-`stride_w` convolution producing

@@ -1,4 +1,6 @@
 // The depthwise kernels for CPUs without AVX2, and for float64 everywhere.
+#include <cmath>
+
 #include "depthwise/depthwise_conv2d_cpu_kernels.h"
 
 namespace fastdl::depthwise {

@@ -1,0 +1,130 @@
+// Schemas and argument checks of the fused batch norm ops. Kernels:
+// batch_norm_cpu.cpp, batch_norm_cuda.cu. Python API, fake kernels and autograd:
+// fastdl/ops/batch_norm.py.
+#include "batch_norm/batch_norm.h"
+
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "common/checks.h"
+
+namespace fastdl::batch_norm {
+
+Activation parse_activation(const char* op, std::string_view name) {
+  if (name == "none") return Activation::none;
+  if (name == "relu") return Activation::relu;
+  if (name == "relu6") return Activation::relu6;
+  if (name == "silu") return Activation::silu;
+  if (name == "leaky_relu") return Activation::leaky_relu;
+  TORCH_CHECK_VALUE(false, "fastdl.", op,
+                    ": activation must be one of 'none', 'relu', 'relu6', 'silu', 'leaky_relu', "
+                    "got '", std::string(name), "'");
+}
+
+Layout layout_of(const at::Tensor& input) {
+  Layout layout{};
+  layout.outer = input.size(0);
+  layout.channels = input.size(1);
+  layout.inner = 1;
+  for (int64_t d = 2; d < input.dim(); ++d) layout.inner *= input.size(d);
+  // Channels last when PyTorch would keep the data so (its own rule for the output's
+  // format), or when there is nothing but channels per sample ((N, C), (N, C, 1, ...)):
+  // then vectors run across channels.
+  layout.format = input.suggest_memory_format();
+  layout.channels_last = layout.format != at::MemoryFormat::Contiguous || layout.inner == 1;
+  if (layout.channels_last) {
+    layout.outer *= layout.inner;
+    layout.inner = 1;
+  }
+  return layout;
+}
+
+at::Tensor dense_in_layout(const at::Tensor& t, const Layout& layout) {
+  return t.contiguous(layout.format);
+}
+
+at::Tensor empty_in_layout(const at::Tensor& like, const Layout& layout) {
+  return at::empty(like.sizes(), like.options().memory_format(layout.format));
+}
+
+c10::ScalarType stats_dtype(c10::ScalarType input_dtype) {
+  return input_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_input(const char* op, const at::Tensor& input, bool cuda_types_allowed) {
+  TORCH_CHECK_VALUE(input.dim() >= 2, "fastdl.", op,
+                    ": input must have shape (N, C, *) with at least 2 dimensions, got ",
+                    format_shape(input.sizes()));
+  TORCH_CHECK_VALUE(input.size(1) > 0, "fastdl.", op,
+                    ": input must have at least one channel, got ", format_shape(input.sizes()));
+  if (cuda_types_allowed) {
+    check_dtype(op, "input", input, {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
+  } else {
+    check_dtype(op, "input", input, {at::kFloat, at::kDouble}, " on CPU");
+  }
+}
+
+void check_channel_vector(const char* op, const char* arg, const at::Tensor& input,
+                          const at::Tensor& vector) {
+  check_shape(op, arg, vector, {input.size(1)}, "(C,) with C = input.size(1)");
+  TORCH_CHECK_TYPE(at::isFloatingType(vector.scalar_type()), "fastdl.", op, ": ", arg,
+                   " must be a floating-point tensor, got ", format_dtype(vector.scalar_type()));
+  check_same_device(op, "input", input, arg, vector);
+}
+
+void check_same_as_input(const char* op, const char* arg, const at::Tensor& input,
+                         const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.sizes() == input.sizes(), "fastdl.", op, ": ", arg,
+                    " must have the input's shape ", format_shape(input.sizes()), ", got ",
+                    format_shape(t.sizes()));
+  check_same_dtype(op, "input", input, arg, t);
+  check_same_device(op, "input", input, arg, t);
+}
+
+void check_epilogue(const char* op, const at::Tensor& input, const Epilogue& e) {
+  if (e.weight) check_channel_vector(op, "weight", input, *e.weight);
+  if (e.bias) check_channel_vector(op, "bias", input, *e.bias);
+  if (e.residual) check_same_as_input(op, "residual", input, *e.residual);
+  TORCH_CHECK_VALUE(e.eps >= 0 && std::isfinite(e.eps), "fastdl.", op,
+                    ": eps must be a finite number >= 0, got ", e.eps);
+  TORCH_CHECK_VALUE(std::isfinite(e.negative_slope), "fastdl.", op,
+                    ": negative_slope must be finite, got ", e.negative_slope);
+}
+
+void check_more_than_one_value(const char* op, const at::Tensor& input) {
+  // As PyTorch: an empty batch passes (the output is empty too), one value does not.
+  const int64_t values = input.numel() / input.size(1);
+  TORCH_CHECK_VALUE(values != 1, "fastdl.", op,
+                    ": expected more than 1 value per channel when training, got input size ",
+                    format_shape(input.sizes()));
+}
+
+}  // namespace fastdl::batch_norm
+
+TORCH_LIBRARY_FRAGMENT(fastdl, m) {
+  // Per-channel mean and biased variance of an (N, C, *) input.
+  m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
+  // act(normalize(input) (+ residual)) with the given statistics.
+  m.def(
+      "batch_norm_act(Tensor input, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, "
+      "Tensor? residual, float eps, str activation, float negative_slope) -> Tensor");
+  // The same with batch statistics, which it also returns (for the running averages).
+  m.def(
+      "batch_norm_act_train(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "
+      "float eps, str activation, float negative_slope) -> (Tensor output, Tensor mean, "
+      "Tensor var)");
+  // Per-channel sums of dz and dz * (input - mean), dz = grad_output * act'(z).
+  m.def(
+      "batch_norm_act_backward_reduce(Tensor grad_output, Tensor input, Tensor mean, "
+      "Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, float eps, str activation, "
+      "float negative_slope) -> (Tensor sum_dz, Tensor sum_dz_xmu)");
+  // grad_input and grad_residual (= dz). mean_dz and mean_dz_xmu (the sums divided
+  // by the count) are given with batch statistics and None with fixed statistics.
+  m.def(
+      "batch_norm_act_backward_input(Tensor grad_output, Tensor input, Tensor mean, "
+      "Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, Tensor? mean_dz, "
+      "Tensor? mean_dz_xmu, float eps, str activation, float negative_slope, "
+      "bool[2] output_mask) -> (Tensor grad_input, Tensor grad_residual)");
+}

@@ -1,0 +1,25 @@
+// The batch norm kernels compiled for AVX2 + FMA (see csrc/common/simd/README.md).
+// Everything with inline code of its own is included before the target pragma.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "batch_norm/batch_norm_cpu_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace fastdl::batch_norm {
+namespace avx2_impl {
+#include "common/simd/avx2.inc"
+#include "batch_norm/batch_norm_cpu_kernels.inc"
+}  // namespace avx2_impl
+
+FASTDL_BATCH_NORM_DEFINE_KERNELS(Avx2Kernels, avx2_impl, float)
+
+}  // namespace fastdl::batch_norm
+
+#pragma GCC pop_options
