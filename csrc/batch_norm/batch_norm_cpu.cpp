@@ -9,7 +9,7 @@
 // tensors the backward pass will also read, so both passes see the same z.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -62,7 +62,7 @@ void for_each_piece(const Layout& l, Fn&& fn) {
 
 // Rows per block of a channels-last layout.
 int64_t rows_per_block(const Layout& l) {
-  return std::max<int64_t>(1, kTaskValues / l.channels);
+  return std::max<int64_t>(1, 4 * kTaskValues / l.channels);
 }
 
 // fn(block, first_row, rows) for every block of rows, in parallel.
@@ -78,40 +78,79 @@ void for_each_row_block(const Layout& l, Fn&& fn) {
   });
 }
 
-// Partial results are laid out [channel][part] (planar) or [part][channel] (rows);
-// fn(c, part_value_index, part_count) visits channel c's parts in order.
-template <typename Fn>
-void for_each_part(const Layout& l, int64_t c, Fn&& fn) {
+// Reductions write one row of `channels` partial results per part: a block of rows,
+// or the same piece of every plane of one sample. part_sizes()[p] is how many values
+// per channel went into part p.
+std::vector<double> part_sizes(const Layout& l) {
+  std::vector<double> sizes;
   if (l.channels_last) {
     const int64_t block_rows = rows_per_block(l);
-    const int64_t blocks = (l.outer + block_rows - 1) / block_rows;
-    for (int64_t b = 0; b < blocks; ++b)
-      fn(b * l.channels + c, std::min(block_rows, l.outer - b * block_rows));
+    for (int64_t first = 0; first < l.outer; first += block_rows)
+      sizes.push_back(static_cast<double>(std::min(block_rows, l.outer - first)));
   } else {
     const Pieces p = pieces_of(l);
-    for (int64_t n = 0; n < l.outer; ++n) {
-      for (int64_t piece = 0; piece < p.per_plane; ++piece) {
-        const int64_t start = piece * p.length;
-        const int64_t count = std::min(p.length, l.inner - start);
-        if (count > 0) fn((c * l.outer + n) * p.per_plane + piece, count);
+    for (int64_t n = 0; n < l.outer; ++n)
+      for (int64_t piece = 0; piece < p.per_plane; ++piece)
+        sizes.push_back(static_cast<double>(std::max<int64_t>(0, std::min(p.length, l.inner - piece * p.length))));
+  }
+  return sizes;
+}
+
+// Where a planar item's partial result goes (an index into the parts' values).
+int64_t planar_part_value(const Layout& l, int64_t item, int64_t c) {
+  const int64_t per_plane = pieces_of(l).per_plane;
+  const int64_t part = item / (per_plane * l.channels) * per_plane + item % per_plane;
+  return part * l.channels + c;
+}
+
+// fn(begin, end) over ranges of channels, in parallel; merges loop parts outside and
+// channels inside, so they read the parts' rows contiguously.
+template <typename Fn>
+void for_channel_ranges(const Layout& l, Fn&& fn) {
+  at::parallel_for(0, l.channels, 256, fn);
+}
+
+// Per-channel mean and m2 from the parts' (size, mean, m2): the mean as a weighted
+// sum, then m2 = sum of (m2_p + size_p * (mean_p - mean)^2), the exact parallel
+// formula, with no division per part and no cancellation.
+void merge_moment_parts(const Layout& l, const std::vector<double>& sizes,
+                        const std::vector<double>& part_mean, const std::vector<double>& part_m2,
+                        double* mean, double* m2) {
+  double total = 0;
+  for (double size : sizes) total += size;
+  const int64_t C = l.channels;
+  for_channel_ranges(l, [&](int64_t begin, int64_t end) {
+    std::fill(mean + begin, mean + end, 0.0);
+    std::fill(m2 + begin, m2 + end, 0.0);
+    for (size_t p = 0; p < sizes.size(); ++p)
+      for (int64_t c = begin; c < end; ++c) mean[c] += sizes[p] * part_mean[p * C + c];
+    if (total > 0)
+      for (int64_t c = begin; c < end; ++c) mean[c] /= total;
+    for (size_t p = 0; p < sizes.size(); ++p) {
+      if (sizes[p] == 0) continue;
+      for (int64_t c = begin; c < end; ++c) {
+        const double d = part_mean[p * C + c] - mean[c];
+        m2[c] += part_m2[p * C + c] + sizes[p] * d * d;
       }
     }
-  }
+  });
 }
 
-int64_t part_count(const Layout& l) {
-  if (l.channels_last) {
-    const int64_t block_rows = rows_per_block(l);
-    return (l.outer + block_rows - 1) / block_rows * l.channels;
-  }
-  return l.outer * l.channels * pieces_of(l).per_plane;
+// Per-channel sums of the parts' values.
+void sum_parts(const Layout& l, size_t parts, const std::vector<double>& values, double* sum) {
+  const int64_t C = l.channels;
+  for_channel_ranges(l, [&](int64_t begin, int64_t end) {
+    std::fill(sum + begin, sum + end, 0.0);
+    for (size_t p = 0; p < parts; ++p)
+      for (int64_t c = begin; c < end; ++c) sum[c] += values[p * C + c];
+  });
 }
 
-// Index of a planar item's partial result: [channel][n, piece].
-int64_t planar_part_index(const Layout& l, int64_t item, int64_t c) {
-  const int64_t per_plane = pieces_of(l).per_plane;
-  const int64_t n = item / (per_plane * l.channels);
-  return (c * l.outer + n) * per_plane + item % per_plane;
+// A float64 vector as a new per-channel tensor of `type` on the CPU.
+at::Tensor channel_tensor(const std::vector<double>& values, c10::ScalarType type) {
+  return at::from_blob(const_cast<double*>(values.data()), {static_cast<int64_t>(values.size())},
+                       at::TensorOptions().dtype(at::kDouble))
+      .to(type);
 }
 
 // A per-channel tensor (or `fill` for none) as float64 values.
@@ -171,7 +210,8 @@ Coefficients<T> coefficients(int64_t channels, const at::Tensor& mean, const at:
 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> stats_typed(const at::Tensor& x, const Layout& l) {
-  std::vector<double> part_mean(part_count(l)), part_m2(part_count(l));
+  const std::vector<double> sizes = part_sizes(l);
+  std::vector<double> part_mean(sizes.size() * l.channels), part_m2(sizes.size() * l.channels);
   const T* data = x.const_data_ptr<T>();
   with_kernels<T>([&](auto kernels) {
     if (l.channels_last) {
@@ -182,29 +222,17 @@ std::tuple<at::Tensor, at::Tensor> stats_typed(const at::Tensor& x, const Layout
       });
     } else {
       for_each_piece(l, [&](int64_t item, int64_t c, int64_t offset, int64_t n) {
-        const int64_t part = planar_part_index(l, item, c);
-        kernels.stats_run(data + offset, n, part_mean[part], part_m2[part]);
+        const int64_t value = planar_part_value(l, item, c);
+        kernels.stats_run(data + offset, n, part_mean[value], part_m2[value]);
       });
     }
   });
+  std::vector<double> mean(l.channels), var(l.channels);
+  merge_moment_parts(l, sizes, part_mean, part_m2, mean.data(), var.data());
+  const double count = static_cast<double>(l.count_per_channel());
+  for (double& v : var) v = count > 0 ? v / count : 0.0;
   const auto type = stats_dtype(x.scalar_type());
-  at::Tensor mean = at::empty({l.channels}, x.options().dtype(type));
-  at::Tensor var = at::empty({l.channels}, x.options().dtype(type));
-  AT_DISPATCH_FLOATING_TYPES(type, "batch_norm_stats", [&] {
-    scalar_t* mean_out = mean.data_ptr<scalar_t>();
-    scalar_t* var_out = var.data_ptr<scalar_t>();
-    at::parallel_for(0, l.channels, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        double count = 0, m = 0, m2 = 0;
-        for_each_part(l, c, [&](int64_t part, int64_t n) {
-          merge_moments<double>(count, m, m2, n, part_mean[part], part_m2[part]);
-        });
-        mean_out[c] = static_cast<scalar_t>(m);
-        var_out[c] = static_cast<scalar_t>(count > 0 ? m2 / count : 0.0);
-      }
-    });
-  });
-  return {mean, var};
+  return {channel_tensor(mean, type), channel_tensor(var, type)};
 }
 
 template <typename T>
@@ -238,7 +266,8 @@ std::tuple<at::Tensor, at::Tensor> backward_reduce_typed(const at::Tensor& grad_
                                                          const Layout& l,
                                                          const Coefficients<T>& k,
                                                          const Epilogue& e) {
-  std::vector<double> part_dz(part_count(l)), part_dz_xmu(part_count(l));
+  const size_t parts = part_sizes(l).size();
+  std::vector<double> part_dz(parts * l.channels), part_dz_xmu(parts * l.channels);
   const T* g = grad_y.const_data_ptr<T>();
   const T* data = x.const_data_ptr<T>();
   const T* res = residual.defined() ? residual.const_data_ptr<T>() : nullptr;
@@ -255,32 +284,18 @@ std::tuple<at::Tensor, at::Tensor> backward_reduce_typed(const at::Tensor& grad_
       });
     } else {
       for_each_piece(l, [&](int64_t item, int64_t c, int64_t offset, int64_t n) {
-        const int64_t part = planar_part_index(l, item, c);
+        const int64_t value = planar_part_value(l, item, c);
         kernels.backward_reduce_run(e.activation, slope, g + offset, data + offset,
-                                    res ? res + offset : nullptr, k.values(c), n, part_dz[part],
-                                    part_dz_xmu[part]);
+                                    res ? res + offset : nullptr, k.values(c), n, part_dz[value],
+                                    part_dz_xmu[value]);
       });
     }
   });
+  std::vector<double> sum_dz(l.channels), sum_dz_xmu(l.channels);
+  sum_parts(l, parts, part_dz, sum_dz.data());
+  sum_parts(l, parts, part_dz_xmu, sum_dz_xmu.data());
   const auto type = stats_dtype(x.scalar_type());
-  at::Tensor sum_dz = at::empty({l.channels}, x.options().dtype(type));
-  at::Tensor sum_dz_xmu = at::empty({l.channels}, x.options().dtype(type));
-  AT_DISPATCH_FLOATING_TYPES(type, "batch_norm_act_backward_reduce", [&] {
-    scalar_t* dz_out = sum_dz.data_ptr<scalar_t>();
-    scalar_t* dz_xmu_out = sum_dz_xmu.data_ptr<scalar_t>();
-    at::parallel_for(0, l.channels, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        double total_dz = 0, total_dz_xmu = 0;
-        for_each_part(l, c, [&](int64_t part, int64_t) {
-          total_dz += part_dz[part];
-          total_dz_xmu += part_dz_xmu[part];
-        });
-        dz_out[c] = static_cast<scalar_t>(total_dz);
-        dz_xmu_out[c] = static_cast<scalar_t>(total_dz_xmu);
-      }
-    });
-  });
-  return {sum_dz, sum_dz_xmu};
+  return {channel_tensor(sum_dz, type), channel_tensor(sum_dz_xmu, type)};
 }
 
 template <typename T>
