@@ -1,6 +1,7 @@
 """fastdl: hand-written C++/CUDA kernels for PyTorch layers that stock PyTorch runs slowly.
 
-Ops live in :mod:`fastdl.ops` (``fastdl.ops.nms``, ``fastdl.ops.batched_nms``) and are
+Ops live in :mod:`fastdl.ops` (``nms``, ``batched_nms``, ``depthwise_conv2d``,
+``batch_norm``), layers in :mod:`fastdl.nn`; the ops are
 registered with the dispatcher as ``torch.ops.fastdl.*``, so they work with autograd,
 ``torch.compile`` and ``torch.library.opcheck``. ``python -m fastdl`` prints what this
 build gives on this machine.
@@ -35,6 +36,7 @@ _C, build_info = _load_extension()
 
 from . import ops  # noqa: E402  (registers fake kernels; needs _C loaded first)
 from . import nn  # noqa: E402
+from .convert import fold_bn  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ops", "nn", "build_info", "__version__"]
+__all__ = ["ops", "nn", "fold_bn", "build_info", "__version__"]

@@ -9,7 +9,7 @@
 // tensors the backward pass will also read, so both passes see the same z.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/from_blob.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -148,9 +148,9 @@ void sum_parts(const Layout& l, size_t parts, const std::vector<double>& values,
 
 // A float64 vector as a new per-channel tensor of `type` on the CPU.
 at::Tensor channel_tensor(const std::vector<double>& values, c10::ScalarType type) {
-  return at::from_blob(const_cast<double*>(values.data()), {static_cast<int64_t>(values.size())},
-                       at::TensorOptions().dtype(at::kDouble))
-      .to(type);
+  at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, at::TensorOptions().dtype(at::kDouble));
+  std::copy(values.begin(), values.end(), t.data_ptr<double>());
+  return t.to(type);
 }
 
 // A per-channel tensor (or `fill` for none) as float64 values.

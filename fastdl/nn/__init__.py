@@ -1,5 +1,6 @@
 """Drop-in ``torch.nn`` layers backed by fastdl kernels."""
 
+from .batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from .depthwise import DepthwiseConv2d
 
-__all__ = ["DepthwiseConv2d"]
+__all__ = ["DepthwiseConv2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"]

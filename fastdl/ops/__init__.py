@@ -1,6 +1,7 @@
 """Functional API over the compiled ops (``torch.ops.fastdl.*``)."""
 
+from .batch_norm import batch_norm
 from .depthwise_conv2d import depthwise_conv2d
 from .nms import batched_nms, nms
 
-__all__ = ["nms", "batched_nms", "depthwise_conv2d"]
+__all__ = ["nms", "batched_nms", "depthwise_conv2d", "batch_norm"]

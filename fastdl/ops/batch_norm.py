@@ -115,7 +115,8 @@ def backward(grad_output, input, mean, var, weight, bias, residual, eps, activat
     ``needs`` are the four needs-grad flags. With ``batch_stats`` the statistics are
     the batch's own (training), so grad_input includes their dependence on the
     input. ``reduce_sums(sum_dz, sum_dz_xmu) -> (sum_dz, sum_dz_xmu, count)`` lets
-    SyncBatchNorm all-reduce the sums over processes.
+    SyncBatchNorm all-reduce the sums over processes for grad_input; weight and bias
+    gradients come from this process's sums, as in ``nn.SyncBatchNorm``.
     """
     need_input, need_weight, need_bias, need_residual = needs
     need_residual = need_residual and residual is not None
@@ -126,13 +127,13 @@ def backward(grad_output, input, mean, var, weight, bias, residual, eps, activat
         sum_dz, sum_dz_xmu = torch.ops.fastdl.batch_norm_act_backward_reduce.default(
             grad_output, input, mean, var, weight, bias, residual, eps, activation,
             negative_slope)
-        count = input.numel() // input.shape[1]
-        if reduce_sums is not None:
-            sum_dz, sum_dz_xmu, count = reduce_sums(sum_dz, sum_dz_xmu)
         if need_weight and weight is not None:
             grad_weight = (sum_dz_xmu * torch.rsqrt(var.to(sum_dz_xmu.dtype) + eps)).to(weight.dtype)
         if need_bias and bias is not None:
             grad_bias = sum_dz.to(bias.dtype)
+        count = input.numel() // input.shape[1]
+        if reduce_sums is not None and need_input and batch_stats:
+            sum_dz, sum_dz_xmu, count = reduce_sums(sum_dz, sum_dz_xmu)
         if batch_stats:
             mean_dz, mean_dz_xmu = sum_dz / max(count, 1), sum_dz_xmu / max(count, 1)
     if need_input or need_residual:

@@ -1,0 +1,204 @@
+"""Fused batch norm layers: ``BatchNorm1d/2d/3d`` and ``SyncBatchNorm`` with an optional
+activation and residual input, drop-ins for their ``torch.nn`` namesakes."""
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .. import ops
+from ..ops.batch_norm import ACTIVATIONS, backward, update_running_stats
+
+
+def _check_activation(cls_name: str, activation: str, negative_slope: float) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{cls_name}: activation must be one of {', '.join(map(repr, ACTIVATIONS))}, "
+                         f"got {activation!r}")
+    if not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"{cls_name}: negative_slope must be a number, got {negative_slope!r}")
+
+
+class _FusedBatchNorm:
+    """What BatchNorm1d/2d/3d and SyncBatchNorm add to their torch base class: the
+    activation, the residual input and the fused kernels. The running-statistics
+    bookkeeping is the base class's own (``nn.modules.batchnorm._BatchNorm.forward``)."""
+
+    def _init_fused(self, activation: str, negative_slope: float) -> None:
+        _check_activation(type(self).__name__, activation, negative_slope)
+        self.activation = activation
+        self.negative_slope = float(negative_slope)
+
+    @classmethod
+    def from_batch_norm(cls, bn: nn.modules.batchnorm._BatchNorm, activation: str = "none",
+                        negative_slope: float = 0.01):
+        """A layer with ``bn``'s configuration, (shared) parameters and buffers, and
+        ``activation`` applied after it."""
+        layer = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                    activation=activation, negative_slope=negative_slope)
+        layer.weight, layer.bias = bn.weight, bn.bias
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            setattr(layer, name, getattr(bn, name))
+        layer.train(bn.training)
+        return layer
+
+    def _statistics_args(self):
+        """(use batch statistics?, running_mean, running_var, momentum) as
+        ``_BatchNorm.forward`` computes them, num_batches_tracked updated."""
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep = not self.training or self.track_running_stats
+        return (batch_stats, self.running_mean if keep else None,
+                self.running_var if keep else None, momentum)
+
+    def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``activation(batch_norm(input) + residual)``; ``residual`` is optional and has
+        the input's shape."""
+        self._check_input_dim(input)
+        batch_stats, running_mean, running_var, momentum = self._statistics_args()
+        return ops.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                              batch_stats, momentum, self.eps, self.activation,
+                              self.negative_slope, residual)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.activation != "none":
+            text += f", activation={self.activation!r}"
+            if self.activation == "leaky_relu":
+                text += f", negative_slope={self.negative_slope}"
+        return text
+
+
+_DOC = """Fused batch norm over {what} on fastdl kernels: ``nn.{base}`` followed by an
+    optional residual add and activation, in one pass each way.
+
+    Same constructor arguments, parameters, buffers (``running_mean``, ``running_var``,
+    ``num_batches_tracked``), ``state_dict`` keys, running-statistics update
+    (``momentum=None`` gives the cumulative average) and ``train()``/``eval()``
+    behaviour as ``nn.{base}``, of which it is a subclass; ``activation`` is one of
+    ``'none'``, ``'relu'``, ``'relu6'``, ``'silu'``, ``'leaky_relu'`` (slope
+    ``negative_slope``). ``forward(input, residual=None)`` returns
+    ``activation(bn(input) + residual)``. float32/float64 on CPU and CUDA,
+    float16/bfloat16 on CUDA.
+    """
+
+
+class BatchNorm1d(_FusedBatchNorm, nn.BatchNorm1d):
+    __doc__ = _DOC.format(what="(N, C) or (N, C, L) input", base="BatchNorm1d")
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
+                 activation: str = "none", negative_slope: float = 0.01):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_fused(activation, negative_slope)
+
+
+class BatchNorm2d(_FusedBatchNorm, nn.BatchNorm2d):
+    __doc__ = _DOC.format(what="(N, C, H, W) input, NCHW or channels_last", base="BatchNorm2d")
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
+                 activation: str = "none", negative_slope: float = 0.01):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_fused(activation, negative_slope)
+
+
+class BatchNorm3d(_FusedBatchNorm, nn.BatchNorm3d):
+    __doc__ = _DOC.format(what="(N, C, D, H, W) input", base="BatchNorm3d")
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
+                 activation: str = "none", negative_slope: float = 0.01):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_fused(activation, negative_slope)
+
+
+class SyncBatchNorm(_FusedBatchNorm, nn.SyncBatchNorm):
+    """Fused batch norm whose training statistics are those of the whole batch across
+    the processes of ``process_group`` (``torch.distributed``, any backend: gloo on CPU,
+    NCCL on CUDA): the same kernels, with per-process statistics and gradient sums
+    all-reduced in between. Outside an initialised process group, or with one process,
+    or in ``eval()``, it is :class:`BatchNorm2d`-like. Same ``state_dict`` as
+    ``nn.SyncBatchNorm``; ``forward(input, residual=None)``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, process_group=None,
+                 device=None, dtype=None, activation: str = "none",
+                 negative_slope: float = 0.01):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group,
+                         device, dtype)
+        self._init_fused(activation, negative_slope)
+
+    def _process_group(self):
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return None
+        group = self.process_group or dist.group.WORLD
+        return group if dist.get_world_size(group) > 1 else None
+
+    def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        group = self._process_group()
+        batch_stats, running_mean, running_var, momentum = self._statistics_args()
+        if group is None or not batch_stats:
+            return ops.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                                  batch_stats, momentum, self.eps, self.activation,
+                                  self.negative_slope, residual)
+        return _SyncBatchNormFunction.apply(input, self.weight, self.bias, residual, running_mean,
+                                            running_var, momentum, self.eps, self.activation,
+                                            self.negative_slope, group)
+
+
+def _all_gather(tensor: Tensor, group) -> Tensor:
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, tensor, group=group)
+    return torch.stack(parts)
+
+
+class _SyncBatchNormFunction(torch.autograd.Function):
+    """Statistics gathered from every process and merged exactly (count-weighted
+    means, then m2 + count * (mean_p - mean)^2), so the result is that of the
+    concatenated batch; in backward the two gradient sums are all-reduced. Weight and
+    bias gradients stay per-process, as in ``nn.SyncBatchNorm`` (DDP averages them)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, residual, running_mean, running_var, momentum, eps,
+                activation, negative_slope, group):
+        mean, var = torch.ops.fastdl.batch_norm_stats.default(input)
+        count = input.numel() // input.shape[1]
+        local = torch.cat([mean.new_tensor([count]).double(), mean.double(),
+                           var.double() * count])
+        gathered = _all_gather(local, group)
+        counts, means, m2s = gathered[:, :1], gathered[:, 1:1 + mean.numel()], \
+            gathered[:, 1 + mean.numel():]
+        total = int(counts.sum().item())
+        if total == 1:
+            raise ValueError("fastdl.SyncBatchNorm: expected more than 1 value per channel when "
+                             f"training, got {total} across the process group")
+        global_mean = (counts * means).sum(0) / max(total, 1)
+        global_var = (m2s + counts * (means - global_mean) ** 2).sum(0) / max(total, 1)
+        mean, var = global_mean.to(mean.dtype), global_var.to(var.dtype)
+        update_running_stats(running_mean, running_var, mean, var, total, momentum)
+        output = torch.ops.fastdl.batch_norm_act.default(input, mean, var, weight, bias,
+                                                         residual, eps, activation,
+                                                         negative_slope)
+        ctx.save_for_backward(input, weight, bias, residual, mean, var)
+        ctx.args = (eps, activation, negative_slope)
+        ctx.group, ctx.total = group, total
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, bias, residual, mean, var = ctx.saved_tensors
+
+        def all_reduce_sums(sum_dz, sum_dz_xmu):
+            combined = torch.cat([sum_dz, sum_dz_xmu])
+            dist.all_reduce(combined, group=ctx.group)
+            return combined[:sum_dz.numel()], combined[sum_dz.numel():], ctx.total
+
+        grads = backward(grad_output, input, mean, var, weight, bias, residual, *ctx.args,
+                         ctx.needs_input_grad[:4], batch_stats=True, reduce_sums=all_reduce_sums)
+        return *grads, None, None, None, None, None, None, None
