@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "batch_norm/batch_norm_ops.h"
 #include "common/checks.h"
 
 namespace fastdl::batch_norm {
@@ -52,6 +53,8 @@ at::Tensor empty_in_layout(const at::Tensor& like, const Layout& layout) {
 c10::ScalarType stats_dtype(c10::ScalarType input_dtype) {
   return input_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
+
+namespace {
 
 void check_input(const char* op, const at::Tensor& input, bool cuda_types_allowed) {
   TORCH_CHECK_VALUE(input.dim() >= 2, "fastdl.", op,
@@ -99,6 +102,137 @@ void check_more_than_one_value(const char* op, const at::Tensor& input) {
   TORCH_CHECK_VALUE(values != 1, "fastdl.", op,
                     ": expected more than 1 value per channel when training, got input size ",
                     format_shape(input.sizes()));
+}
+
+Epilogue make_epilogue(const char* op, const at::Tensor& input, const OptionalTensor& weight,
+                       const OptionalTensor& bias, const OptionalTensor& residual, double eps,
+                       c10::string_view activation, double negative_slope) {
+  Epilogue e{weight, bias, residual, eps, parse_activation(op, activation), negative_slope};
+  check_epilogue(op, input, e);
+  return e;
+}
+
+void check_statistics(const char* op, const at::Tensor& input, const at::Tensor& mean,
+                      const at::Tensor& var) {
+  check_channel_vector(op, "mean", input, mean);
+  check_channel_vector(op, "var", input, var);
+}
+
+// Operands dense in the input's layout; the statistics as the kernels read them
+// (contiguous, in the statistics dtype).
+Operands operands(const at::Tensor& input, const Epilogue& e, const at::Tensor& grad_output = {},
+                  const at::Tensor& mean = {}, const at::Tensor& var = {}) {
+  Operands o;
+  o.layout = layout_of(input);
+  o.input = dense_in_layout(input, o.layout);
+  if (e.residual) o.residual = dense_in_layout(*e.residual, o.layout);
+  if (grad_output.defined()) o.grad_output = dense_in_layout(grad_output, o.layout);
+  const auto type = stats_dtype(input.scalar_type());
+  if (mean.defined()) o.mean = mean.to(type).contiguous();
+  if (var.defined()) o.var = var.to(type).contiguous();
+  o.epilogue = e;
+  return o;
+}
+
+at::Tensor channel_vector_like(const at::Tensor& input) {
+  return at::empty({input.size(1)}, input.options().dtype(stats_dtype(input.scalar_type())));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> stats_op(const DeviceKernels& k, const at::Tensor& input) {
+  const char* op = "batch_norm_stats";
+  check_input(op, input, k.reduced_precision);
+  const Operands o = operands(input, Epilogue{});
+  at::Tensor mean = channel_vector_like(input), var = channel_vector_like(input);
+  k.stats(o, mean, var);
+  return {mean, var};
+}
+
+namespace {
+
+at::Tensor forward(const DeviceKernels& k, const at::Tensor& input, const at::Tensor& mean,
+                   const at::Tensor& var, const Epilogue& e) {
+  const Operands o = operands(input, e, {}, mean, var);
+  at::Tensor output = empty_in_layout(input, o.layout);
+  k.forward(o, output);
+  return output;
+}
+
+}  // namespace
+
+at::Tensor act_op(const DeviceKernels& k, const at::Tensor& input, const at::Tensor& mean,
+                  const at::Tensor& var, const OptionalTensor& weight, const OptionalTensor& bias,
+                  const OptionalTensor& residual, double eps, c10::string_view activation,
+                  double negative_slope) {
+  const char* op = "batch_norm_act";
+  check_input(op, input, k.reduced_precision);
+  check_statistics(op, input, mean, var);
+  const Epilogue e =
+      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
+  return forward(k, input, mean, var, e);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> act_train_op(
+    const DeviceKernels& k, const at::Tensor& input, const OptionalTensor& weight,
+    const OptionalTensor& bias, const OptionalTensor& residual, double eps,
+    c10::string_view activation, double negative_slope) {
+  const char* op = "batch_norm_act_train";
+  check_input(op, input, k.reduced_precision);
+  const Epilogue e =
+      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
+  check_more_than_one_value(op, input);
+  auto [mean, var] = stats_op(k, input);
+  // Normalise with the rounded statistics the backward pass will read, so both
+  // passes compute the same z.
+  at::Tensor output = forward(k, input, mean, var, e);
+  return {output, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_reduce_op(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& mean, const at::Tensor& var, const OptionalTensor& weight,
+    const OptionalTensor& bias, const OptionalTensor& residual, double eps,
+    c10::string_view activation, double negative_slope) {
+  const char* op = "batch_norm_act_backward_reduce";
+  check_input(op, input, k.reduced_precision);
+  check_same_as_input(op, "grad_output", input, grad_output);
+  check_statistics(op, input, mean, var);
+  const Epilogue e =
+      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
+  const Operands o = operands(input, e, grad_output, mean, var);
+  at::Tensor sum_dz = channel_vector_like(input), sum_dz_xmu = channel_vector_like(input);
+  k.backward_reduce(o, sum_dz, sum_dz_xmu);
+  return {sum_dz, sum_dz_xmu};
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_input_op(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& mean, const at::Tensor& var, const OptionalTensor& weight,
+    const OptionalTensor& bias, const OptionalTensor& residual, const OptionalTensor& mean_dz,
+    const OptionalTensor& mean_dz_xmu, double eps, c10::string_view activation,
+    double negative_slope, std::array<bool, 2> output_mask) {
+  const char* op = "batch_norm_act_backward_input";
+  check_input(op, input, k.reduced_precision);
+  check_same_as_input(op, "grad_output", input, grad_output);
+  check_statistics(op, input, mean, var);
+  TORCH_CHECK_VALUE(mean_dz.has_value() == mean_dz_xmu.has_value(), "fastdl.", op,
+                    ": mean_dz and mean_dz_xmu must be given together (batch statistics) or "
+                    "both be None (fixed statistics)");
+  if (mean_dz) check_channel_vector(op, "mean_dz", input, *mean_dz);
+  if (mean_dz_xmu) check_channel_vector(op, "mean_dz_xmu", input, *mean_dz_xmu);
+  const Epilogue e =
+      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
+  TORCH_CHECK_VALUE(!output_mask[1] || e.residual, "fastdl.", op,
+                    ": grad_residual was asked for, but residual is None");
+  Operands o = operands(input, e, grad_output, mean, var);
+  const auto type = stats_dtype(input.scalar_type());
+  if (mean_dz) o.mean_dz = mean_dz->to(type).contiguous();
+  if (mean_dz_xmu) o.mean_dz_xmu = mean_dz_xmu->to(type).contiguous();
+  at::Tensor grad_input = output_mask[0] ? empty_in_layout(input, o.layout) : at::Tensor();
+  at::Tensor grad_residual = output_mask[1] ? empty_in_layout(input, o.layout) : at::Tensor();
+  if (output_mask[0] || output_mask[1]) k.backward_input(o, grad_input, grad_residual);
+  return {grad_input, grad_residual};
 }
 
 }  // namespace fastdl::batch_norm

@@ -55,15 +55,6 @@ at::Tensor empty_in_layout(const at::Tensor& like, const Layout& layout);
 
 c10::ScalarType stats_dtype(c10::ScalarType input_dtype);
 
-// Argument checks; `training` ops take no mean/var.
-void check_input(const char* op, const at::Tensor& input, bool cuda_types_allowed);
-void check_channel_vector(const char* op, const char* arg, const at::Tensor& input,
-                          const at::Tensor& vector);
-void check_epilogue(const char* op, const at::Tensor& input, const Epilogue& e);
-void check_same_as_input(const char* op, const char* arg, const at::Tensor& input,
-                         const at::Tensor& t);
-void check_more_than_one_value(const char* op, const at::Tensor& input);
-
 // Chan et al.'s merge of two sets' (count, mean, m2 = sum of squared deviations):
 // numerically stable, so statistics can be summed in pieces and in any order.
 template <typename T>

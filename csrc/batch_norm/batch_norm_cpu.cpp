@@ -10,14 +10,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <tuple>
 #include <vector>
 
 #include "batch_norm/batch_norm.h"
 #include "batch_norm/batch_norm_cpu_kernels.h"
+#include "batch_norm/batch_norm_ops.h"
 #include "common/checks.h"
 #include "common/cpu_isa.h"
 
@@ -146,18 +145,18 @@ void sum_parts(const Layout& l, size_t parts, const std::vector<double>& values,
   });
 }
 
-// A float64 vector as a new per-channel tensor of `type` on the CPU.
-at::Tensor channel_tensor(const std::vector<double>& values, c10::ScalarType type) {
+// Copies float64 values into a per-channel output tensor of any floating dtype.
+void store_channels(const std::vector<double>& values, at::Tensor& out) {
   at::Tensor t = at::empty({static_cast<int64_t>(values.size())}, at::TensorOptions().dtype(at::kDouble));
   std::copy(values.begin(), values.end(), t.data_ptr<double>());
-  return t.to(type);
+  out.copy_(t);
 }
 
 // A per-channel tensor (or `fill` for none) as float64 values.
 std::vector<double> channel_values(const std::optional<at::Tensor>& t, int64_t channels,
                                    double fill) {
   std::vector<double> values(channels, fill);
-  if (t) {
+  if (t && t->defined()) {
     const at::Tensor d = t->to(at::kDouble).contiguous();
     std::copy(d.data_ptr<double>(), d.data_ptr<double>() + channels, values.begin());
   }
@@ -177,16 +176,15 @@ struct Coefficients {
   }
 };
 
-// mean_dz / mean_dz_xmu are null with fixed statistics (then b = c = 0).
+// With fixed statistics (no mean_dz / mean_dz_xmu) b = c = 0.
 template <typename T>
-Coefficients<T> coefficients(int64_t channels, const at::Tensor& mean, const at::Tensor& var,
-                             const Epilogue& e, const std::optional<at::Tensor>& mean_dz = {},
-                             const std::optional<at::Tensor>& mean_dz_xmu = {},
-                             bool backward = false) {
-  const auto m = channel_values(mean, channels, 0), v = channel_values(var, channels, 0);
+Coefficients<T> coefficients(const Operands& o, bool backward = false) {
+  const int64_t channels = o.layout.channels;
+  const Epilogue& e = o.epilogue;
+  const auto m = channel_values(o.mean, channels, 0), v = channel_values(o.var, channels, 0);
   const auto w = channel_values(e.weight, channels, 1), b = channel_values(e.bias, channels, 0);
-  const auto mdz = channel_values(mean_dz, channels, 0);
-  const auto mdzx = channel_values(mean_dz_xmu, channels, 0);
+  const auto mdz = channel_values(o.mean_dz, channels, 0);
+  const auto mdzx = channel_values(o.mean_dz_xmu, channels, 0);
   Coefficients<T> k;
   for (auto* vec : {&k.scale, &k.shift, &k.mean}) vec->resize(channels);
   if (backward)
@@ -209,10 +207,11 @@ Coefficients<T> coefficients(int64_t channels, const at::Tensor& mean, const at:
 }
 
 template <typename T>
-std::tuple<at::Tensor, at::Tensor> stats_typed(const at::Tensor& x, const Layout& l) {
+void stats_typed(const Operands& o, at::Tensor& mean_out, at::Tensor& var_out) {
+  const Layout& l = o.layout;
   const std::vector<double> sizes = part_sizes(l);
   std::vector<double> part_mean(sizes.size() * l.channels), part_m2(sizes.size() * l.channels);
-  const T* data = x.const_data_ptr<T>();
+  const T* data = o.input.const_data_ptr<T>();
   with_kernels<T>([&](auto kernels) {
     if (l.channels_last) {
       for_each_row_block(l, [&](int64_t block, int64_t first, int64_t rows) {
@@ -231,28 +230,55 @@ std::tuple<at::Tensor, at::Tensor> stats_typed(const at::Tensor& x, const Layout
   merge_moment_parts(l, sizes, part_mean, part_m2, mean.data(), var.data());
   const double count = static_cast<double>(l.count_per_channel());
   for (double& v : var) v = count > 0 ? v / count : 0.0;
-  const auto type = stats_dtype(x.scalar_type());
-  return {channel_tensor(mean, type), channel_tensor(var, type)};
+  store_channels(mean, mean_out);
+  store_channels(var, var_out);
+}
+
+// Pointers of one call's tensors (null: not given).
+template <typename T>
+struct Pointers {
+  const T *input, *residual, *grad_output;
+  T slope;
+  explicit Pointers(const Operands& o)
+      : input(o.input.const_data_ptr<T>()),
+        residual(o.residual.defined() ? o.residual.const_data_ptr<T>() : nullptr),
+        grad_output(o.grad_output.defined() ? o.grad_output.const_data_ptr<T>() : nullptr),
+        slope(static_cast<T>(o.epilogue.negative_slope)) {}
+};
+
+template <typename T>
+T* data_or_null(at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 template <typename T>
-void forward_typed(const at::Tensor& x, const Layout& l, const Coefficients<T>& k,
-                   const Epilogue& e, const at::Tensor& residual, at::Tensor& out) {
-  const T* data = x.const_data_ptr<T>();
-  const T* res = residual.defined() ? residual.const_data_ptr<T>() : nullptr;
-  T* y = out.data_ptr<T>();
-  const T slope = static_cast<T>(e.negative_slope);
+const T* at_offset(const T* p, int64_t offset) {
+  return p ? p + offset : nullptr;
+}
+
+template <typename T>
+T* at_offset(T* p, int64_t offset) {
+  return p ? p + offset : nullptr;
+}
+
+template <typename T>
+void forward_typed(const Operands& o, at::Tensor& output) {
+  const Layout& l = o.layout;
+  const Coefficients<T> k = coefficients<T>(o);
+  const Pointers<T> p(o);
+  const Activation act = o.epilogue.activation;
+  T* y = output.data_ptr<T>();
   with_kernels<T>([&](auto kernels) {
     if (l.channels_last) {
       const auto arrays = k.arrays();
       for_each_row_block(l, [&](int64_t, int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
-        kernels.forward_rows(e.activation, slope, data + offset, res ? res + offset : nullptr,
+        kernels.forward_rows(act, p.slope, p.input + offset, at_offset(p.residual, offset),
                              arrays, rows, l.channels, y + offset);
       });
     } else {
       for_each_piece(l, [&](int64_t, int64_t c, int64_t offset, int64_t n) {
-        kernels.forward_run(e.activation, slope, data + offset, res ? res + offset : nullptr,
+        kernels.forward_run(act, p.slope, p.input + offset, at_offset(p.residual, offset),
                             k.values(c), n, y + offset);
       });
     }
@@ -260,216 +286,92 @@ void forward_typed(const at::Tensor& x, const Layout& l, const Coefficients<T>& 
 }
 
 template <typename T>
-std::tuple<at::Tensor, at::Tensor> backward_reduce_typed(const at::Tensor& grad_y,
-                                                         const at::Tensor& x,
-                                                         const at::Tensor& residual,
-                                                         const Layout& l,
-                                                         const Coefficients<T>& k,
-                                                         const Epilogue& e) {
+void backward_reduce_typed(const Operands& o, at::Tensor& sum_dz_out,
+                           at::Tensor& sum_dz_xmu_out) {
+  const Layout& l = o.layout;
+  const Coefficients<T> k = coefficients<T>(o);
+  const Pointers<T> p(o);
+  const Activation act = o.epilogue.activation;
   const size_t parts = part_sizes(l).size();
   std::vector<double> part_dz(parts * l.channels), part_dz_xmu(parts * l.channels);
-  const T* g = grad_y.const_data_ptr<T>();
-  const T* data = x.const_data_ptr<T>();
-  const T* res = residual.defined() ? residual.const_data_ptr<T>() : nullptr;
-  const T slope = static_cast<T>(e.negative_slope);
   with_kernels<T>([&](auto kernels) {
     if (l.channels_last) {
       const auto arrays = k.arrays();
       for_each_row_block(l, [&](int64_t block, int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
-        kernels.backward_reduce_rows(e.activation, slope, g + offset, data + offset,
-                                     res ? res + offset : nullptr, arrays, rows, l.channels,
+        kernels.backward_reduce_rows(act, p.slope, p.grad_output + offset, p.input + offset,
+                                     at_offset(p.residual, offset), arrays, rows, l.channels,
                                      part_dz.data() + block * l.channels,
                                      part_dz_xmu.data() + block * l.channels);
       });
     } else {
       for_each_piece(l, [&](int64_t item, int64_t c, int64_t offset, int64_t n) {
         const int64_t value = planar_part_value(l, item, c);
-        kernels.backward_reduce_run(e.activation, slope, g + offset, data + offset,
-                                    res ? res + offset : nullptr, k.values(c), n, part_dz[value],
-                                    part_dz_xmu[value]);
+        kernels.backward_reduce_run(act, p.slope, p.grad_output + offset, p.input + offset,
+                                    at_offset(p.residual, offset), k.values(c), n,
+                                    part_dz[value], part_dz_xmu[value]);
       });
     }
   });
   std::vector<double> sum_dz(l.channels), sum_dz_xmu(l.channels);
   sum_parts(l, parts, part_dz, sum_dz.data());
   sum_parts(l, parts, part_dz_xmu, sum_dz_xmu.data());
-  const auto type = stats_dtype(x.scalar_type());
-  return {channel_tensor(sum_dz, type), channel_tensor(sum_dz_xmu, type)};
+  store_channels(sum_dz, sum_dz_out);
+  store_channels(sum_dz_xmu, sum_dz_xmu_out);
 }
 
 template <typename T>
-void backward_input_typed(const at::Tensor& grad_y, const at::Tensor& x,
-                          const at::Tensor& residual, const Layout& l, const Coefficients<T>& k,
-                          const Epilogue& e, at::Tensor& grad_x, at::Tensor& grad_residual) {
-  const T* g = grad_y.const_data_ptr<T>();
-  const T* data = x.const_data_ptr<T>();
-  const T* res = residual.defined() ? residual.const_data_ptr<T>() : nullptr;
-  T* gx = grad_x.defined() ? grad_x.data_ptr<T>() : nullptr;
-  T* gr = grad_residual.defined() ? grad_residual.data_ptr<T>() : nullptr;
-  const T slope = static_cast<T>(e.negative_slope);
-  auto at_offset = [](auto* p, int64_t offset) { return p ? p + offset : nullptr; };
+void backward_input_typed(const Operands& o, at::Tensor& grad_input, at::Tensor& grad_residual) {
+  const Layout& l = o.layout;
+  const Coefficients<T> k = coefficients<T>(o, /*backward=*/true);
+  const Pointers<T> p(o);
+  const Activation act = o.epilogue.activation;
+  T* gx = data_or_null<T>(grad_input);
+  T* gr = data_or_null<T>(grad_residual);
   with_kernels<T>([&](auto kernels) {
     if (l.channels_last) {
       const auto arrays = k.arrays();
       for_each_row_block(l, [&](int64_t, int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
-        kernels.backward_input_rows(e.activation, slope, g + offset, data + offset,
-                                    at_offset(res, offset), arrays, rows, l.channels,
+        kernels.backward_input_rows(act, p.slope, p.grad_output + offset, p.input + offset,
+                                    at_offset(p.residual, offset), arrays, rows, l.channels,
                                     at_offset(gx, offset), at_offset(gr, offset));
       });
     } else {
       for_each_piece(l, [&](int64_t, int64_t c, int64_t offset, int64_t n) {
-        kernels.backward_input_run(e.activation, slope, g + offset, data + offset,
-                                   at_offset(res, offset), k.values(c), n, at_offset(gx, offset),
-                                   at_offset(gr, offset));
+        kernels.backward_input_run(act, p.slope, p.grad_output + offset, p.input + offset,
+                                   at_offset(p.residual, offset), k.values(c), n,
+                                   at_offset(gx, offset), at_offset(gr, offset));
       });
     }
   });
 }
 
-Epilogue make_epilogue(const char* op, const at::Tensor& input,
-                       const std::optional<at::Tensor>& weight,
-                       const std::optional<at::Tensor>& bias,
-                       const std::optional<at::Tensor>& residual, double eps,
-                       c10::string_view activation, double negative_slope) {
-  Epilogue e{weight, bias, residual, eps, parse_activation(op, activation), negative_slope};
-  check_epilogue(op, input, e);
-  return e;
+#define FASTDL_CPU_DISPATCH(tensor, call) \
+  AT_DISPATCH_FLOATING_TYPES((tensor).scalar_type(), "fastdl_batch_norm_cpu", [&] { call; })
+
+void stats_cpu(const Operands& o, at::Tensor& mean, at::Tensor& var) {
+  FASTDL_CPU_DISPATCH(o.input, stats_typed<scalar_t>(o, mean, var));
 }
 
-// The input (and residual) dense in the layout the kernels walk.
-struct Operands {
-  Layout layout;
-  at::Tensor input, residual;
-};
-
-Operands operands(const at::Tensor& input, const Epilogue& e) {
-  const Layout l = layout_of(input);
-  return {l, dense_in_layout(input, l),
-          e.residual ? dense_in_layout(*e.residual, l) : at::Tensor()};
+void forward_cpu(const Operands& o, at::Tensor& output) {
+  FASTDL_CPU_DISPATCH(o.input, forward_typed<scalar_t>(o, output));
 }
 
-void check_statistics(const char* op, const at::Tensor& input, const at::Tensor& mean,
-                      const at::Tensor& var) {
-  check_channel_vector(op, "mean", input, mean);
-  check_channel_vector(op, "var", input, var);
+void backward_reduce_cpu(const Operands& o, at::Tensor& sum_dz, at::Tensor& sum_dz_xmu) {
+  FASTDL_CPU_DISPATCH(o.input, backward_reduce_typed<scalar_t>(o, sum_dz, sum_dz_xmu));
 }
 
-void check_grad_output(const char* op, const at::Tensor& input, const at::Tensor& grad_output) {
-  check_same_as_input(op, "grad_output", input, grad_output);
+void backward_input_cpu(const Operands& o, at::Tensor& grad_input, at::Tensor& grad_residual) {
+  FASTDL_CPU_DISPATCH(o.input, backward_input_typed<scalar_t>(o, grad_input, grad_residual));
 }
 
-at::Tensor forward(const char* op, const at::Tensor& input, const at::Tensor& mean,
-                   const at::Tensor& var, const Epilogue& e) {
-  const Operands o = operands(input, e);
-  at::Tensor out = empty_in_layout(input, o.layout);
-  AT_DISPATCH_FLOATING_TYPES(o.input.scalar_type(), "fastdl_batch_norm", [&] {
-    const auto k = coefficients<scalar_t>(o.layout.channels, mean, var, e);
-    forward_typed<scalar_t>(o.input, o.layout, k, e, o.residual, out);
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& input) {
-  const char* op = "batch_norm_stats";
-  check_input(op, input, false);
-  const Layout l = layout_of(input);
-  const at::Tensor x = dense_in_layout(input, l);
-  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl_batch_norm",
-                                    [&] { return stats_typed<scalar_t>(x, l); });
-}
-
-at::Tensor batch_norm_act_cpu(const at::Tensor& input, const at::Tensor& mean,
-                              const at::Tensor& var, const std::optional<at::Tensor>& weight,
-                              const std::optional<at::Tensor>& bias,
-                              const std::optional<at::Tensor>& residual, double eps,
-                              c10::string_view activation, double negative_slope) {
-  const char* op = "batch_norm_act";
-  check_input(op, input, false);
-  check_statistics(op, input, mean, var);
-  const Epilogue e =
-      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
-  return forward(op, input, mean, var, e);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_train_cpu(
-    const at::Tensor& input, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-    double eps, c10::string_view activation, double negative_slope) {
-  const char* op = "batch_norm_act_train";
-  check_input(op, input, false);
-  const Epilogue e =
-      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
-  check_more_than_one_value(op, input);
-  auto [mean, var] = batch_norm_stats_cpu(input);
-  // Normalise with the rounded statistics the backward pass will read.
-  at::Tensor out = forward(op, input, mean, var, e);
-  return {out, mean, var};
-}
-
-std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
-    const at::Tensor& var, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-    double eps, c10::string_view activation, double negative_slope) {
-  const char* op = "batch_norm_act_backward_reduce";
-  check_input(op, input, false);
-  check_grad_output(op, input, grad_output);
-  check_statistics(op, input, mean, var);
-  const Epilogue e =
-      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
-  const Operands o = operands(input, e);
-  const at::Tensor g = dense_in_layout(grad_output, o.layout);
-  return AT_DISPATCH_FLOATING_TYPES(o.input.scalar_type(), "fastdl_batch_norm", [&] {
-    const auto k = coefficients<scalar_t>(o.layout.channels, mean, var, e);
-    return backward_reduce_typed<scalar_t>(g, o.input, o.residual, o.layout, k, e);
-  });
-}
-
-std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_input_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
-    const at::Tensor& var, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-    const std::optional<at::Tensor>& mean_dz, const std::optional<at::Tensor>& mean_dz_xmu,
-    double eps, c10::string_view activation, double negative_slope,
-    std::array<bool, 2> output_mask) {
-  const char* op = "batch_norm_act_backward_input";
-  check_input(op, input, false);
-  check_grad_output(op, input, grad_output);
-  check_statistics(op, input, mean, var);
-  TORCH_CHECK_VALUE(mean_dz.has_value() == mean_dz_xmu.has_value(), "fastdl.", op,
-                    ": mean_dz and mean_dz_xmu must be given together (batch statistics) or "
-                    "both be None (fixed statistics)");
-  if (mean_dz) check_channel_vector(op, "mean_dz", input, *mean_dz);
-  if (mean_dz_xmu) check_channel_vector(op, "mean_dz_xmu", input, *mean_dz_xmu);
-  const Epilogue e =
-      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
-  TORCH_CHECK_VALUE(!output_mask[1] || e.residual, "fastdl.", op,
-                    ": grad_residual was asked for, but residual is None");
-  const Operands o = operands(input, e);
-  const at::Tensor g = dense_in_layout(grad_output, o.layout);
-  at::Tensor grad_input = output_mask[0] ? empty_in_layout(input, o.layout) : at::Tensor();
-  at::Tensor grad_residual = output_mask[1] ? empty_in_layout(input, o.layout) : at::Tensor();
-  if (output_mask[0] || output_mask[1]) {
-    AT_DISPATCH_FLOATING_TYPES(o.input.scalar_type(), "fastdl_batch_norm", [&] {
-      const auto k = coefficients<scalar_t>(o.layout.channels, mean, var, e, mean_dz,
-                                            mean_dz_xmu, /*backward=*/true);
-      backward_input_typed<scalar_t>(g, o.input, o.residual, o.layout, k, e, grad_input,
-                                     grad_residual);
-    });
-  }
-  return {grad_input, grad_residual};
-}
+const DeviceKernels kCpuKernels{/*reduced_precision=*/false, &stats_cpu, &forward_cpu,
+                                &backward_reduce_cpu, &backward_input_cpu};
 
 }  // namespace
 }  // namespace fastdl::batch_norm
 
 TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
-  using namespace fastdl::batch_norm;
-  m.impl("batch_norm_stats", &batch_norm_stats_cpu);
-  m.impl("batch_norm_act", &batch_norm_act_cpu);
-  m.impl("batch_norm_act_train", &batch_norm_act_train_cpu);
-  m.impl("batch_norm_act_backward_reduce", &batch_norm_act_backward_reduce_cpu);
-  m.impl("batch_norm_act_backward_input", &batch_norm_act_backward_input_cpu);
+  fastdl::batch_norm::register_ops<fastdl::batch_norm::kCpuKernels>(m);
 }
