@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastdl
-from conftest import TOLERANCES, TOLERANCES_VS_FLOAT64
+from conftest import TOLERANCES, TOLERANCES_VS_FLOAT64, requires_cuda
 from parity import assert_close
 
 OPS = torch.ops.fastdl
@@ -105,6 +105,16 @@ def check_against_reference(device, dtype, shape, memory_format, activation, wit
 def test_training_matches_torch(device, layout, activation, with_residual, dtype):
     shape, memory_format = LAYOUTS[layout]
     check_against_reference(device, dtype, shape, memory_format, activation, with_residual, True)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "nc"])
+def test_half_precision_on_cuda(layout, training, dtype):
+    shape, memory_format = LAYOUTS[layout]
+    check_against_reference(torch.device("cuda"), dtype, shape, memory_format, "relu", True,
+                            training)
 
 
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
@@ -460,7 +470,7 @@ def test_eval_without_running_stats_fails():
         fastdl.ops.batch_norm(torch.randn(2, 3), None, None, training=False)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_device_mismatch():
     with pytest.raises(RuntimeError, match="must be on the same device"):
         fastdl.ops.batch_norm(torch.randn(2, 3, device="cuda"), None, None, torch.ones(3), None,
