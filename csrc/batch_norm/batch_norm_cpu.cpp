@@ -102,11 +102,14 @@ int64_t planar_part_value(const Layout& l, int64_t item, int64_t c) {
   return part * l.channels + c;
 }
 
-// fn(begin, end) over ranges of channels, in parallel; merges loop parts outside and
-// channels inside, so they read the parts' rows contiguously.
+// fn(begin, end) over ranges of channels; merges loop parts outside and channels
+// inside, so they read the parts' rows contiguously. In parallel only when there
+// are enough partial values to pay for waking the threads.
 template <typename Fn>
-void for_channel_ranges(const Layout& l, Fn&& fn) {
-  at::parallel_for(0, l.channels, 256, fn);
+void for_channel_ranges(const Layout& l, size_t parts, Fn&& fn) {
+  constexpr int64_t kValuesPerTask = 1 << 18;
+  const int64_t grain = std::max<int64_t>(256, kValuesPerTask / std::max<int64_t>(1, parts));
+  at::parallel_for(0, l.channels, grain, fn);
 }
 
 // Per-channel mean and m2 from the parts' (size, mean, m2): the mean as a weighted
@@ -118,7 +121,7 @@ void merge_moment_parts(const Layout& l, const std::vector<double>& sizes,
   double total = 0;
   for (double size : sizes) total += size;
   const int64_t C = l.channels;
-  for_channel_ranges(l, [&](int64_t begin, int64_t end) {
+  for_channel_ranges(l, sizes.size(), [&](int64_t begin, int64_t end) {
     std::fill(mean + begin, mean + end, 0.0);
     std::fill(m2 + begin, m2 + end, 0.0);
     for (size_t p = 0; p < sizes.size(); ++p)
@@ -138,7 +141,7 @@ void merge_moment_parts(const Layout& l, const std::vector<double>& sizes,
 // Per-channel sums of the parts' values.
 void sum_parts(const Layout& l, size_t parts, const std::vector<double>& values, double* sum) {
   const int64_t C = l.channels;
-  for_channel_ranges(l, [&](int64_t begin, int64_t end) {
+  for_channel_ranges(l, parts, [&](int64_t begin, int64_t end) {
     std::fill(sum + begin, sum + end, 0.0);
     for (size_t p = 0; p < parts; ++p)
       for (int64_t c = begin; c < end; ++c) sum[c] += values[p * C + c];

@@ -4,12 +4,14 @@ Each case runs fastdl and the best PyTorch path on the same inputs. Shapes come 
 real models (for NMS: detector proposal counts, COCO's 80 classes).
 """
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .. import nn as fastdl_nn
 from .. import ops
 from .inputs import detection_boxes
 
@@ -155,6 +157,100 @@ def _depthwise_cases() -> list[Case]:
     ]
 
 
+def _batch_norm_case(name: str, shape: tuple, channels_last: bool, kind: str,
+                     default: bool = False) -> Case:
+    """``kind``: "train" (BN+ReLU forward+backward), "train_residual" (BN+add+ReLU),
+    "eval" (BN+ReLU inference) or "eval_vs_copy" (the same against ``x.clone()``, one
+    read and one write of the tensor: the ratio is the fraction of copy bandwidth).
+
+    Training results are checked against float64, not against PyTorch's float32: on
+    CPU, PyTorch's channels_last batch norm backward sums in float32 and is off by up
+    to ~0.8 in grad_input on 32x256x56x56 (fastdl: ~3e-7).
+    """
+    channels = shape[1]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    training = kind.startswith("train")
+    float64_results = {}  # device type -> the training step in float64
+
+    def make_inputs(device):
+        g = torch.Generator().manual_seed(channels)
+        x = (torch.randn(shape, generator=g) * 2 + 1).to(device, memory_format=memory_format)
+        residual = torch.randn(shape, generator=g).to(device, memory_format=memory_format)
+        grad = torch.randn(shape, generator=g).to(device, memory_format=memory_format)
+        ours = fastdl_nn.BatchNorm2d(channels, activation="relu").to(device).train(training)
+        theirs = torch.nn.BatchNorm2d(channels).to(device).train(training)
+        with torch.no_grad():
+            for layer in (ours, theirs):
+                layer.weight.copy_(torch.linspace(0.5, 1.5, channels))
+                layer.bias.copy_(torch.linspace(-0.5, 0.5, channels))
+                layer.running_var.copy_(torch.linspace(0.5, 2, channels))
+        inputs = (x, residual if kind == "train_residual" else None, grad, ours, theirs)
+        if training:
+            x.requires_grad_()
+            float64_results[x.device.type] = torch_bn(*_float64_copies(inputs))
+        return inputs
+
+    def fastdl_bn(x, residual, grad, ours, theirs):
+        if not training:
+            with torch.no_grad():
+                return ours(x)
+        out = ours(x, residual)
+        return (out, *torch.autograd.grad(out, (x, ours.weight, ours.bias), grad))
+
+    def torch_bn(x, residual, grad, ours, theirs):  # as torchvision's ResNet blocks do
+        if kind == "eval_vs_copy":
+            return x.clone()
+        if not training:
+            with torch.no_grad():
+                return F.relu(theirs(x), inplace=True)
+        out = theirs(x)
+        if residual is not None:
+            out += residual
+        out = F.relu(out, inplace=True)
+        return (out, *torch.autograd.grad(out, (x, theirs.weight, theirs.bias), grad))
+
+    def same(actual, expected):
+        if kind == "eval_vs_copy":
+            return True
+        if training:
+            expected = float64_results[actual[0].device.type]
+        return _outputs_close(actual, expected)
+
+    what = {"train": "BN+ReLU training fwd+bwd", "train_residual": "BN+add+ReLU training fwd+bwd",
+            "eval": "BN+ReLU inference", "eval_vs_copy": "BN+ReLU inference vs copy"}[kind]
+    reference = ("x.clone() (one read + one write: the memory floor)" if kind == "eval_vs_copy"
+                 else "nn.BatchNorm2d, +=, F.relu_")
+    return Case(
+        op="batch_norm",
+        name=(f"{name} {'x'.join(map(str, shape))}, {'channels_last' if channels_last else 'NCHW'}, "
+              f"{what}"),
+        reference_name=reference,
+        make_inputs=make_inputs,
+        run=fastdl_bn,
+        run_reference=torch_bn,
+        same=same,
+        default=default,
+    )
+
+
+def _float64_copies(inputs):
+    """The batch norm case's inputs in float64, layers included (copies)."""
+    x, residual, grad, ours, theirs = inputs
+    as64 = lambda t: None if t is None else t.detach().double().requires_grad_(t.requires_grad)
+    return (as64(x), as64(residual), grad.double(), ours, copy.deepcopy(theirs).double())
+
+
+def _batch_norm_cases() -> list[Case]:
+    shapes = [("ResNet-50 conv2", (32, 256, 56, 56)), ("ResNet-50 conv5", (32, 2048, 7, 7))]
+    return [
+        _batch_norm_case(name, shape, channels_last, kind,
+                         default=(shape[1], channels_last, kind) == (2048, False, "train_residual"))
+        for name, shape in shapes
+        for channels_last in (False, True)
+        for kind in ("train", "train_residual", "eval", "eval_vs_copy")
+    ]
+
+
 CASES = [
     _nms_case(1000, 0.5),
     _nms_case(5000, 0.5, default=True),
@@ -164,6 +260,7 @@ CASES = [
     _batched_nms_case(20000, 80, 0.5),
     _batched_nms_case(20000, 4, 0.5),
     *_depthwise_cases(),
+    *_batch_norm_cases(),
 ]
 
 
