@@ -43,20 +43,28 @@ Pieces pieces_of(const Layout& l) {
   return {per_plane, (l.inner + per_plane - 1) / per_plane};
 }
 
-// fn(item, channel, offset, n) for every non-empty piece, in parallel.
+// fn(first_item, runs, offset) over the planar data, in parallel: groups of whole
+// planes when a plane is at most kTaskValues values, else one piece per call.
 template <typename Fn>
-void for_each_piece(const Layout& l, Fn&& fn) {
+void for_each_run(const Layout& l, Fn&& fn) {
   const Pieces p = pieces_of(l);
-  const int64_t items = l.outer * l.channels * p.per_plane;
-  at::parallel_for(0, items, std::max<int64_t>(1, kTaskValues / std::max<int64_t>(1, p.length)),
-                   [&](int64_t begin, int64_t end) {
-                     for (int64_t item = begin; item < end; ++item) {
-                       const int64_t plane = item / p.per_plane;
-                       const int64_t start = (item % p.per_plane) * p.length;
-                       const int64_t n = std::min(p.length, l.inner - start);
-                       if (n > 0) fn(item, plane % l.channels, plane * l.inner + start, n);
-                     }
-                   });
+  const int64_t planes = l.outer * l.channels;
+  if (p.per_plane == 1) {
+    at::parallel_for(0, planes, std::max<int64_t>(1, kTaskValues / std::max<int64_t>(1, l.inner)),
+                     [&](int64_t begin, int64_t end) {
+                       fn(begin, Runs{l.inner, end - begin, begin % l.channels, l.channels},
+                          begin * l.inner);
+                     });
+    return;
+  }
+  at::parallel_for(0, planes * p.per_plane, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t plane = item / p.per_plane;
+      const int64_t start = (item % p.per_plane) * p.length;
+      const int64_t n = std::min(p.length, l.inner - start);
+      if (n > 0) fn(item, Runs{n, 1, plane % l.channels, l.channels}, plane * l.inner + start);
+    }
+  });
 }
 
 // Rows per block of a channels-last layout.
@@ -170,10 +178,6 @@ std::vector<double> channel_values(const std::optional<at::Tensor>& t, int64_t c
 template <typename T>
 struct Coefficients {
   std::vector<T> scale, shift, mean, a, b, c;
-  ChannelValues<T> values(int64_t ch) const {
-    auto at = [&](const std::vector<T>& v) { return v.empty() ? T(0) : v[ch]; };
-    return {at(scale), at(shift), at(mean), at(a), at(b), at(c)};
-  }
   ChannelArrays<T> arrays() const {
     return {scale.data(), shift.data(), mean.data(), a.data(), b.data(), c.data()};
   }
@@ -223,9 +227,10 @@ void stats_typed(const Operands& o, at::Tensor& mean_out, at::Tensor& var_out) {
                            part_m2.data() + block * l.channels);
       });
     } else {
-      for_each_piece(l, [&](int64_t item, int64_t c, int64_t offset, int64_t n) {
-        const int64_t value = planar_part_value(l, item, c);
-        kernels.stats_run(data + offset, n, part_mean[value], part_m2[value]);
+      for_each_run(l, [&](int64_t item, const Runs& runs, int64_t offset) {
+        const int64_t value = planar_part_value(l, item, runs.first_channel);
+        kernels.stats_run(data + offset, runs, part_mean.data() + value,
+                          part_m2.data() + value);
       });
     }
   });
@@ -280,9 +285,9 @@ void forward_typed(const Operands& o, at::Tensor& output) {
                              arrays, rows, l.channels, y + offset);
       });
     } else {
-      for_each_piece(l, [&](int64_t, int64_t c, int64_t offset, int64_t n) {
+      for_each_run(l, [&](int64_t, const Runs& runs, int64_t offset) {
         kernels.forward_run(act, p.slope, p.input + offset, at_offset(p.residual, offset),
-                            k.values(c), n, y + offset);
+                            k.arrays(), runs, y + offset);
       });
     }
   });
@@ -308,11 +313,11 @@ void backward_reduce_typed(const Operands& o, at::Tensor& sum_dz_out,
                                      part_dz_xmu.data() + block * l.channels);
       });
     } else {
-      for_each_piece(l, [&](int64_t item, int64_t c, int64_t offset, int64_t n) {
-        const int64_t value = planar_part_value(l, item, c);
+      for_each_run(l, [&](int64_t item, const Runs& runs, int64_t offset) {
+        const int64_t value = planar_part_value(l, item, runs.first_channel);
         kernels.backward_reduce_run(act, p.slope, p.grad_output + offset, p.input + offset,
-                                    at_offset(p.residual, offset), k.values(c), n,
-                                    part_dz[value], part_dz_xmu[value]);
+                                    at_offset(p.residual, offset), k.arrays(), runs,
+                                    part_dz.data() + value, part_dz_xmu.data() + value);
       });
     }
   });
@@ -341,9 +346,9 @@ void backward_input_typed(const Operands& o, at::Tensor& grad_input, at::Tensor&
                                     at_offset(gx, offset), at_offset(gr, offset));
       });
     } else {
-      for_each_piece(l, [&](int64_t, int64_t c, int64_t offset, int64_t n) {
+      for_each_run(l, [&](int64_t, const Runs& runs, int64_t offset) {
         kernels.backward_input_run(act, p.slope, p.grad_output + offset, p.input + offset,
-                                   at_offset(p.residual, offset), k.values(c), n,
+                                   at_offset(p.residual, offset), k.arrays(), runs,
                                    at_offset(gx, offset), at_offset(gr, offset));
       });
     }

@@ -217,7 +217,7 @@ template <typename Op>
 __global__ void reduce_planar_kernel(Op op, int64_t channels, int64_t inner, int64_t count,
                                      int64_t per_split, typename Op::State* parts) {
   using State = typename Op::State;
-  extern __shared__ unsigned char shared_bytes[];
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
   State* states = reinterpret_cast<State*>(shared_bytes);
   const int64_t c = blockIdx.x;
   const int64_t begin = blockIdx.y * per_split;
@@ -268,12 +268,14 @@ __global__ void merge_parts_kernel(const typename Op::State* parts, int64_t spli
   finish(c, state);
 }
 
+// Divides by the exact count: a float count is exact only up to 2^24 values.
 template <typename acc_t>
 struct FinishStats {
   acc_t *mean, *var;
+  double count;
   __device__ void operator()(int64_t c, const Moments<acc_t>& m) const {
     mean[c] = m.mean;
-    var[c] = m.count > acc_t(0) ? m.m2 / m.count : acc_t(0);
+    var[c] = count > 0 ? static_cast<acc_t>(m.m2 / count) : acc_t(0);
   }
 };
 
@@ -310,8 +312,10 @@ void reduce(const Operands& o, Op op, Finish finish) {
     reduce_channels_last_kernel<Op><<<grid, dim3(kTileChannels, kTileRows), 0, stream>>>(
         op, l.channels, l.outer, per_split, part_data);
   } else {
+    // An empty input (inner may be 0) visits nothing; max() keeps the divisions defined.
     reduce_planar_kernel<Op><<<grid, kThreadsPerBlock, kThreadsPerBlock * sizeof(State), stream>>>(
-        op, l.channels, l.inner, l.count_per_channel(), per_split, part_data);
+        op, l.channels, std::max<int64_t>(l.inner, 1), l.count_per_channel(), per_split,
+        part_data);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   merge_parts_kernel<Op><<<cuda::grid_for(l.channels), kThreadsPerBlock, 0, stream>>>(
@@ -354,10 +358,12 @@ __global__ void backward_input_kernel(Element<scalar_t, acc_t> e, index_t n, ind
   }
 }
 
-// fn(index_tag): 32-bit index math when every index fits.
+// fn(index_tag): 32-bit index math when every index fits, including the grid-stride
+// loop's last step past n.
 template <typename Fn>
 void with_index_type(int64_t n, Fn&& fn) {
-  if (n <= std::numeric_limits<int32_t>::max()) {
+  constexpr int64_t kMaxStride = int64_t{kMaxElementwiseBlocks} * kThreadsPerBlock;
+  if (n <= std::numeric_limits<int32_t>::max() - kMaxStride) {
     fn(int32_t{});
   } else {
     fn(int64_t{});
@@ -365,7 +371,8 @@ void with_index_type(int64_t n, Fn&& fn) {
 }
 
 unsigned elementwise_blocks(int64_t n) {
-  return std::min(cuda::grid_for(n), kMaxElementwiseBlocks);
+  return static_cast<unsigned>(
+      std::min<int64_t>(cuda::ceil_div<int64_t>(n, kThreadsPerBlock), kMaxElementwiseBlocks));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -393,7 +400,8 @@ void stats_cuda(const Operands& o, at::Tensor& mean, at::Tensor& var) {
     const Element<scalar_t, acc_t> e{o.input.const_data_ptr<scalar_t>(), nullptr, nullptr,
                                      nullptr, o.layout.channels, acc_t(0)};
     reduce(o, StatsOp<scalar_t, acc_t>{e},
-           FinishStats<acc_t>{mean.data_ptr<acc_t>(), var.data_ptr<acc_t>()});
+           FinishStats<acc_t>{mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
+                              static_cast<double>(o.layout.count_per_channel())});
   });
 }
 
