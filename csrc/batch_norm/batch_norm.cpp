@@ -189,11 +189,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_train_op(
   return {output, mean, var};
 }
 
-std::tuple<at::Tensor, at::Tensor> backward_reduce_op(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_reduce_op(
     const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
     const at::Tensor& mean, const at::Tensor& var, const OptionalTensor& weight,
     const OptionalTensor& bias, const OptionalTensor& residual, double eps,
-    c10::string_view activation, double negative_slope) {
+    c10::string_view activation, double negative_slope, bool write_dz) {
   const char* op = "batch_norm_act_backward_reduce";
   check_input(op, input, k.reduced_precision);
   check_same_as_input(op, "grad_output", input, grad_output);
@@ -202,8 +202,9 @@ std::tuple<at::Tensor, at::Tensor> backward_reduce_op(
       make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
   const Operands o = operands(input, e, grad_output, mean, var);
   at::Tensor sum_dz = channel_vector_like(input), sum_dz_xmu = channel_vector_like(input);
-  k.backward_reduce(o, sum_dz, sum_dz_xmu);
-  return {sum_dz, sum_dz_xmu};
+  at::Tensor dz = write_dz ? empty_in_layout(input, o.layout) : at::Tensor();
+  k.backward_reduce(o, sum_dz, sum_dz_xmu, dz);
+  return {sum_dz, sum_dz_xmu, dz};
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_input_op(
@@ -249,11 +250,13 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "batch_norm_act_train(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "
       "float eps, str activation, float negative_slope) -> (Tensor output, Tensor mean, "
       "Tensor var)");
-  // Per-channel sums of dz and dz * (input - mean), dz = grad_output * act'(z).
+  // Per-channel sums of dz and dz * (input - mean), dz = grad_output * act'(z); with
+  // write_dz, dz itself too (the residual's gradient, and what grad_input needs).
   m.def(
       "batch_norm_act_backward_reduce(Tensor grad_output, Tensor input, Tensor mean, "
       "Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, float eps, str activation, "
-      "float negative_slope) -> (Tensor sum_dz, Tensor sum_dz_xmu)");
+      "float negative_slope, bool write_dz=False) -> (Tensor sum_dz, Tensor sum_dz_xmu, "
+      "Tensor dz)");
   // grad_input and grad_residual (= dz). mean_dz and mean_dz_xmu (the sums divided
   // by the count) are given with batch statistics and None with fixed statistics.
   m.def(

@@ -294,12 +294,13 @@ void forward_typed(const Operands& o, at::Tensor& output) {
 }
 
 template <typename T>
-void backward_reduce_typed(const Operands& o, at::Tensor& sum_dz_out,
-                           at::Tensor& sum_dz_xmu_out) {
+void backward_reduce_typed(const Operands& o, at::Tensor& sum_dz_out, at::Tensor& sum_dz_xmu_out,
+                           at::Tensor& dz) {
   const Layout& l = o.layout;
   const Coefficients<T> k = coefficients<T>(o);
   const Pointers<T> p(o);
   const Activation act = o.epilogue.activation;
+  T* dz_data = data_or_null<T>(dz);
   const size_t parts = part_sizes(l).size();
   std::vector<double> part_dz(parts * l.channels), part_dz_xmu(parts * l.channels);
   with_kernels<T>([&](auto kernels) {
@@ -310,14 +311,16 @@ void backward_reduce_typed(const Operands& o, at::Tensor& sum_dz_out,
         kernels.backward_reduce_rows(act, p.slope, p.grad_output + offset, p.input + offset,
                                      at_offset(p.residual, offset), arrays, rows, l.channels,
                                      part_dz.data() + block * l.channels,
-                                     part_dz_xmu.data() + block * l.channels);
+                                     part_dz_xmu.data() + block * l.channels,
+                                     at_offset(dz_data, offset));
       });
     } else {
       for_each_run(l, [&](int64_t item, const Runs& runs, int64_t offset) {
         const int64_t value = planar_part_value(l, item, runs.first_channel);
         kernels.backward_reduce_run(act, p.slope, p.grad_output + offset, p.input + offset,
                                     at_offset(p.residual, offset), k.arrays(), runs,
-                                    part_dz.data() + value, part_dz_xmu.data() + value);
+                                    part_dz.data() + value, part_dz_xmu.data() + value,
+                                    at_offset(dz_data, offset));
       });
     }
   });
@@ -366,8 +369,9 @@ void forward_cpu(const Operands& o, at::Tensor& output) {
   FASTDL_CPU_DISPATCH(o.input, forward_typed<scalar_t>(o, output));
 }
 
-void backward_reduce_cpu(const Operands& o, at::Tensor& sum_dz, at::Tensor& sum_dz_xmu) {
-  FASTDL_CPU_DISPATCH(o.input, backward_reduce_typed<scalar_t>(o, sum_dz, sum_dz_xmu));
+void backward_reduce_cpu(const Operands& o, at::Tensor& sum_dz, at::Tensor& sum_dz_xmu,
+                         at::Tensor& dz) {
+  FASTDL_CPU_DISPATCH(o.input, backward_reduce_typed<scalar_t>(o, sum_dz, sum_dz_xmu, dz));
 }
 
 void backward_input_cpu(const Operands& o, at::Tensor& grad_input, at::Tensor& grad_residual) {

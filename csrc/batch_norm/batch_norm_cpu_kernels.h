@@ -39,14 +39,15 @@ struct Runs {
                           const ChannelArrays<T>& v, const Runs& r, T* y);                     \
   static void forward_rows(Activation act, T slope, const T* x, const T* residual,             \
                            const ChannelArrays<T>& v, int64_t rows, int64_t channels, T* y);   \
-  /* Sums of dz and dz * (x - mean) of each run. */                                            \
+  /* Sums of dz and dz * (x - mean) of each run; dz itself stored unless dz is null. */      \
   static void backward_reduce_run(Activation act, T slope, const T* grad_y, const T* x,        \
                                   const T* residual, const ChannelArrays<T>& v, const Runs& r, \
-                                  double* sum_dz, double* sum_dz_xmu);                         \
+                                  double* sum_dz, double* sum_dz_xmu, T* dz);                  \
   /* Per-channel sums over `rows` rows. */                                                     \
   static void backward_reduce_rows(Activation act, T slope, const T* grad_y, const T* x,       \
                                    const T* residual, const ChannelArrays<T>& v, int64_t rows, \
-                                   int64_t channels, double* sum_dz, double* sum_dz_xmu);      \
+                                   int64_t channels, double* sum_dz, double* sum_dz_xmu,       \
+                                   T* dz);                                                     \
   /* grad_x = dz * a + (x - mean) * b + c and grad_residual = dz (either may be null). */      \
   static void backward_input_run(Activation act, T slope, const T* grad_y, const T* x,         \
                                  const T* residual, const ChannelArrays<T>& v, const Runs& r,  \
@@ -85,14 +86,14 @@ struct Avx512Kernels {
   }                                                                                             \
   void Set::backward_reduce_run(Activation act, T slope, const T* grad_y, const T* x,           \
                                 const T* residual, const ChannelArrays<T>& v, const Runs& r,    \
-                                double* sum_dz, double* sum_dz_xmu) {                           \
-    impl::backward_reduce_run<T>(act, slope, grad_y, x, residual, v, r, sum_dz, sum_dz_xmu);    \
+                                double* sum_dz, double* sum_dz_xmu, T* dz) {                    \
+    impl::backward_reduce_run<T>(act, slope, grad_y, x, residual, v, r, sum_dz, sum_dz_xmu, dz); \
   }                                                                                             \
   void Set::backward_reduce_rows(Activation act, T slope, const T* grad_y, const T* x,          \
                                  const T* residual, const ChannelArrays<T>& v, int64_t rows,    \
-                                 int64_t channels, double* sum_dz, double* sum_dz_xmu) {        \
+                                 int64_t channels, double* sum_dz, double* sum_dz_xmu, T* dz) { \
     impl::backward_reduce_rows<T>(act, slope, grad_y, x, residual, v, rows, channels, sum_dz,   \
-                                  sum_dz_xmu);                                                  \
+                                  sum_dz_xmu, dz);                                              \
   }                                                                                             \
   void Set::backward_input_run(Activation act, T slope, const T* grad_y, const T* x,            \
                                const T* residual, const ChannelArrays<T>& v, const Runs& r,     \

@@ -135,6 +135,7 @@ at::Tensor coefficient_table(const Operands& o) {
 template <typename scalar_t, typename acc_t>
 struct Element {
   const scalar_t *input, *residual, *grad_output;
+  scalar_t* dz_out;  // backward reduce: where to store dz (null: don't)
   const acc_t* table;
   int64_t channels;
   acc_t slope;
@@ -192,6 +193,7 @@ struct BackwardSumsOp {
   __device__ void add(State& s, int64_t i, int64_t c) const {
     const acc_t x = static_cast<acc_t>(e.input[i]);
     const acc_t dz = e.template dz<A>(i, c, x);
+    if (e.dz_out) e.dz_out[i] = static_cast<scalar_t>(dz);
     s.dz += dz;
     s.dz_xmu += dz * (x - e.coefficient(kMean, c));
   }
@@ -378,8 +380,9 @@ unsigned elementwise_blocks(int64_t n) {
 template <typename scalar_t, typename acc_t>
 Element<scalar_t, acc_t> element(const Operands& o, const at::Tensor& table) {
   auto data = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
-  return {data(o.input), data(o.residual), data(o.grad_output), table.const_data_ptr<acc_t>(),
-          o.layout.channels, static_cast<acc_t>(o.epilogue.negative_slope)};
+  return {data(o.input), data(o.residual), data(o.grad_output), nullptr,
+          table.const_data_ptr<acc_t>(), o.layout.channels,
+          static_cast<acc_t>(o.epilogue.negative_slope)};
 }
 
 template <typename scalar_t>
@@ -398,7 +401,7 @@ void stats_cuda(const Operands& o, at::Tensor& mean, at::Tensor& var) {
   const c10::cuda::CUDAGuard guard(o.input.device());
   FASTDL_CUDA_DISPATCH(o.input, {
     const Element<scalar_t, acc_t> e{o.input.const_data_ptr<scalar_t>(), nullptr, nullptr,
-                                     nullptr, o.layout.channels, acc_t(0)};
+                                     nullptr, nullptr, o.layout.channels, acc_t(0)};
     reduce(o, StatsOp<scalar_t, acc_t>{e},
            FinishStats<acc_t>{mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(),
                               static_cast<double>(o.layout.count_per_channel())});
@@ -426,11 +429,13 @@ void forward_cuda(const Operands& o, at::Tensor& output) {
   });
 }
 
-void backward_reduce_cuda(const Operands& o, at::Tensor& sum_dz, at::Tensor& sum_dz_xmu) {
+void backward_reduce_cuda(const Operands& o, at::Tensor& sum_dz, at::Tensor& sum_dz_xmu,
+                          at::Tensor& dz) {
   const c10::cuda::CUDAGuard guard(o.input.device());
   FASTDL_CUDA_DISPATCH(o.input, {
     const at::Tensor table = coefficient_table<acc_t>(o);
-    const auto e = element<scalar_t, acc_t>(o, table);
+    auto e = element<scalar_t, acc_t>(o, table);
+    e.dz_out = data_or_null<scalar_t>(dz);
     with_activation(o.epilogue.activation, [&](auto act) {
       reduce(o, BackwardSumsOp<decltype(act)::value, scalar_t, acc_t>{e},
              FinishSums<acc_t>{sum_dz.data_ptr<acc_t>(), sum_dz_xmu.data_ptr<acc_t>()});

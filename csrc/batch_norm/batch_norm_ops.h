@@ -26,7 +26,9 @@ struct DeviceKernels {
   bool reduced_precision;  // float16/bfloat16 inputs too
   void (*stats)(const Operands&, at::Tensor& mean, at::Tensor& var);
   void (*forward)(const Operands&, at::Tensor& output);
-  void (*backward_reduce)(const Operands&, at::Tensor& sum_dz, at::Tensor& sum_dz_xmu);
+  // dz is undefined unless the caller asked for it.
+  void (*backward_reduce)(const Operands&, at::Tensor& sum_dz, at::Tensor& sum_dz_xmu,
+                          at::Tensor& dz);
   void (*backward_input)(const Operands&, at::Tensor& grad_input, at::Tensor& grad_residual);
 };
 
@@ -41,11 +43,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_train_op(
     const DeviceKernels& k, const at::Tensor& input, const OptionalTensor& weight,
     const OptionalTensor& bias, const OptionalTensor& residual, double eps,
     c10::string_view activation, double negative_slope);
-std::tuple<at::Tensor, at::Tensor> backward_reduce_op(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_reduce_op(
     const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
     const at::Tensor& mean, const at::Tensor& var, const OptionalTensor& weight,
     const OptionalTensor& bias, const OptionalTensor& residual, double eps,
-    c10::string_view activation, double negative_slope);
+    c10::string_view activation, double negative_slope, bool write_dz);
 std::tuple<at::Tensor, at::Tensor> backward_input_op(
     const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
     const at::Tensor& mean, const at::Tensor& var, const OptionalTensor& weight,
@@ -76,9 +78,9 @@ void register_ops(torch::Library& m) {
          [](const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
             const at::Tensor& var, const OptionalTensor& weight, const OptionalTensor& bias,
             const OptionalTensor& residual, double eps, c10::string_view activation,
-            double negative_slope) {
+            double negative_slope, bool write_dz) {
            return backward_reduce_op(K, grad_output, input, mean, var, weight, bias, residual,
-                                     eps, activation, negative_slope);
+                                     eps, activation, negative_slope, write_dz);
          });
   m.impl("batch_norm_act_backward_input",
          [](const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,

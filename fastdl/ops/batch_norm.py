@@ -97,8 +97,9 @@ def _act_train_fake(input, weight, bias, residual, eps, activation, negative_slo
 
 @torch.library.register_fake("fastdl::batch_norm_act_backward_reduce")
 def _backward_reduce_fake(grad_output, input, mean, var, weight, bias, residual, eps, activation,
-                          negative_slope):
-    return _channel_vector(input), _channel_vector(input)
+                          negative_slope, write_dz=False):
+    return (_channel_vector(input), _channel_vector(input),
+            _like_input(input) if write_dz else None)
 
 
 @torch.library.register_fake("fastdl::batch_norm_act_backward_input")
@@ -117,16 +118,21 @@ def backward(grad_output, input, mean, var, weight, bias, residual, eps, activat
     input. ``reduce_sums(sum_dz, sum_dz_xmu) -> (sum_dz, sum_dz_xmu, count)`` lets
     SyncBatchNorm all-reduce the sums over processes for grad_input; weight and bias
     gradients come from this process's sums, as in ``nn.SyncBatchNorm``.
+
+    With a residual, the reduce pass also writes dz (it *is* the residual's gradient),
+    and grad_input is computed from dz and the input alone: the second pass then reads
+    two tensors instead of three and writes one instead of two.
     """
     need_input, need_weight, need_bias, need_residual = needs
     need_residual = need_residual and residual is not None
+    write_dz = residual is not None and (need_input or need_residual)
     sums_needed = need_weight or need_bias or (need_input and batch_stats)
-    grad_input = grad_weight = grad_bias = grad_residual = None
+    grad_input = grad_weight = grad_bias = dz = None
     mean_dz = mean_dz_xmu = None
-    if sums_needed:
-        sum_dz, sum_dz_xmu = torch.ops.fastdl.batch_norm_act_backward_reduce.default(
+    if sums_needed or write_dz:
+        sum_dz, sum_dz_xmu, dz = torch.ops.fastdl.batch_norm_act_backward_reduce.default(
             grad_output, input, mean, var, weight, bias, residual, eps, activation,
-            negative_slope)
+            negative_slope, write_dz)
         if need_weight and weight is not None:
             grad_weight = (sum_dz_xmu * torch.rsqrt(var.to(sum_dz_xmu.dtype) + eps)).to(weight.dtype)
         if need_bias and bias is not None:
@@ -136,11 +142,13 @@ def backward(grad_output, input, mean, var, weight, bias, residual, eps, activat
             sum_dz, sum_dz_xmu, count = reduce_sums(sum_dz, sum_dz_xmu)
         if batch_stats:
             mean_dz, mean_dz_xmu = sum_dz / max(count, 1), sum_dz_xmu / max(count, 1)
-    if need_input or need_residual:
-        grad_input, grad_residual = torch.ops.fastdl.batch_norm_act_backward_input.default(
-            grad_output, input, mean, var, weight, bias, residual, mean_dz, mean_dz_xmu, eps,
-            activation, negative_slope, [need_input, need_residual])
-    return grad_input, grad_weight, grad_bias, grad_residual
+    if need_input:
+        # Given dz, the activation and the residual are behind us: act = 'none'.
+        grad_input, _ = torch.ops.fastdl.batch_norm_act_backward_input.default(
+            dz if write_dz else grad_output, input, mean, var, weight, bias,
+            None if write_dz else residual, mean_dz, mean_dz_xmu, eps,
+            "none" if write_dz else activation, negative_slope, [True, False])
+    return grad_input, grad_weight, grad_bias, dz if need_residual else None
 
 
 def _train_setup_context(ctx, inputs, output):
