@@ -23,5 +23,17 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             weight = torch.randn(c * m, 1, k, k, device=device, dtype=dtype, requires_grad=True)
             bias = torch.randn(c * m, device=device, dtype=dtype, requires_grad=True)
             fastdl.ops.depthwise_conv2d(x, weight, bias, s, p, d).sum().backward()
+    for shape, memory_format in [((3, 5, 7, 9), torch.channels_last), ((3, 5, 7, 9), None),
+                                 ((6, 37), None), ((2, 3, 300), None), ((1, 70, 1, 1), None)]:
+        for activation in ("relu", "silu"):
+            for training in (True, False):
+                x = torch.randn(shape, device=device, dtype=dtype)
+                if memory_format is not None:
+                    x = x.contiguous(memory_format=memory_format)
+                x.requires_grad_()
+                residual = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+                layer = fastdl.nn.BatchNorm1d if len(shape) < 4 else fastdl.nn.BatchNorm2d
+                bn = layer(shape[1], activation=activation).to(device).train(training)
+                bn(x, residual).sum().backward()
 torch.cuda.synchronize()
 print("gpu smoke: every kernel ran")
