@@ -56,17 +56,13 @@ c10::ScalarType stats_dtype(c10::ScalarType input_dtype) {
 
 namespace {
 
-void check_input(const char* op, const at::Tensor& input, bool cuda_types_allowed) {
+void check_input(const char* op, const at::Tensor& input) {
   TORCH_CHECK_VALUE(input.dim() >= 2, "fastdl.", op,
                     ": input must have shape (N, C, *) with at least 2 dimensions, got ",
                     format_shape(input.sizes()));
   TORCH_CHECK_VALUE(input.size(1) > 0, "fastdl.", op,
                     ": input must have at least one channel, got ", format_shape(input.sizes()));
-  if (cuda_types_allowed) {
-    check_dtype(op, "input", input, {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
-  } else {
-    check_dtype(op, "input", input, {at::kFloat, at::kDouble}, " on CPU");
-  }
+  check_dtype(op, "input", input, {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16});
 }
 
 void check_channel_vector(const char* op, const char* arg, const at::Tensor& input,
@@ -142,7 +138,7 @@ at::Tensor channel_vector_like(const at::Tensor& input) {
 
 std::tuple<at::Tensor, at::Tensor> stats_op(const DeviceKernels& k, const at::Tensor& input) {
   const char* op = "batch_norm_stats";
-  check_input(op, input, k.reduced_precision);
+  check_input(op, input);
   const Operands o = operands(input, Epilogue{});
   at::Tensor mean = channel_vector_like(input), var = channel_vector_like(input);
   k.stats(o, mean, var);
@@ -166,7 +162,7 @@ at::Tensor act_op(const DeviceKernels& k, const at::Tensor& input, const at::Ten
                   const OptionalTensor& residual, double eps, c10::string_view activation,
                   double negative_slope) {
   const char* op = "batch_norm_act";
-  check_input(op, input, k.reduced_precision);
+  check_input(op, input);
   check_statistics(op, input, mean, var);
   const Epilogue e =
       make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
@@ -178,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_train_op(
     const OptionalTensor& bias, const OptionalTensor& residual, double eps,
     c10::string_view activation, double negative_slope) {
   const char* op = "batch_norm_act_train";
-  check_input(op, input, k.reduced_precision);
+  check_input(op, input);
   const Epilogue e =
       make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
   check_more_than_one_value(op, input);
@@ -195,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_reduce_op(
     const OptionalTensor& bias, const OptionalTensor& residual, double eps,
     c10::string_view activation, double negative_slope, bool write_dz) {
   const char* op = "batch_norm_act_backward_reduce";
-  check_input(op, input, k.reduced_precision);
+  check_input(op, input);
   check_same_as_input(op, "grad_output", input, grad_output);
   check_statistics(op, input, mean, var);
   const Epilogue e =
@@ -214,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> backward_input_op(
     const OptionalTensor& mean_dz_xmu, double eps, c10::string_view activation,
     double negative_slope, std::array<bool, 2> output_mask) {
   const char* op = "batch_norm_act_backward_input";
-  check_input(op, input, k.reduced_precision);
+  check_input(op, input);
   check_same_as_input(op, "grad_output", input, grad_output);
   check_statistics(op, input, mean, var);
   TORCH_CHECK_VALUE(mean_dz.has_value() == mean_dz_xmu.has_value(), "fastdl.", op,

@@ -10,6 +10,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <algorithm>
 #include <vector>
@@ -358,28 +359,67 @@ void backward_input_typed(const Operands& o, at::Tensor& grad_input, at::Tensor&
   });
 }
 
+// float16 and bfloat16 run the float32 kernels on float32 copies of the tensors (the
+// statistics are float32 either way) and convert the results back: two more passes
+// over memory than native reduced-precision kernels would make, which are not written.
+bool reduced_precision(const Operands& o) {
+  return o.input.scalar_type() == at::kHalf || o.input.scalar_type() == at::kBFloat16;
+}
+
+Operands widened(const Operands& o) {
+  Operands w = o;
+  for (at::Tensor* t : {&w.input, &w.residual, &w.grad_output})
+    if (t->defined()) *t = t->to(at::kFloat);
+  return w;
+}
+
+at::Tensor float_like(const at::Tensor& t) {
+  return t.defined() ? at::empty_like(t, t.options().dtype(at::kFloat)) : t;
+}
+
+void copy_back(at::Tensor& out, const at::Tensor& float_out) {
+  if (out.defined()) out.copy_(float_out);
+}
+
 #define FASTDL_CPU_DISPATCH(tensor, call) \
   AT_DISPATCH_FLOATING_TYPES((tensor).scalar_type(), "fastdl_batch_norm_cpu", [&] { call; })
 
 void stats_cpu(const Operands& o, at::Tensor& mean, at::Tensor& var) {
+  if (reduced_precision(o)) return stats_typed<float>(widened(o), mean, var);
   FASTDL_CPU_DISPATCH(o.input, stats_typed<scalar_t>(o, mean, var));
 }
 
 void forward_cpu(const Operands& o, at::Tensor& output) {
+  if (reduced_precision(o)) {
+    at::Tensor out = float_like(output);
+    forward_typed<float>(widened(o), out);
+    return copy_back(output, out);
+  }
   FASTDL_CPU_DISPATCH(o.input, forward_typed<scalar_t>(o, output));
 }
 
 void backward_reduce_cpu(const Operands& o, at::Tensor& sum_dz, at::Tensor& sum_dz_xmu,
                          at::Tensor& dz) {
+  if (reduced_precision(o)) {
+    at::Tensor dz_float = float_like(dz);
+    backward_reduce_typed<float>(widened(o), sum_dz, sum_dz_xmu, dz_float);
+    return copy_back(dz, dz_float);
+  }
   FASTDL_CPU_DISPATCH(o.input, backward_reduce_typed<scalar_t>(o, sum_dz, sum_dz_xmu, dz));
 }
 
 void backward_input_cpu(const Operands& o, at::Tensor& grad_input, at::Tensor& grad_residual) {
+  if (reduced_precision(o)) {
+    at::Tensor input_float = float_like(grad_input), residual_float = float_like(grad_residual);
+    backward_input_typed<float>(widened(o), input_float, residual_float);
+    copy_back(grad_input, input_float);
+    return copy_back(grad_residual, residual_float);
+  }
   FASTDL_CPU_DISPATCH(o.input, backward_input_typed<scalar_t>(o, grad_input, grad_residual));
 }
 
-const DeviceKernels kCpuKernels{/*reduced_precision=*/false, &stats_cpu, &forward_cpu,
-                                &backward_reduce_cpu, &backward_input_cpu};
+const DeviceKernels kCpuKernels{&stats_cpu, &forward_cpu, &backward_reduce_cpu,
+                                &backward_input_cpu};
 
 }  // namespace
 }  // namespace fastdl::batch_norm

@@ -408,23 +408,31 @@ void stats_cuda(const Operands& o, at::Tensor& mean, at::Tensor& var) {
   });
 }
 
-void forward_cuda(const Operands& o, at::Tensor& output) {
-  const c10::cuda::CUDAGuard guard(o.input.device());
+// launch(act_tag, index_tag, blocks, stream) for the elementwise kernel instantiated for
+// the call's activation and index width; nothing for an empty input.
+template <typename Launch>
+void launch_elementwise(const Operands& o, Launch&& launch) {
   const int64_t n = o.input.numel();
   if (n == 0) return;
   const auto stream = c10::cuda::getCurrentCUDAStream();
+  with_activation(o.epilogue.activation, [&](auto act) {
+    with_index_type(n, [&](auto index) {
+      launch(act, index, elementwise_blocks(n), stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
+void forward_cuda(const Operands& o, at::Tensor& output) {
+  const c10::cuda::CUDAGuard guard(o.input.device());
   FASTDL_CUDA_DISPATCH(o.input, {
     const at::Tensor table = coefficient_table<acc_t>(o);
     const auto e = element<scalar_t, acc_t>(o, table);
-    with_activation(o.epilogue.activation, [&](auto act) {
-      with_index_type(n, [&](auto index) {
-        using index_t = decltype(index);
-        forward_kernel<decltype(act)::value, index_t>
-            <<<elementwise_blocks(n), kThreadsPerBlock, 0, stream>>>(
-                e, static_cast<index_t>(n), static_cast<index_t>(o.layout.inner),
-                output.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+    launch_elementwise(o, [&](auto act, auto index, unsigned blocks, cudaStream_t stream) {
+      using index_t = decltype(index);
+      forward_kernel<decltype(act)::value, index_t><<<blocks, kThreadsPerBlock, 0, stream>>>(
+          e, static_cast<index_t>(o.input.numel()), static_cast<index_t>(o.layout.inner),
+          output.data_ptr<scalar_t>());
     });
   });
 }
@@ -445,27 +453,21 @@ void backward_reduce_cuda(const Operands& o, at::Tensor& sum_dz, at::Tensor& sum
 
 void backward_input_cuda(const Operands& o, at::Tensor& grad_input, at::Tensor& grad_residual) {
   const c10::cuda::CUDAGuard guard(o.input.device());
-  const int64_t n = o.input.numel();
-  if (n == 0) return;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   FASTDL_CUDA_DISPATCH(o.input, {
     const at::Tensor table = coefficient_table<acc_t>(o);
     const auto e = element<scalar_t, acc_t>(o, table);
-    with_activation(o.epilogue.activation, [&](auto act) {
-      with_index_type(n, [&](auto index) {
-        using index_t = decltype(index);
-        backward_input_kernel<decltype(act)::value, index_t>
-            <<<elementwise_blocks(n), kThreadsPerBlock, 0, stream>>>(
-                e, static_cast<index_t>(n), static_cast<index_t>(o.layout.inner),
-                data_or_null<scalar_t>(grad_input), data_or_null<scalar_t>(grad_residual));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+    launch_elementwise(o, [&](auto act, auto index, unsigned blocks, cudaStream_t stream) {
+      using index_t = decltype(index);
+      backward_input_kernel<decltype(act)::value, index_t>
+          <<<blocks, kThreadsPerBlock, 0, stream>>>(
+              e, static_cast<index_t>(o.input.numel()), static_cast<index_t>(o.layout.inner),
+              data_or_null<scalar_t>(grad_input), data_or_null<scalar_t>(grad_residual));
     });
   });
 }
 
-const DeviceKernels kCudaKernels{/*reduced_precision=*/true, &stats_cuda, &forward_cuda,
-                                 &backward_reduce_cuda, &backward_input_cuda};
+const DeviceKernels kCudaKernels{&stats_cuda, &forward_cuda, &backward_reduce_cuda,
+                                 &backward_input_cuda};
 
 }  // namespace
 }  // namespace fastdl::batch_norm

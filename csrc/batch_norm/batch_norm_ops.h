@@ -23,7 +23,6 @@ struct Operands {
 };
 
 struct DeviceKernels {
-  bool reduced_precision;  // float16/bfloat16 inputs too
   void (*stats)(const Operands&, at::Tensor& mean, at::Tensor& var);
   void (*forward)(const Operands&, at::Tensor& output);
   // dz is undefined unless the caller asked for it.

@@ -22,6 +22,12 @@ class _FusedBatchNorm:
     activation, the residual input and the fused kernels. The running-statistics
     bookkeeping is the base class's own (``nn.modules.batchnorm._BatchNorm.forward``)."""
 
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
+                 activation: str = "none", negative_slope: float = 0.01):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_fused(activation, negative_slope)
+
     def _init_fused(self, activation: str, negative_slope: float) -> None:
         _check_activation(type(self).__name__, activation, negative_slope)
         self.activation = activation
@@ -80,39 +86,21 @@ _DOC = """Fused batch norm over {what} on fastdl kernels: ``nn.{base}`` followed
     behaviour as ``nn.{base}``, of which it is a subclass; ``activation`` is one of
     ``'none'``, ``'relu'``, ``'relu6'``, ``'silu'``, ``'leaky_relu'`` (slope
     ``negative_slope``). ``forward(input, residual=None)`` returns
-    ``activation(bn(input) + residual)``. float32/float64 on CPU and CUDA,
-    float16/bfloat16 on CUDA.
+    ``activation(bn(input) + residual)``. float32, float64, float16 and bfloat16
+    (float32 statistics) on CPU and CUDA.
     """
 
 
 class BatchNorm1d(_FusedBatchNorm, nn.BatchNorm1d):
     __doc__ = _DOC.format(what="(N, C) or (N, C, L) input", base="BatchNorm1d")
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
-                 activation: str = "none", negative_slope: float = 0.01):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self._init_fused(activation, negative_slope)
-
 
 class BatchNorm2d(_FusedBatchNorm, nn.BatchNorm2d):
     __doc__ = _DOC.format(what="(N, C, H, W) input, NCHW or channels_last", base="BatchNorm2d")
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
-                 activation: str = "none", negative_slope: float = 0.01):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self._init_fused(activation, negative_slope)
-
 
 class BatchNorm3d(_FusedBatchNorm, nn.BatchNorm3d):
     __doc__ = _DOC.format(what="(N, C, D, H, W) input", base="BatchNorm3d")
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None,
-                 activation: str = "none", negative_slope: float = 0.01):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self._init_fused(activation, negative_slope)
 
 
 class SyncBatchNorm(_FusedBatchNorm, nn.SyncBatchNorm):
@@ -128,8 +116,9 @@ class SyncBatchNorm(_FusedBatchNorm, nn.SyncBatchNorm):
                  affine: bool = True, track_running_stats: bool = True, process_group=None,
                  device=None, dtype=None, activation: str = "none",
                  negative_slope: float = 0.01):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group,
-                         device, dtype)
+        # nn.SyncBatchNorm's own constructor (it takes process_group), not the mixin's.
+        nn.SyncBatchNorm.__init__(self, num_features, eps, momentum, affine, track_running_stats,
+                                  process_group, device, dtype)
         self._init_fused(activation, negative_slope)
 
     def _process_group(self):

@@ -11,8 +11,9 @@ BN -> add -> ReLU makes about twice as many passes over memory.
 
 Activations: ``'none'``, ``'relu'``, ``'relu6'``, ``'silu'``, ``'leaky_relu'`` (with
 ``negative_slope``). Inputs of shape (N, C, *) in any memory format; the output has
-the input's. dtypes: float32 and float64 on CPU and CUDA; float16 and bfloat16 on
-CUDA (statistics in float32).
+the input's. dtypes: float32, float64, float16 and bfloat16 on CPU and CUDA, with
+float32 statistics for the 16-bit types (float64 for float64). On CPU the 16-bit
+types run the float32 kernels on float32 copies.
 """
 
 import torch
