@@ -53,7 +53,7 @@ void for_each_run(const Layout& l, Fn&& fn) {
   if (p.per_plane == 1) {
     at::parallel_for(0, planes, std::max<int64_t>(1, kTaskValues / std::max<int64_t>(1, l.inner)),
                      [&](int64_t begin, int64_t end) {
-                       fn(begin, Runs{l.inner, end - begin, begin % l.channels, l.channels},
+                       fn(begin, Runs{l.inner, end - begin, l.inner, begin % l.channels, l.channels, 1},
                           begin * l.inner);
                      });
     return;
@@ -63,7 +63,7 @@ void for_each_run(const Layout& l, Fn&& fn) {
       const int64_t plane = item / p.per_plane;
       const int64_t start = (item % p.per_plane) * p.length;
       const int64_t n = std::min(p.length, l.inner - start);
-      if (n > 0) fn(item, Runs{n, 1, plane % l.channels, l.channels}, plane * l.inner + start);
+      if (n > 0) fn(item, Runs{n, 1, n, plane % l.channels, l.channels, 1}, plane * l.inner + start);
     }
   });
 }
@@ -223,7 +223,7 @@ void stats_typed(const Operands& o, at::Tensor& mean_out, at::Tensor& var_out) {
   with_kernels<T>([&](auto kernels) {
     if (l.channels_last) {
       for_each_row_block(l, [&](int64_t block, int64_t first, int64_t rows) {
-        kernels.stats_rows(data + first * l.channels, rows, l.channels,
+        kernels.stats_rows(data + first * l.channels, Rows{rows, l.channels, l.channels},
                            part_mean.data() + block * l.channels,
                            part_m2.data() + block * l.channels);
       });
@@ -283,7 +283,7 @@ void forward_typed(const Operands& o, at::Tensor& output) {
       for_each_row_block(l, [&](int64_t, int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
         kernels.forward_rows(act, p.slope, p.input + offset, at_offset(p.residual, offset),
-                             arrays, rows, l.channels, y + offset);
+                             arrays, Rows{rows, l.channels, l.channels}, y + offset);
       });
     } else {
       for_each_run(l, [&](int64_t, const Runs& runs, int64_t offset) {
@@ -310,7 +310,8 @@ void backward_reduce_typed(const Operands& o, at::Tensor& sum_dz_out, at::Tensor
       for_each_row_block(l, [&](int64_t block, int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
         kernels.backward_reduce_rows(act, p.slope, p.grad_output + offset, p.input + offset,
-                                     at_offset(p.residual, offset), arrays, rows, l.channels,
+                                     at_offset(p.residual, offset), arrays,
+                                     Rows{rows, l.channels, l.channels},
                                      part_dz.data() + block * l.channels,
                                      part_dz_xmu.data() + block * l.channels,
                                      at_offset(dz_data, offset));
@@ -346,7 +347,8 @@ void backward_input_typed(const Operands& o, at::Tensor& grad_input, at::Tensor&
       for_each_row_block(l, [&](int64_t, int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
         kernels.backward_input_rows(act, p.slope, p.grad_output + offset, p.input + offset,
-                                    at_offset(p.residual, offset), arrays, rows, l.channels,
+                                    at_offset(p.residual, offset), arrays,
+                                    Rows{rows, l.channels, l.channels},
                                     at_offset(gx, offset), at_offset(gr, offset));
       });
     } else {

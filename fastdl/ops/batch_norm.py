@@ -60,12 +60,12 @@ def update_running_stats(running_mean: Tensor | None, running_var: Tensor | None
     batch leaves them as they are, as PyTorch does)."""
     if count == 0:
         return
-    with torch.no_grad():
+    with torch.no_grad():  # lerp_: (1 - momentum) * running + momentum * batch, one op each
         if running_mean is not None:
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
         if running_var is not None:
             unbiased = var * (count / max(count - 1, 1))
-            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
 
 
 def _stats_dtype(input):
