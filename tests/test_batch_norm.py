@@ -46,6 +46,8 @@ LAYOUTS = {
     "spatial_1x1": ((5, 17, 1, 1), torch.contiguous_format),
 }
 LARGE_LAYOUTS = {
+    # Many channels of few rows: the fused channel-block passes (as ResNet's last stage).
+    "channels_last_fused_blocks": ((32, 256, 7, 7), torch.channels_last),
     "nchw_many_pieces": ((2, 3, 150, 230), torch.contiguous_format),
     "channels_last_many_blocks": ((4, 3, 100, 120), torch.channels_last),
 }
@@ -159,6 +161,36 @@ def test_statistics_are_deterministic_across_thread_counts():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("shape, memory_format", [
+    ((4, 12, 5, 6), torch.contiguous_format),  # one channel per fused task
+    ((32, 256, 7, 7), torch.channels_last),  # blocks of channels per fused task
+])
+def test_fused_passes_match_the_two_pass_ops(device, shape, memory_format):
+    """batch_norm_act_train and batch_norm_act_backward (fused channel by channel on
+    CPU where the data allow) against batch_norm_stats + batch_norm_act and the
+    backward_reduce + backward_input pair."""
+    x, residual, grad, weight, bias, *_ = make_inputs(shape, memory_format, torch.float32, device)
+    epilogue = (1e-5, "relu", 0.0)
+    out, mean, var = OPS.batch_norm_act_train(x, weight, bias, residual, *epilogue)
+    mean2, var2 = OPS.batch_norm_stats(x)
+    tolerance = TOLERANCES_VS_FLOAT64[torch.float32]
+    assert_close(mean, mean2, **tolerance)
+    assert_close(var, var2, **tolerance)
+    assert_close(out, OPS.batch_norm_act(x, mean, var, weight, bias, residual, *epilogue),
+                 **tolerance)
+    grads = OPS.batch_norm_act_backward(grad, x, mean, var, weight, bias, residual, *epilogue,
+                                        True, [True, True, True, True])
+    sum_dz, sum_dz_xmu, dz = OPS.batch_norm_act_backward_reduce(
+        grad, x, mean, var, weight, bias, residual, *epilogue, True)
+    count = x.numel() // x.shape[1]
+    grad_input, _ = OPS.batch_norm_act_backward_input(
+        dz, x, mean, var, weight, bias, None, sum_dz / count, sum_dz_xmu / count, 1e-5, "none",
+        0.0, [True, False])
+    expected = [grad_input, sum_dz_xmu * torch.rsqrt(var + 1e-5), sum_dz, dz]
+    for actual, wanted in zip(grads, expected):
+        assert_close(actual, wanted, **tolerance)
+
+
 def test_empty_batch_leaves_running_stats(device):
     x = torch.randn(0, 4, 3, 3, device=device, requires_grad=True)
     running_mean, running_var = torch.zeros(4, device=device), torch.ones(4, device=device)
@@ -221,6 +253,12 @@ def test_opcheck(device, memory_format):
                               (grad, x, mean, var, weight, bias, residual, *epilogue, write_dz))
     sums = OPS.batch_norm_act_backward_reduce(grad, x, mean, var, weight, bias, residual,
                                               *epilogue)[:2]
+    for batch_stats in (True, False):
+        for mask in ([True, True, True, True], [True, False, False, False],
+                     [False, True, True, False], [False, False, False, True]):
+            torch.library.opcheck(OPS.batch_norm_act_backward.default,
+                                  (grad, x, mean, var, weight, bias, residual, *epilogue,
+                                   batch_stats, mask))
     for mask in ([True, True], [True, False], [False, True]):
         torch.library.opcheck(OPS.batch_norm_act_backward_input.default,
                               (grad, x, mean, var, weight, bias, residual, *sums, *epilogue, mask))
@@ -460,6 +498,12 @@ def test_backward_ops_check_their_extra_arguments():
         OPS.batch_norm_act_backward_input(grad, args["input"], args["mean"], args["var"],
                                           *epilogue[:3], args["mean"], None, *epilogue[3:],
                                           [True, False])
+    for mask, missing in [([False, True, False, False], "grad_weight"),
+                          ([False, False, True, False], "grad_bias"),
+                          ([False, False, False, True], "grad_residual")]:
+        with pytest.raises(ValueError, match=f"{missing} was asked for, but"):
+            OPS.batch_norm_act_backward(grad, args["input"], args["mean"], args["var"], None, None,
+                                        None, *epilogue[3:], True, mask)
     with pytest.raises(ValueError, match="grad_residual was asked for, but residual is None"):
         OPS.batch_norm_act_backward_input(grad, args["input"], args["mean"], args["var"],
                                           args["weight"], args["bias"], None, None, None,

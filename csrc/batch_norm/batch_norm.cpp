@@ -3,6 +3,7 @@
 // fastdl/ops/batch_norm.py.
 #include "batch_norm/batch_norm.h"
 
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -178,10 +179,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_train_op(
   const Epilogue e =
       make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
   check_more_than_one_value(op, input);
-  auto [mean, var] = stats_op(k, input);
+  const Operands o = operands(input, e);
+  at::Tensor output = empty_in_layout(input, o.layout);
+  at::Tensor mean = channel_vector_like(input), var = channel_vector_like(input);
+  if (k.train_forward && k.train_forward(o, output, mean, var)) return {output, mean, var};
+  k.stats(o, mean, var);
   // Normalise with the rounded statistics the backward pass will read, so both
   // passes compute the same z.
-  at::Tensor output = forward(k, input, mean, var, e);
+  output = forward(k, input, mean, var, e);
   return {output, mean, var};
 }
 
@@ -201,6 +206,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_reduce_op(
   at::Tensor dz = write_dz ? empty_in_layout(input, o.layout) : at::Tensor();
   k.backward_reduce(o, sum_dz, sum_dz_xmu, dz);
   return {sum_dz, sum_dz_xmu, dz};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& mean, const at::Tensor& var, const OptionalTensor& weight,
+    const OptionalTensor& bias, const OptionalTensor& residual, double eps,
+    c10::string_view activation, double negative_slope, bool batch_stats,
+    std::array<bool, 4> output_mask) {
+  const char* op = "batch_norm_act_backward";
+  check_input(op, input);
+  check_same_as_input(op, "grad_output", input, grad_output);
+  check_statistics(op, input, mean, var);
+  const Epilogue e =
+      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
+  TORCH_CHECK_VALUE(!output_mask[1] || weight, "fastdl.", op,
+                    ": grad_weight was asked for, but weight is None");
+  TORCH_CHECK_VALUE(!output_mask[2] || bias, "fastdl.", op,
+                    ": grad_bias was asked for, but bias is None");
+  TORCH_CHECK_VALUE(!output_mask[3] || residual, "fastdl.", op,
+                    ": grad_residual was asked for, but residual is None");
+  Operands o = operands(input, e, grad_output, mean, var);
+  at::Tensor grad_input = output_mask[0] ? empty_in_layout(input, o.layout) : at::Tensor();
+  at::Tensor grad_weight = output_mask[1] ? at::empty({input.size(1)}, weight->options()) : at::Tensor();
+  at::Tensor grad_bias = output_mask[2] ? at::empty({input.size(1)}, bias->options()) : at::Tensor();
+  at::Tensor grad_residual = output_mask[3] ? empty_in_layout(input, o.layout) : at::Tensor();
+  if (k.backward && k.backward(o, batch_stats, grad_input, grad_weight, grad_bias, grad_residual))
+    return {grad_input, grad_weight, grad_bias, grad_residual};
+
+  // The two passes: sums (writing dz when there is a residual: it is the residual's
+  // gradient and all grad_input needs of grad_output and residual), then grad_input.
+  const bool write_dz = residual && (output_mask[0] || output_mask[3]);
+  at::Tensor sum_dz = channel_vector_like(input), sum_dz_xmu = channel_vector_like(input);
+  at::Tensor dz = write_dz ? empty_in_layout(input, o.layout) : at::Tensor();
+  k.backward_reduce(o, sum_dz, sum_dz_xmu, dz);
+  if (output_mask[1]) grad_weight.copy_(sum_dz_xmu * (o.var + eps).rsqrt());
+  if (output_mask[2]) grad_bias.copy_(sum_dz);
+  if (output_mask[3]) grad_residual = dz;
+  if (output_mask[0]) {
+    Operands from_dz = o;
+    if (write_dz) {  // with dz given, the residual and the activation are behind us
+      from_dz.grad_output = dz;
+      from_dz.residual = at::Tensor();
+      from_dz.epilogue.residual.reset();
+      from_dz.epilogue.activation = Activation::none;
+    }
+    if (batch_stats) {
+      const double count = static_cast<double>(std::max<int64_t>(1, o.layout.count_per_channel()));
+      from_dz.mean_dz = sum_dz / count;
+      from_dz.mean_dz_xmu = sum_dz_xmu / count;
+    }
+    at::Tensor unused;
+    k.backward_input(from_dz, grad_input, unused);
+  }
+  return {grad_input, grad_weight, grad_bias, grad_residual};
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_input_op(
@@ -253,6 +312,14 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, float eps, str activation, "
       "float negative_slope, bool write_dz=False) -> (Tensor sum_dz, Tensor sum_dz_xmu, "
       "Tensor dz)");
+  // All gradients (input, weight, bias, residual) in one op; batch_stats: the
+  // statistics were the batch's own (training), so grad_input includes their
+  // dependence on the input.
+  m.def(
+      "batch_norm_act_backward(Tensor grad_output, Tensor input, Tensor mean, Tensor var, "
+      "Tensor? weight, Tensor? bias, Tensor? residual, float eps, str activation, "
+      "float negative_slope, bool batch_stats, bool[4] output_mask) -> (Tensor grad_input, "
+      "Tensor grad_weight, Tensor grad_bias, Tensor grad_residual)");
   // grad_input and grad_residual (= dz). mean_dz and mean_dz_xmu (the sums divided
   // by the count) are given with batch statistics and None with fixed statistics.
   m.def(

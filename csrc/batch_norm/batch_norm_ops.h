@@ -23,6 +23,13 @@ struct Operands {
 };
 
 struct DeviceKernels {
+  // Fused passes, optional: return false (or are null) when they don't apply, and
+  // the front end composes the passes below instead.
+  //   train_forward: statistics and output, channel by channel.
+  //   backward: all four gradients, channel by channel; batch_stats as in backward_op.
+  bool (*train_forward)(const Operands&, at::Tensor& output, at::Tensor& mean, at::Tensor& var);
+  bool (*backward)(const Operands&, bool batch_stats, at::Tensor& grad_input,
+                   at::Tensor& grad_weight, at::Tensor& grad_bias, at::Tensor& grad_residual);
   void (*stats)(const Operands&, at::Tensor& mean, at::Tensor& var);
   void (*forward)(const Operands&, at::Tensor& output);
   // dz is undefined unless the caller asked for it.
@@ -47,6 +54,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_reduce_op(
     const at::Tensor& mean, const at::Tensor& var, const OptionalTensor& weight,
     const OptionalTensor& bias, const OptionalTensor& residual, double eps,
     c10::string_view activation, double negative_slope, bool write_dz);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& mean, const at::Tensor& var, const OptionalTensor& weight,
+    const OptionalTensor& bias, const OptionalTensor& residual, double eps,
+    c10::string_view activation, double negative_slope, bool batch_stats,
+    std::array<bool, 4> output_mask);
 std::tuple<at::Tensor, at::Tensor> backward_input_op(
     const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
     const at::Tensor& mean, const at::Tensor& var, const OptionalTensor& weight,
@@ -54,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> backward_input_op(
     const OptionalTensor& mean_dz_xmu, double eps, c10::string_view activation,
     double negative_slope, std::array<bool, 2> output_mask);
 
-// m.impl of the five ops with kernels K (an object with static storage).
+// m.impl of the six ops with kernels K (an object with static storage).
 template <const DeviceKernels& K>
 void register_ops(torch::Library& m) {
   m.impl("batch_norm_stats", [](const at::Tensor& input) { return stats_op(K, input); });
@@ -80,6 +93,14 @@ void register_ops(torch::Library& m) {
             double negative_slope, bool write_dz) {
            return backward_reduce_op(K, grad_output, input, mean, var, weight, bias, residual,
                                      eps, activation, negative_slope, write_dz);
+         });
+  m.impl("batch_norm_act_backward",
+         [](const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,
+            const at::Tensor& var, const OptionalTensor& weight, const OptionalTensor& bias,
+            const OptionalTensor& residual, double eps, c10::string_view activation,
+            double negative_slope, bool batch_stats, std::array<bool, 4> output_mask) {
+           return backward_op(K, grad_output, input, mean, var, weight, bias, residual, eps,
+                              activation, negative_slope, batch_stats, output_mask);
          });
   m.impl("batch_norm_act_backward_input",
          [](const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& mean,

@@ -6,8 +6,10 @@ large mean lose no precision), a second normalises, adds the residual and applie
 the activation. Evaluation: the second pass alone. Backward: one pass reduces
 ``sum(dz)`` and ``sum(dz * (x - mean))`` (``dz = grad * act'(z)``, with ``z``
 recomputed from the input, never stored), a second writes grad_input and
-grad_residual; weight and bias gradients come from the same sums. PyTorch's
-BN -> add -> ReLU makes about twice as many passes over memory.
+grad_residual; weight and bias gradients come from the same sums. On CPU, when a
+channel's values (or a block of channels' in channels_last) fit in cache, both passes
+run channel by channel, so each tensor is read from memory once per direction.
+PyTorch's BN -> add -> ReLU makes about twice as many passes over memory.
 
 Activations: ``'none'``, ``'relu'``, ``'relu6'``, ``'silu'``, ``'leaky_relu'`` (with
 ``negative_slope``). Inputs of shape (N, C, *) in any memory format; the output has
@@ -103,6 +105,15 @@ def _backward_reduce_fake(grad_output, input, mean, var, weight, bias, residual,
             _like_input(input) if write_dz else None)
 
 
+@torch.library.register_fake("fastdl::batch_norm_act_backward")
+def _backward_fake(grad_output, input, mean, var, weight, bias, residual, eps, activation,
+                   negative_slope, batch_stats, output_mask):
+    return (_like_input(input) if output_mask[0] else None,
+            torch.empty_like(weight) if output_mask[1] else None,
+            torch.empty_like(bias) if output_mask[2] else None,
+            _like_input(input) if output_mask[3] else None)
+
+
 @torch.library.register_fake("fastdl::batch_norm_act_backward_input")
 def _backward_input_fake(grad_output, input, mean, var, weight, bias, residual, mean_dz,
                          mean_dz_xmu, eps, activation, negative_slope, output_mask):
@@ -112,7 +123,9 @@ def _backward_input_fake(grad_output, input, mean, var, weight, bias, residual, 
 
 def backward(grad_output, input, mean, var, weight, bias, residual, eps, activation,
              negative_slope, needs, batch_stats: bool, reduce_sums=None):
-    """Gradients (input, weight, bias, residual) of ``act(bn(input) + residual)``.
+    """Gradients (input, weight, bias, residual) of ``act(bn(input) + residual)`` from
+    the two backward passes as separate ops, so that SyncBatchNorm can all-reduce the
+    sums in between (single-process autograd uses the fused ``batch_norm_act_backward``).
 
     ``needs`` are the four needs-grad flags. With ``batch_stats`` the statistics are
     the batch's own (training), so grad_input includes their dependence on the
@@ -160,11 +173,19 @@ def _train_setup_context(ctx, inputs, output):
     ctx.args = (eps, activation, negative_slope)
 
 
+def _fused_backward(grad_output, input, mean, var, weight, bias, residual, args, needs,
+                    batch_stats):
+    need_input, need_weight, need_bias, need_residual = needs
+    mask = [need_input, need_weight and weight is not None, need_bias and bias is not None,
+            need_residual and residual is not None]
+    return torch.ops.fastdl.batch_norm_act_backward.default(
+        grad_output, input, mean, var, weight, bias, residual, *args, batch_stats, mask)
+
+
 def _train_backward(ctx, grad_output, _grad_mean, _grad_var):
     input, weight, bias, residual, mean, var = ctx.saved_tensors
-    needs = ctx.needs_input_grad[:4]
-    grads = backward(grad_output, input, mean, var, weight, bias, residual, *ctx.args, needs,
-                     batch_stats=True)
+    grads = _fused_backward(grad_output, input, mean, var, weight, bias, residual, ctx.args,
+                            ctx.needs_input_grad[:4], batch_stats=True)
     return *grads, None, None, None
 
 
@@ -177,9 +198,9 @@ def _eval_setup_context(ctx, inputs, output):
 def _eval_backward(ctx, grad_output):
     input, mean, var, weight, bias, residual = ctx.saved_tensors
     n = ctx.needs_input_grad
-    grad_input, grad_weight, grad_bias, grad_residual = backward(
-        grad_output, input, mean, var, weight, bias, residual, *ctx.args,
-        (n[0], n[3], n[4], n[5]), batch_stats=False)
+    grad_input, grad_weight, grad_bias, grad_residual = _fused_backward(
+        grad_output, input, mean, var, weight, bias, residual, ctx.args, (n[0], n[3], n[4], n[5]),
+        batch_stats=False)
     return grad_input, None, None, grad_weight, grad_bias, grad_residual, None, None, None
 
 
