@@ -46,8 +46,8 @@ LAYOUTS = {
     "spatial_1x1": ((5, 17, 1, 1), torch.contiguous_format),
 }
 LARGE_LAYOUTS = {
-    # Many channels of few rows: the fused channel-block passes (as ResNet's last stage).
-    "channels_last_fused_blocks": ((32, 256, 7, 7), torch.channels_last),
+    # Many channels of few rows (as ResNet's last stage): rows spanning a page.
+    "channels_last_wide_rows": ((32, 1024, 7, 7), torch.channels_last),
     "nchw_many_pieces": ((2, 3, 150, 230), torch.contiguous_format),
     "channels_last_many_blocks": ((4, 3, 100, 120), torch.channels_last),
 }
@@ -162,13 +162,13 @@ def test_statistics_are_deterministic_across_thread_counts():
 
 
 @pytest.mark.parametrize("shape, memory_format", [
-    ((4, 12, 5, 6), torch.contiguous_format),  # one channel per fused task
-    ((32, 256, 7, 7), torch.channels_last),  # blocks of channels per fused task
+    ((4, 12, 5, 6), torch.contiguous_format),
+    ((8, 1024, 3, 3), torch.channels_last),
 ])
-def test_fused_passes_match_the_two_pass_ops(device, shape, memory_format):
-    """batch_norm_act_train and batch_norm_act_backward (fused channel by channel on
-    CPU where the data allow) against batch_norm_stats + batch_norm_act and the
-    backward_reduce + backward_input pair."""
+def test_one_op_passes_match_the_separate_ops(device, shape, memory_format):
+    """batch_norm_act_train and batch_norm_act_backward (what autograd calls) against
+    batch_norm_stats + batch_norm_act and the backward_reduce + backward_input pair
+    (what SyncBatchNorm calls)."""
     x, residual, grad, weight, bias, *_ = make_inputs(shape, memory_format, torch.float32, device)
     epilogue = (1e-5, "relu", 0.0)
     out, mean, var = OPS.batch_norm_act_train(x, weight, bias, residual, *epilogue)

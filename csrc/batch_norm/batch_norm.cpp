@@ -179,14 +179,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> act_train_op(
   const Epilogue e =
       make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
   check_more_than_one_value(op, input);
-  const Operands o = operands(input, e);
-  at::Tensor output = empty_in_layout(input, o.layout);
-  at::Tensor mean = channel_vector_like(input), var = channel_vector_like(input);
-  if (k.train_forward && k.train_forward(o, output, mean, var)) return {output, mean, var};
-  k.stats(o, mean, var);
+  auto [mean, var] = stats_op(k, input);
   // Normalise with the rounded statistics the backward pass will read, so both
   // passes compute the same z.
-  output = forward(k, input, mean, var, e);
+  at::Tensor output = forward(k, input, mean, var, e);
   return {output, mean, var};
 }
 
@@ -231,9 +227,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
   at::Tensor grad_weight = output_mask[1] ? at::empty({input.size(1)}, weight->options()) : at::Tensor();
   at::Tensor grad_bias = output_mask[2] ? at::empty({input.size(1)}, bias->options()) : at::Tensor();
   at::Tensor grad_residual = output_mask[3] ? empty_in_layout(input, o.layout) : at::Tensor();
-  if (k.backward && k.backward(o, batch_stats, grad_input, grad_weight, grad_bias, grad_residual))
-    return {grad_input, grad_weight, grad_bias, grad_residual};
-
   // The two passes: sums (writing dz when there is a residual: it is the residual's
   // gradient and all grad_input needs of grad_output and residual), then grad_input.
   const bool write_dz = residual && (output_mask[0] || output_mask[3]);

@@ -53,7 +53,7 @@ void for_each_run(const Layout& l, Fn&& fn) {
   if (p.per_plane == 1) {
     at::parallel_for(0, planes, std::max<int64_t>(1, kTaskValues / std::max<int64_t>(1, l.inner)),
                      [&](int64_t begin, int64_t end) {
-                       fn(begin, Runs{l.inner, end - begin, l.inner, begin % l.channels, l.channels, 1},
+                       fn(begin, Runs{l.inner, end - begin, begin % l.channels, l.channels},
                           begin * l.inner);
                      });
     return;
@@ -63,7 +63,7 @@ void for_each_run(const Layout& l, Fn&& fn) {
       const int64_t plane = item / p.per_plane;
       const int64_t start = (item % p.per_plane) * p.length;
       const int64_t n = std::min(p.length, l.inner - start);
-      if (n > 0) fn(item, Runs{n, 1, n, plane % l.channels, l.channels, 1}, plane * l.inner + start);
+      if (n > 0) fn(item, Runs{n, 1, plane % l.channels, l.channels}, plane * l.inner + start);
     }
   });
 }
@@ -184,42 +184,7 @@ struct Coefficients {
   }
 };
 
-// The arrays from channel `first` on (a channels-last block's first channel).
-template <typename T>
-ChannelArrays<T> offset_arrays(const ChannelArrays<T>& v, int64_t first) {
-  auto at = [&](const T* p) { return p ? p + first : nullptr; };
-  return {at(v.scale), at(v.shift), at(v.mean), at(v.a), at(v.b), at(v.c)};
-}
-
-// Channel c's coefficients from its statistics (as rounded in the statistics tensors,
-// so that every pass computes the same z), weight, bias and, for grad_input with
-// batch statistics, the means of dz and dz * (x - mean) (else 0: then b = c = 0).
-template <typename T>
-void set_coefficients(Coefficients<T>& k, int64_t c, double mean, double var, double weight,
-                      double bias, double eps, double mean_dz = 0, double mean_dz_xmu = 0) {
-  double scale, shift;
-  forward_coefficients<double>(mean, var, weight, bias, eps, scale, shift);
-  k.scale[c] = static_cast<T>(scale);
-  k.shift[c] = static_cast<T>(shift);
-  k.mean[c] = static_cast<T>(mean);
-  if (!k.a.empty()) {
-    double a, b, cc;
-    backward_coefficients<double>(var, weight, eps, mean_dz, mean_dz_xmu, a, b, cc);
-    k.a[c] = static_cast<T>(a);
-    k.b[c] = static_cast<T>(b);
-    k.c[c] = static_cast<T>(cc);
-  }
-}
-
-template <typename T>
-Coefficients<T> empty_coefficients(int64_t channels, bool backward) {
-  Coefficients<T> k;
-  for (auto* vec : {&k.scale, &k.shift, &k.mean}) vec->resize(channels);
-  if (backward)
-    for (auto* vec : {&k.a, &k.b, &k.c}) vec->resize(channels);
-  return k;
-}
-
+// With fixed statistics (no mean_dz / mean_dz_xmu) b = c = 0.
 template <typename T>
 Coefficients<T> coefficients(const Operands& o, bool backward = false) {
   const int64_t channels = o.layout.channels;
@@ -228,9 +193,24 @@ Coefficients<T> coefficients(const Operands& o, bool backward = false) {
   const auto w = channel_values(e.weight, channels, 1), b = channel_values(e.bias, channels, 0);
   const auto mdz = channel_values(o.mean_dz, channels, 0);
   const auto mdzx = channel_values(o.mean_dz_xmu, channels, 0);
-  Coefficients<T> k = empty_coefficients<T>(channels, backward);
-  for (int64_t c = 0; c < channels; ++c)
-    set_coefficients<T>(k, c, m[c], v[c], w[c], b[c], e.eps, mdz[c], mdzx[c]);
+  Coefficients<T> k;
+  for (auto* vec : {&k.scale, &k.shift, &k.mean}) vec->resize(channels);
+  if (backward)
+    for (auto* vec : {&k.a, &k.b, &k.c}) vec->resize(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    double scale, shift;
+    forward_coefficients<double>(m[c], v[c], w[c], b[c], e.eps, scale, shift);
+    k.scale[c] = static_cast<T>(scale);
+    k.shift[c] = static_cast<T>(shift);
+    k.mean[c] = static_cast<T>(m[c]);
+    if (backward) {
+      double ca, cb, cc;
+      backward_coefficients<double>(v[c], w[c], e.eps, mdz[c], mdzx[c], ca, cb, cc);
+      k.a[c] = static_cast<T>(ca);
+      k.b[c] = static_cast<T>(cb);
+      k.c[c] = static_cast<T>(cc);
+    }
+  }
   return k;
 }
 
@@ -243,7 +223,7 @@ void stats_typed(const Operands& o, at::Tensor& mean_out, at::Tensor& var_out) {
   with_kernels<T>([&](auto kernels) {
     if (l.channels_last) {
       for_each_row_block(l, [&](int64_t block, int64_t first, int64_t rows) {
-        kernels.stats_rows(data + first * l.channels, Rows{rows, l.channels, l.channels},
+        kernels.stats_rows(data + first * l.channels, rows, l.channels,
                            part_mean.data() + block * l.channels,
                            part_m2.data() + block * l.channels);
       });
@@ -303,7 +283,7 @@ void forward_typed(const Operands& o, at::Tensor& output) {
       for_each_row_block(l, [&](int64_t, int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
         kernels.forward_rows(act, p.slope, p.input + offset, at_offset(p.residual, offset),
-                             arrays, Rows{rows, l.channels, l.channels}, y + offset);
+                             arrays, rows, l.channels, y + offset);
       });
     } else {
       for_each_run(l, [&](int64_t, const Runs& runs, int64_t offset) {
@@ -330,8 +310,7 @@ void backward_reduce_typed(const Operands& o, at::Tensor& sum_dz_out, at::Tensor
       for_each_row_block(l, [&](int64_t block, int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
         kernels.backward_reduce_rows(act, p.slope, p.grad_output + offset, p.input + offset,
-                                     at_offset(p.residual, offset), arrays,
-                                     Rows{rows, l.channels, l.channels},
+                                     at_offset(p.residual, offset), arrays, rows, l.channels,
                                      part_dz.data() + block * l.channels,
                                      part_dz_xmu.data() + block * l.channels,
                                      at_offset(dz_data, offset));
@@ -367,8 +346,7 @@ void backward_input_typed(const Operands& o, at::Tensor& grad_input, at::Tensor&
       for_each_row_block(l, [&](int64_t, int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
         kernels.backward_input_rows(act, p.slope, p.grad_output + offset, p.input + offset,
-                                    at_offset(p.residual, offset), arrays,
-                                    Rows{rows, l.channels, l.channels},
+                                    at_offset(p.residual, offset), arrays, rows, l.channels,
                                     at_offset(gx, offset), at_offset(gr, offset));
       });
     } else {
@@ -379,171 +357,6 @@ void backward_input_typed(const Operands& o, at::Tensor& grad_input, at::Tensor&
       });
     }
   });
-}
-
-// ---- fused passes ----
-// Channel by channel (planar) or by blocks of channels (channels last): the first
-// pass over a channel's values (statistics, or the backward sums) leaves them in
-// cache for the second (normalise, or grad_input), so each tensor is read from memory
-// once. Used when one task's values fit in kFusedTaskBytes per tensor and there are
-// enough tasks for the threads; otherwise the two-pass kernels run.
-
-constexpr int64_t kFusedTaskBytes = 256 * 1024;
-
-// Channels per fused task, or 0 when the fused passes don't apply.
-template <typename T>
-int64_t fused_task_channels(const Layout& l) {
-  const int64_t bytes_per_channel = l.count_per_channel() * static_cast<int64_t>(sizeof(T));
-  int64_t channels = 1;
-  if (l.channels_last) {
-    // A multiple of 16 channels (every vector width), as many as fit.
-    channels = std::max<int64_t>(16, kFusedTaskBytes / std::max<int64_t>(1, bytes_per_channel) / 16 * 16);
-    channels = std::min(channels, l.channels);
-  }
-  const int64_t tasks = (l.channels + channels - 1) / channels;
-  const bool fits = channels * bytes_per_channel <= kFusedTaskBytes;
-  return fits && tasks >= 2 * at::get_num_threads() ? channels : 0;
-}
-
-// fn(first_channel, channels) for every fused task, in parallel.
-template <typename Fn>
-void for_each_channel_task(const Layout& l, int64_t task_channels, Fn&& fn) {
-  const int64_t tasks = (l.channels + task_channels - 1) / task_channels;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t first = t * task_channels;
-      fn(first, std::min(task_channels, l.channels - first));
-    }
-  });
-}
-
-// One channel's planes across the batch (planar layouts).
-Runs channel_runs(const Layout& l, int64_t c) {
-  return {l.inner, l.outer, l.channels * l.inner, c, l.channels, 0};
-}
-
-// A statistic as the statistics tensor of dtype T stores it.
-template <typename T>
-double rounded(double value) {
-  return static_cast<double>(static_cast<T>(value));
-}
-
-template <typename T>
-bool train_forward_typed(const Operands& o, at::Tensor& output, at::Tensor& mean_out,
-                         at::Tensor& var_out) {
-  const Layout& l = o.layout;
-  const int64_t task_channels = fused_task_channels<T>(l);
-  if (task_channels == 0) return false;
-  const int64_t C = l.channels;
-  const Epilogue& e = o.epilogue;
-  const auto w = channel_values(e.weight, C, 1), b = channel_values(e.bias, C, 0);
-  const double count = static_cast<double>(l.count_per_channel());
-  std::vector<double> mean(C), var(C);
-  Coefficients<T> k = empty_coefficients<T>(C, /*backward=*/false);
-  const Pointers<T> p(o);
-  T* y = output.data_ptr<T>();
-  with_kernels<T>([&](auto kernels) {
-    for_each_channel_task(l, task_channels, [&](int64_t first, int64_t channels) {
-      if (l.channels_last) {
-        const Rows rows{l.outer, channels, C};
-        kernels.stats_rows(p.input + first, rows, mean.data() + first, var.data() + first);
-      } else {
-        const Runs runs = channel_runs(l, first);
-        std::vector<double> plane_mean(l.outer), plane_m2(l.outer);
-        kernels.stats_run(p.input + first * l.inner, runs, plane_mean.data(), plane_m2.data());
-        double m = 0, m2 = 0;  // the exact parallel formula, planes of equal size
-        for (double pm : plane_mean) m += pm;
-        m /= static_cast<double>(l.outer);
-        for (int64_t n = 0; n < l.outer; ++n)
-          m2 += plane_m2[n] + l.inner * (plane_mean[n] - m) * (plane_mean[n] - m);
-        mean[first] = m;
-        var[first] = m2;
-      }
-      for (int64_t c = first; c < first + channels; ++c) {
-        mean[c] = rounded<T>(mean[c]);
-        var[c] = rounded<T>(count > 0 ? var[c] / count : 0.0);
-        set_coefficients<T>(k, c, mean[c], var[c], w[c], b[c], e.eps);
-      }
-      const auto arrays = k.arrays();
-      if (l.channels_last) {
-        kernels.forward_rows(e.activation, p.slope, p.input + first, at_offset(p.residual, first),
-                             offset_arrays(arrays, first), Rows{l.outer, channels, C}, y + first);
-      } else {
-        const int64_t offset = first * l.inner;
-        kernels.forward_run(e.activation, p.slope, p.input + offset, at_offset(p.residual, offset),
-                            arrays, channel_runs(l, first), y + offset);
-      }
-    });
-  });
-  store_channels(mean, mean_out);
-  store_channels(var, var_out);
-  return true;
-}
-
-template <typename T>
-bool backward_typed(const Operands& o, bool batch_stats, at::Tensor& grad_input,
-                    at::Tensor& grad_weight, at::Tensor& grad_bias, at::Tensor& grad_residual) {
-  const Layout& l = o.layout;
-  const int64_t task_channels = fused_task_channels<T>(l);
-  if (task_channels == 0) return false;
-  const int64_t C = l.channels;
-  const Epilogue& e = o.epilogue;
-  const auto m = channel_values(o.mean, C, 0), v = channel_values(o.var, C, 0);
-  const auto w = channel_values(e.weight, C, 1), b = channel_values(e.bias, C, 0);
-  const double count = static_cast<double>(std::max<int64_t>(1, l.count_per_channel()));
-  std::vector<double> sum_dz(C), sum_dz_xmu(C);
-  Coefficients<T> k = empty_coefficients<T>(C, /*backward=*/true);
-  const Pointers<T> p(o);
-  T* gx = data_or_null<T>(grad_input);
-  T* gr = data_or_null<T>(grad_residual);
-  const Activation act = e.activation;
-  with_kernels<T>([&](auto kernels) {
-    for_each_channel_task(l, task_channels, [&](int64_t first, int64_t channels) {
-      for (int64_t c = first; c < first + channels; ++c)
-        set_coefficients<T>(k, c, m[c], v[c], w[c], b[c], e.eps);
-      const auto arrays = k.arrays();
-      if (l.channels_last) {
-        kernels.backward_reduce_rows(act, p.slope, p.grad_output + first, p.input + first,
-                                     at_offset(p.residual, first), offset_arrays(arrays, first),
-                                     Rows{l.outer, channels, C}, sum_dz.data() + first,
-                                     sum_dz_xmu.data() + first, nullptr);
-      } else {
-        const int64_t offset = first * l.inner;
-        std::vector<double> plane_dz(l.outer), plane_dz_xmu(l.outer);
-        kernels.backward_reduce_run(act, p.slope, p.grad_output + offset, p.input + offset,
-                                    at_offset(p.residual, offset), arrays, channel_runs(l, first),
-                                    plane_dz.data(), plane_dz_xmu.data(), nullptr);
-        sum_dz[first] = sum_dz_xmu[first] = 0;
-        for (int64_t n = 0; n < l.outer; ++n) {
-          sum_dz[first] += plane_dz[n];
-          sum_dz_xmu[first] += plane_dz_xmu[n];
-        }
-      }
-      if (!gx && !gr) return;
-      if (batch_stats)
-        for (int64_t c = first; c < first + channels; ++c)
-          set_coefficients<T>(k, c, m[c], v[c], w[c], b[c], e.eps, sum_dz[c] / count,
-                              sum_dz_xmu[c] / count);
-      if (l.channels_last) {
-        kernels.backward_input_rows(act, p.slope, p.grad_output + first, p.input + first,
-                                    at_offset(p.residual, first), offset_arrays(arrays, first),
-                                    Rows{l.outer, channels, C}, at_offset(gx, first),
-                                    at_offset(gr, first));
-      } else {
-        const int64_t offset = first * l.inner;
-        kernels.backward_input_run(act, p.slope, p.grad_output + offset, p.input + offset,
-                                   at_offset(p.residual, offset), arrays, channel_runs(l, first),
-                                   at_offset(gx, offset), at_offset(gr, offset));
-      }
-    });
-  });
-  if (grad_weight.defined()) {
-    std::vector<double> gw(C);
-    for (int64_t c = 0; c < C; ++c) gw[c] = sum_dz_xmu[c] / std::sqrt(v[c] + e.eps);
-    store_channels(gw, grad_weight);
-  }
-  if (grad_bias.defined()) store_channels(sum_dz, grad_bias);
-  return true;
 }
 
 // float16 and bfloat16 run the float32 kernels on float32 copies of the tensors (the
@@ -570,36 +383,6 @@ void copy_back(at::Tensor& out, const at::Tensor& float_out) {
 
 #define FASTDL_CPU_DISPATCH(tensor, call) \
   AT_DISPATCH_FLOATING_TYPES((tensor).scalar_type(), "fastdl_batch_norm_cpu", [&] { call; })
-
-bool train_forward_cpu(const Operands& o, at::Tensor& output, at::Tensor& mean, at::Tensor& var) {
-  if (reduced_precision(o)) {
-    at::Tensor out = float_like(output);
-    if (!train_forward_typed<float>(widened(o), out, mean, var)) return false;
-    copy_back(output, out);
-    return true;
-  }
-  bool done = false;
-  FASTDL_CPU_DISPATCH(o.input, done = train_forward_typed<scalar_t>(o, output, mean, var));
-  return done;
-}
-
-bool backward_cpu(const Operands& o, bool batch_stats, at::Tensor& grad_input,
-                  at::Tensor& grad_weight, at::Tensor& grad_bias, at::Tensor& grad_residual) {
-  if (reduced_precision(o)) {
-    at::Tensor input_float = float_like(grad_input), residual_float = float_like(grad_residual);
-    if (!backward_typed<float>(widened(o), batch_stats, input_float, grad_weight, grad_bias,
-                               residual_float))
-      return false;
-    copy_back(grad_input, input_float);
-    copy_back(grad_residual, residual_float);
-    return true;
-  }
-  bool done = false;
-  FASTDL_CPU_DISPATCH(o.input, done = backward_typed<scalar_t>(o, batch_stats, grad_input,
-                                                               grad_weight, grad_bias,
-                                                               grad_residual));
-  return done;
-}
 
 void stats_cpu(const Operands& o, at::Tensor& mean, at::Tensor& var) {
   if (reduced_precision(o)) return stats_typed<float>(widened(o), mean, var);
@@ -635,8 +418,8 @@ void backward_input_cpu(const Operands& o, at::Tensor& grad_input, at::Tensor& g
   FASTDL_CPU_DISPATCH(o.input, backward_input_typed<scalar_t>(o, grad_input, grad_residual));
 }
 
-const DeviceKernels kCpuKernels{&train_forward_cpu, &backward_cpu, &stats_cpu, &forward_cpu,
-                                &backward_reduce_cpu, &backward_input_cpu};
+const DeviceKernels kCpuKernels{&stats_cpu, &forward_cpu, &backward_reduce_cpu,
+                                &backward_input_cpu};
 
 }  // namespace
 }  // namespace fastdl::batch_norm

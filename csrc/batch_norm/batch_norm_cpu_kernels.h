@@ -21,47 +21,40 @@ struct ChannelArrays {
   const T *scale, *shift, *mean, *a, *b, *c;
 };
 
-// Planar data for a run kernel: `planes` runs of `n` contiguous values, run p starting
-// at p * plane_stride and belonging to channel (first_channel + p * channel_step) %
-// channels. Consecutive planes (channel_step 1) let small planes (7x7) go many to a
-// call; one channel's planes across the batch (plane_stride C * inner, channel_step
-// 0) let the fused passes work channel by channel.
+// Planar data for a run kernel: `planes` consecutive runs of `n` values (run p starts
+// at p * n) belonging to channels (first_channel + p) % channels. Small planes (7x7)
+// go many to a call; a large plane is cut into pieces, one run per call.
 struct Runs {
-  int64_t n, planes, plane_stride, first_channel, channels, channel_step;
-};
-
-// Channels-last data for a rows kernel: `rows` rows of `channels` values, rows
-// `row_stride` values apart (a block of channels of a wider tensor when row_stride >
-// channels; the per-channel arrays then start at the block's first channel).
-struct Rows {
-  int64_t rows, channels, row_stride;
+  int64_t n, planes, first_channel, channels;
 };
 
 #define FASTDL_BATCH_NORM_KERNEL_LIST(T)                                                       \
   /* Mean and sum of squared deviations (m2) of each run. */                                  \
   static void stats_run(const T* x, const Runs& r, double* mean, double* m2);                  \
-  /* Per-channel mean and m2 of the rows. */                                                   \
-  static void stats_rows(const T* x, const Rows& r, double* mean, double* m2);                 \
+  /* Per-channel mean and m2 of `rows` rows. */                                                \
+  static void stats_rows(const T* x, int64_t rows, int64_t channels, double* mean,            \
+                         double* m2);                                                          \
   /* y = act(x * scale + shift (+ residual)); residual may be null. */                         \
   static void forward_run(Activation act, T slope, const T* x, const T* residual,              \
                           const ChannelArrays<T>& v, const Runs& r, T* y);                     \
   static void forward_rows(Activation act, T slope, const T* x, const T* residual,             \
-                           const ChannelArrays<T>& v, const Rows& r, T* y);                    \
+                           const ChannelArrays<T>& v, int64_t rows, int64_t channels, T* y);   \
   /* Sums of dz and dz * (x - mean) of each run; dz itself stored unless dz is null. */      \
   static void backward_reduce_run(Activation act, T slope, const T* grad_y, const T* x,        \
                                   const T* residual, const ChannelArrays<T>& v, const Runs& r, \
                                   double* sum_dz, double* sum_dz_xmu, T* dz);                  \
-  /* Per-channel sums over the rows. */                                                        \
+  /* Per-channel sums over `rows` rows. */                                                     \
   static void backward_reduce_rows(Activation act, T slope, const T* grad_y, const T* x,       \
-                                   const T* residual, const ChannelArrays<T>& v, const Rows& r,\
-                                   double* sum_dz, double* sum_dz_xmu, T* dz);                 \
+                                   const T* residual, const ChannelArrays<T>& v, int64_t rows, \
+                                   int64_t channels, double* sum_dz, double* sum_dz_xmu,       \
+                                   T* dz);                                                     \
   /* grad_x = dz * a + (x - mean) * b + c and grad_residual = dz (either may be null). */      \
   static void backward_input_run(Activation act, T slope, const T* grad_y, const T* x,         \
                                  const T* residual, const ChannelArrays<T>& v, const Runs& r,  \
                                  T* grad_x, T* grad_residual);                                 \
   static void backward_input_rows(Activation act, T slope, const T* grad_y, const T* x,        \
-                                  const T* residual, const ChannelArrays<T>& v, const Rows& r, \
-                                  T* grad_x, T* grad_residual);
+                                  const T* residual, const ChannelArrays<T>& v, int64_t rows,  \
+                                  int64_t channels, T* grad_x, T* grad_residual);
 
 struct ScalarKernels {
   FASTDL_BATCH_NORM_KERNEL_LIST(float)
@@ -80,16 +73,16 @@ struct Avx512Kernels {
   void Set::stats_run(const T* x, const Runs& r, double* mean, double* m2) {                    \
     impl::stats_run<T>(x, r, mean, m2);                                                         \
   }                                                                                             \
-  void Set::stats_rows(const T* x, const Rows& r, double* mean, double* m2) {                   \
-    impl::stats_rows<T>(x, r, mean, m2);                                                        \
+  void Set::stats_rows(const T* x, int64_t rows, int64_t channels, double* mean, double* m2) {  \
+    impl::stats_rows<T>(x, rows, channels, mean, m2);                                           \
   }                                                                                             \
   void Set::forward_run(Activation act, T slope, const T* x, const T* residual,                 \
                         const ChannelArrays<T>& v, const Runs& r, T* y) {                       \
     impl::forward_run<T>(act, slope, x, residual, v, r, y);                                     \
   }                                                                                             \
   void Set::forward_rows(Activation act, T slope, const T* x, const T* residual,                \
-                         const ChannelArrays<T>& v, const Rows& r, T* y) {                      \
-    impl::forward_rows<T>(act, slope, x, residual, v, r, y);                                    \
+                         const ChannelArrays<T>& v, int64_t rows, int64_t channels, T* y) {     \
+    impl::forward_rows<T>(act, slope, x, residual, v, rows, channels, y);                       \
   }                                                                                             \
   void Set::backward_reduce_run(Activation act, T slope, const T* grad_y, const T* x,           \
                                 const T* residual, const ChannelArrays<T>& v, const Runs& r,    \
@@ -97,10 +90,10 @@ struct Avx512Kernels {
     impl::backward_reduce_run<T>(act, slope, grad_y, x, residual, v, r, sum_dz, sum_dz_xmu, dz); \
   }                                                                                             \
   void Set::backward_reduce_rows(Activation act, T slope, const T* grad_y, const T* x,          \
-                                 const T* residual, const ChannelArrays<T>& v, const Rows& r,   \
-                                 double* sum_dz, double* sum_dz_xmu, T* dz) {                   \
-    impl::backward_reduce_rows<T>(act, slope, grad_y, x, residual, v, r, sum_dz, sum_dz_xmu,    \
-                                  dz);                                                          \
+                                 const T* residual, const ChannelArrays<T>& v, int64_t rows,    \
+                                 int64_t channels, double* sum_dz, double* sum_dz_xmu, T* dz) { \
+    impl::backward_reduce_rows<T>(act, slope, grad_y, x, residual, v, rows, channels, sum_dz,   \
+                                  sum_dz_xmu, dz);                                              \
   }                                                                                             \
   void Set::backward_input_run(Activation act, T slope, const T* grad_y, const T* x,            \
                                const T* residual, const ChannelArrays<T>& v, const Runs& r,     \
@@ -108,9 +101,10 @@ struct Avx512Kernels {
     impl::backward_input_run<T>(act, slope, grad_y, x, residual, v, r, grad_x, grad_residual);  \
   }                                                                                             \
   void Set::backward_input_rows(Activation act, T slope, const T* grad_y, const T* x,           \
-                                const T* residual, const ChannelArrays<T>& v, const Rows& r,    \
-                                T* grad_x, T* grad_residual) {                                  \
-    impl::backward_input_rows<T>(act, slope, grad_y, x, residual, v, r, grad_x, grad_residual);  \
+                                const T* residual, const ChannelArrays<T>& v, int64_t rows,     \
+                                int64_t channels, T* grad_x, T* grad_residual) {                \
+    impl::backward_input_rows<T>(act, slope, grad_y, x, residual, v, rows, channels, grad_x,    \
+                                 grad_residual);                                                \
   }
 
 }  // namespace fastdl::batch_norm

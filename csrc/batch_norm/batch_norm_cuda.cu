@@ -466,9 +466,8 @@ void backward_input_cuda(const Operands& o, at::Tensor& grad_input, at::Tensor& 
   });
 }
 
-// No fused passes on CUDA yet: the front end composes the two-pass kernels.
-const DeviceKernels kCudaKernels{nullptr, nullptr, &stats_cuda, &forward_cuda,
-                                 &backward_reduce_cuda, &backward_input_cuda};
+const DeviceKernels kCudaKernels{&stats_cuda, &forward_cuda, &backward_reduce_cuda,
+                                 &backward_input_cuda};
 
 }  // namespace
 }  // namespace fastdl::batch_norm

@@ -23,13 +23,6 @@ struct Operands {
 };
 
 struct DeviceKernels {
-  // Fused passes, optional: return false (or are null) when they don't apply, and
-  // the front end composes the passes below instead.
-  //   train_forward: statistics and output, channel by channel.
-  //   backward: all four gradients, channel by channel; batch_stats as in backward_op.
-  bool (*train_forward)(const Operands&, at::Tensor& output, at::Tensor& mean, at::Tensor& var);
-  bool (*backward)(const Operands&, bool batch_stats, at::Tensor& grad_input,
-                   at::Tensor& grad_weight, at::Tensor& grad_bias, at::Tensor& grad_residual);
   void (*stats)(const Operands&, at::Tensor& mean, at::Tensor& var);
   void (*forward)(const Operands&, at::Tensor& output);
   // dz is undefined unless the caller asked for it.

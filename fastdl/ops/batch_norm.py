@@ -6,10 +6,7 @@ large mean lose no precision), a second normalises, adds the residual and applie
 the activation. Evaluation: the second pass alone. Backward: one pass reduces
 ``sum(dz)`` and ``sum(dz * (x - mean))`` (``dz = grad * act'(z)``, with ``z``
 recomputed from the input, never stored), a second writes grad_input and
-grad_residual; weight and bias gradients come from the same sums. On CPU, when a
-channel's values (or a block of channels' in channels_last) fit in cache, both passes
-run channel by channel, so each tensor is read from memory once per direction.
-PyTorch's BN -> add -> ReLU makes about twice as many passes over memory.
+grad_residual; weight and bias gradients come from the same sums. PyTorch's BN -> add -> ReLU makes about twice as many passes over memory.
 
 Activations: ``'none'``, ``'relu'``, ``'relu6'``, ``'silu'``, ``'leaky_relu'`` (with
 ``negative_slope``). Inputs of shape (N, C, *) in any memory format; the output has
@@ -125,7 +122,7 @@ def backward(grad_output, input, mean, var, weight, bias, residual, eps, activat
              negative_slope, needs, batch_stats: bool, reduce_sums=None):
     """Gradients (input, weight, bias, residual) of ``act(bn(input) + residual)`` from
     the two backward passes as separate ops, so that SyncBatchNorm can all-reduce the
-    sums in between (single-process autograd uses the fused ``batch_norm_act_backward``).
+    sums in between (single-process autograd calls the one op ``batch_norm_act_backward``).
 
     ``needs`` are the four needs-grad flags. With ``batch_stats`` the statistics are
     the batch's own (training), so grad_input includes their dependence on the
@@ -173,7 +170,7 @@ def _train_setup_context(ctx, inputs, output):
     ctx.args = (eps, activation, negative_slope)
 
 
-def _fused_backward(grad_output, input, mean, var, weight, bias, residual, args, needs,
+def _backward_op(grad_output, input, mean, var, weight, bias, residual, args, needs,
                     batch_stats):
     need_input, need_weight, need_bias, need_residual = needs
     mask = [need_input, need_weight and weight is not None, need_bias and bias is not None,
@@ -184,7 +181,7 @@ def _fused_backward(grad_output, input, mean, var, weight, bias, residual, args,
 
 def _train_backward(ctx, grad_output, _grad_mean, _grad_var):
     input, weight, bias, residual, mean, var = ctx.saved_tensors
-    grads = _fused_backward(grad_output, input, mean, var, weight, bias, residual, ctx.args,
+    grads = _backward_op(grad_output, input, mean, var, weight, bias, residual, ctx.args,
                             ctx.needs_input_grad[:4], batch_stats=True)
     return *grads, None, None, None
 
@@ -198,7 +195,7 @@ def _eval_setup_context(ctx, inputs, output):
 def _eval_backward(ctx, grad_output):
     input, mean, var, weight, bias, residual = ctx.saved_tensors
     n = ctx.needs_input_grad
-    grad_input, grad_weight, grad_bias, grad_residual = _fused_backward(
+    grad_input, grad_weight, grad_bias, grad_residual = _backward_op(
         grad_output, input, mean, var, weight, bias, residual, ctx.args, (n[0], n[3], n[4], n[5]),
         batch_stats=False)
     return grad_input, None, None, grad_weight, grad_bias, grad_residual, None, None, None
