@@ -98,8 +98,10 @@ std::vector<double> part_sizes(const Layout& l) {
   } else {
     const Pieces p = pieces_of(l);
     for (int64_t n = 0; n < l.outer; ++n)
-      for (int64_t piece = 0; piece < p.per_plane; ++piece)
-        sizes.push_back(static_cast<double>(std::max<int64_t>(0, std::min(p.length, l.inner - piece * p.length))));
+      for (int64_t piece = 0; piece < p.per_plane; ++piece) {
+        const int64_t length = std::min(p.length, l.inner - piece * p.length);
+        sizes.push_back(static_cast<double>(std::max<int64_t>(0, length)));
+      }
   }
   return sizes;
 }
@@ -260,13 +262,9 @@ T* data_or_null(at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-template <typename T>
-const T* at_offset(const T* p, int64_t offset) {
-  return p ? p + offset : nullptr;
-}
-
-template <typename T>
-T* at_offset(T* p, int64_t offset) {
+// p + offset, or null for an absent tensor.
+template <typename P>
+P* at_offset(P* p, int64_t offset) {
   return p ? p + offset : nullptr;
 }
 

@@ -6,7 +6,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.batch_norm import ACTIVATIONS, backward, update_running_stats
+from ..ops.batch_norm import ACTIVATIONS, update_running_stats
 
 
 def _check_activation(cls_name: str, activation: str, negative_slope: float) -> None:
@@ -181,13 +181,30 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        # The two backward passes as separate ops, the sums all-reduced in between
+        # (single-process autograd runs both inside batch_norm_act_backward).
         input, weight, bias, residual, mean, var = ctx.saved_tensors
-
-        def all_reduce_sums(sum_dz, sum_dz_xmu):
-            combined = torch.cat([sum_dz, sum_dz_xmu])
-            dist.all_reduce(combined, group=ctx.group)
-            return combined[:sum_dz.numel()], combined[sum_dz.numel():], ctx.total
-
-        grads = backward(grad_output, input, mean, var, weight, bias, residual, *ctx.args,
-                         ctx.needs_input_grad[:4], batch_stats=True, reduce_sums=all_reduce_sums)
-        return *grads, None, None, None, None, None, None, None
+        eps, activation, negative_slope = ctx.args
+        need_input, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
+        # With a residual, the first pass also writes dz: the residual's gradient, and
+        # all the second pass needs of grad_output and residual.
+        write_dz = residual is not None and (need_input or need_residual)
+        sum_dz, sum_dz_xmu, dz = torch.ops.fastdl.batch_norm_act_backward_reduce.default(
+            grad_output, input, mean, var, weight, bias, residual, eps, activation,
+            negative_slope, write_dz)
+        grad_weight = grad_bias = grad_input = None
+        if need_weight and weight is not None:
+            grad_weight = (sum_dz_xmu * torch.rsqrt(var + eps)).to(weight.dtype)
+        if need_bias and bias is not None:
+            grad_bias = sum_dz.to(bias.dtype)
+        if need_input:
+            sums = torch.cat([sum_dz, sum_dz_xmu])
+            dist.all_reduce(sums, group=ctx.group)
+            mean_dz, mean_dz_xmu = (sums / ctx.total).chunk(2)
+            grad_input, _ = torch.ops.fastdl.batch_norm_act_backward_input.default(
+                dz if write_dz else grad_output, input, mean, var, weight, bias,
+                None if write_dz else residual, mean_dz, mean_dz_xmu, eps,
+                "none" if write_dz else activation, negative_slope, [True, False])
+        grad_residual = dz if need_residual and residual is not None else None
+        return (grad_input, grad_weight, grad_bias, grad_residual,
+                None, None, None, None, None, None, None)

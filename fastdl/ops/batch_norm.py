@@ -6,7 +6,8 @@ large mean lose no precision), a second normalises, adds the residual and applie
 the activation. Evaluation: the second pass alone. Backward: one pass reduces
 ``sum(dz)`` and ``sum(dz * (x - mean))`` (``dz = grad * act'(z)``, with ``z``
 recomputed from the input, never stored), a second writes grad_input and
-grad_residual; weight and bias gradients come from the same sums. PyTorch's BN -> add -> ReLU makes about twice as many passes over memory.
+grad_residual; weight and bias gradients come from the same sums. PyTorch's
+BN -> add -> ReLU makes about 1.5x as many passes over memory.
 
 Activations: ``'none'``, ``'relu'``, ``'relu6'``, ``'silu'``, ``'leaky_relu'`` (with
 ``negative_slope``). Inputs of shape (N, C, *) in any memory format; the output has
@@ -116,50 +117,6 @@ def _backward_input_fake(grad_output, input, mean, var, weight, bias, residual, 
                          mean_dz_xmu, eps, activation, negative_slope, output_mask):
     return (_like_input(input) if output_mask[0] else None,
             _like_input(input) if output_mask[1] else None)
-
-
-def backward(grad_output, input, mean, var, weight, bias, residual, eps, activation,
-             negative_slope, needs, batch_stats: bool, reduce_sums=None):
-    """Gradients (input, weight, bias, residual) of ``act(bn(input) + residual)`` from
-    the two backward passes as separate ops, so that SyncBatchNorm can all-reduce the
-    sums in between (single-process autograd calls the one op ``batch_norm_act_backward``).
-
-    ``needs`` are the four needs-grad flags. With ``batch_stats`` the statistics are
-    the batch's own (training), so grad_input includes their dependence on the
-    input. ``reduce_sums(sum_dz, sum_dz_xmu) -> (sum_dz, sum_dz_xmu, count)`` lets
-    SyncBatchNorm all-reduce the sums over processes for grad_input; weight and bias
-    gradients come from this process's sums, as in ``nn.SyncBatchNorm``.
-
-    With a residual, the reduce pass also writes dz (it *is* the residual's gradient),
-    and grad_input is computed from dz and the input alone: the second pass then reads
-    two tensors instead of three and writes one instead of two.
-    """
-    need_input, need_weight, need_bias, need_residual = needs
-    need_residual = need_residual and residual is not None
-    write_dz = residual is not None and (need_input or need_residual)
-    sums_needed = need_weight or need_bias or (need_input and batch_stats)
-    grad_input = grad_weight = grad_bias = dz = None
-    mean_dz = mean_dz_xmu = None
-    if sums_needed or write_dz:
-        sum_dz, sum_dz_xmu, dz = torch.ops.fastdl.batch_norm_act_backward_reduce.default(
-            grad_output, input, mean, var, weight, bias, residual, eps, activation,
-            negative_slope, write_dz)
-        if need_weight and weight is not None:
-            grad_weight = (sum_dz_xmu * torch.rsqrt(var.to(sum_dz_xmu.dtype) + eps)).to(weight.dtype)
-        if need_bias and bias is not None:
-            grad_bias = sum_dz.to(bias.dtype)
-        count = input.numel() // input.shape[1]
-        if reduce_sums is not None and need_input and batch_stats:
-            sum_dz, sum_dz_xmu, count = reduce_sums(sum_dz, sum_dz_xmu)
-        if batch_stats:
-            mean_dz, mean_dz_xmu = sum_dz / max(count, 1), sum_dz_xmu / max(count, 1)
-    if need_input:
-        # Given dz, the activation and the residual are behind us: act = 'none'.
-        grad_input, _ = torch.ops.fastdl.batch_norm_act_backward_input.default(
-            dz if write_dz else grad_output, input, mean, var, weight, bias,
-            None if write_dz else residual, mean_dz, mean_dz_xmu, eps,
-            "none" if write_dz else activation, negative_slope, [True, False])
-    return grad_input, grad_weight, grad_bias, dz if need_residual else None
 
 
 def _train_setup_context(ctx, inputs, output):
