@@ -36,7 +36,7 @@ _C, build_info = _load_extension()
 
 from . import ops  # noqa: E402  (registers fake kernels; needs _C loaded first)
 from . import nn  # noqa: E402
-from .convert import fold_bn  # noqa: E402
+from .convert import ConversionReport, convert, fold_bn  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ops", "nn", "fold_bn", "build_info", "__version__"]
+__all__ = ["ops", "nn", "convert", "ConversionReport", "fold_bn", "build_info", "__version__"]

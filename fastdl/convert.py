@@ -1,9 +1,15 @@
-"""Model-level helpers: folding batch norm into the convolution before it."""
+"""Model-level helpers: ``convert`` (swap torch layers for fastdl layers) and
+``fold_bn`` (fold batch norm into the convolution before it)."""
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from . import nn as fastdl_nn
+
+_FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 _ACTIVATION_MODULES = {
     "relu": lambda slope: nn.ReLU(),
@@ -13,10 +19,16 @@ _ACTIVATION_MODULES = {
 }
 
 
-def fold_bn(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+def fold_bn(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm | None = None,
+            inplace: bool = False) -> nn.Module:
     """Folds an inference-mode batch norm into the convolution (or linear layer) that
     feeds it: returns a copy of ``conv`` whose output equals ``bn(conv(x))`` with
     ``bn``'s running statistics, to float rounding.
+
+    ``fold_bn(model)`` (no ``bn``) folds every such pair that follows each other in an
+    ``nn.Sequential`` of ``model`` (a copy, unless ``inplace``), the batch norm then
+    becoming ``nn.Identity`` (or its activation). Batch norms in training mode are
+    left alone: their statistics are not fixed yet. Call it on an ``eval()`` model.
 
     ``W' = W * gamma / sqrt(running_var + eps)`` per output channel and
     ``b' = (b - running_mean) * gamma / sqrt(running_var + eps) + beta``, computed in
@@ -25,7 +37,11 @@ def fold_bn(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     norm with an activation gives ``nn.Sequential(folded_conv, activation)``.
     The inputs are not modified.
     """
-    if not isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+    if bn is None:
+        model = conv if inplace else copy.deepcopy(conv)
+        _fold_sequentials(model)
+        return model
+    if not isinstance(conv, _FOLDABLE):
         raise TypeError("fastdl.fold_bn: conv must be an nn.Conv1d/2d/3d or nn.Linear "
                         f"(transposed convolutions are not supported), got {type(conv).__name__}")
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
@@ -54,3 +70,145 @@ def fold_bn(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     if activation == "none":
         return folded
     return nn.Sequential(folded, _ACTIVATION_MODULES[activation](bn.negative_slope))
+
+
+def _fold_sequentials(module: nn.Module) -> None:
+    for child in module.children():
+        _fold_sequentials(child)
+    if not isinstance(module, nn.Sequential):
+        return
+    keys = list(module._modules)
+    for first, second in zip(keys, keys[1:]):
+        conv, bn = module._modules[first], module._modules[second]
+        foldable = (isinstance(conv, _FOLDABLE) and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                    and not bn.training and bn.running_mean is not None
+                    and bn.num_features == (conv.out_features if isinstance(conv, nn.Linear)
+                                            else conv.out_channels))
+        if not foldable:
+            continue
+        folded = fold_bn(conv, bn)
+        if isinstance(folded, nn.Sequential):  # the batch norm's activation comes along
+            module._modules[first], module._modules[second] = folded[0], folded[1]
+        else:
+            module._modules[first], module._modules[second] = folded, nn.Identity()
+
+
+# ---- convert ----
+
+FAMILIES = ("depthwise", "batch_norm")
+
+# torch layers that fastdl families will serve but don't yet: reported, not swapped.
+_PLANNED = {
+    nn.LSTM: "fastdl.nn.LSTM is not built yet (issue 7)",
+    nn.LSTMCell: "fastdl.nn.LSTMCell is not built yet (issue 7)",
+    nn.MultiheadAttention: "fastdl.nn.MultiheadAttention is not built yet (issue 8)",
+}
+
+_BATCH_NORMS = {
+    nn.BatchNorm1d: fastdl_nn.BatchNorm1d,
+    nn.BatchNorm2d: fastdl_nn.BatchNorm2d,
+    nn.BatchNorm3d: fastdl_nn.BatchNorm3d,
+    nn.SyncBatchNorm: fastdl_nn.SyncBatchNorm,
+}
+
+_ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.LeakyReLU: "leaky_relu"}
+
+
+@dataclass
+class ConversionReport:
+    """What ``convert`` did: ``swapped`` holds (module name, torch layer, fastdl layer),
+    ``skipped`` (module name, layer, why not)."""
+
+    swapped: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"fastdl.convert: {len(self.swapped)} layers swapped, "
+                 f"{len(self.skipped)} left as they are"]
+        lines += [f"  swapped {name or '(model)'}: {old} -> {new}" for name, old, new in self.swapped]
+        lines += [f"  kept    {name or '(model)'}: {layer} ({why})" for name, layer, why in self.skipped]
+        return "\n".join(lines)
+
+
+def convert(model: nn.Module, families=None, inplace: bool = False):
+    """Replaces every layer of ``model`` that fastdl serves with its fastdl layer and
+    returns ``(model, report)``.
+
+    - ``nn.Conv2d`` with ``groups == in_channels`` (depthwise, any multiplier) ->
+      :class:`fastdl.nn.DepthwiseConv2d` (family ``"depthwise"``);
+    - ``nn.BatchNorm1d/2d/3d`` and ``nn.SyncBatchNorm`` -> their fastdl layers (family
+      ``"batch_norm"``); inside an ``nn.Sequential`` (where the data flow is known to be
+      a chain), a batch norm directly followed by ``ReLU``, ``ReLU6``, ``SiLU`` or
+      ``LeakyReLU`` absorbs it (``activation=...``) and the activation module becomes
+      ``nn.Identity``. Elsewhere (e.g. ResNet blocks, whose ReLU module is called
+      twice) the activation is left alone.
+
+    Parameters and buffers are shared with the layers they replace (after a deep copy
+    of the model unless ``inplace``), so the converted model keeps its weights,
+    running statistics, train/eval mode, device and dtype, and gives the same outputs
+    to float rounding. ``families``: a subset of ``fastdl.convert.FAMILIES`` (default:
+    all). The report lists what was swapped, and what fastdl could serve but did not,
+    with the reason (e.g. a grouped convolution that is not depthwise, a layer whose
+    fastdl version is not built yet).
+    """
+    families = set(FAMILIES if families is None else families)
+    unknown = families - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"fastdl.convert: unknown families {sorted(unknown)}; "
+                         f"choose from {list(FAMILIES)}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    report = ConversionReport()
+    if _swap(model, "", families, report) is not None:
+        raise TypeError("fastdl.convert: the model itself is a single layer; convert the "
+                        "module that contains it, or build the fastdl layer directly")
+    return model, report
+
+
+def _swap(module: nn.Module, name: str, families: set, report: ConversionReport):
+    """The fastdl layer for ``module`` (recording it), or None after converting its
+    children in place."""
+    kind = type(module)
+    if "depthwise" in families and kind is nn.Conv2d and module.groups > 1:
+        if module.groups == module.in_channels and module.out_channels % module.in_channels == 0:
+            layer = fastdl_nn.DepthwiseConv2d.from_conv2d(module)
+            report.swapped.append((name, "nn.Conv2d(groups=C)", "fastdl.nn.DepthwiseConv2d"))
+            return layer
+        report.skipped.append((name, "nn.Conv2d", f"grouped ({module.groups} groups) but not "
+                               "depthwise: dilated/grouped convolution is issue 5"))
+        return None
+    if "batch_norm" in families and kind in _BATCH_NORMS:
+        layer = _BATCH_NORMS[kind].from_batch_norm(module)
+        report.swapped.append((name, f"nn.{kind.__name__}", f"fastdl.nn.{kind.__name__}"))
+        return layer
+    if kind in _PLANNED:
+        report.skipped.append((name, f"nn.{kind.__name__}", _PLANNED[kind]))
+        return None
+    children = list(module.named_children())
+    for child_name, child in children:
+        full = f"{name}.{child_name}" if name else child_name
+        replacement = _swap(child, full, families, report)
+        if replacement is not None:
+            setattr(module, child_name, replacement)
+    if isinstance(module, nn.Sequential):
+        _absorb_activations(module, name, report)
+    return None
+
+
+def _absorb_activations(sequential: nn.Sequential, name: str, report: ConversionReport) -> None:
+    """Batch norm then activation, consecutive in a Sequential: the activation moves
+    into the fastdl batch norm's kernel."""
+    keys = list(sequential._modules)
+    for first, second in zip(keys, keys[1:]):
+        bn, act = sequential._modules[first], sequential._modules[second]
+        if not isinstance(bn, fastdl_nn.batch_norm._FusedBatchNorm) or bn.activation != "none":
+            continue
+        if type(act) not in _ACTIVATIONS:
+            continue
+        bn.activation = _ACTIVATIONS[type(act)]
+        if isinstance(act, nn.LeakyReLU):
+            bn.negative_slope = float(act.negative_slope)
+        sequential._modules[second] = nn.Identity()
+        full = f"{name}.{second}" if name else second
+        report.swapped.append((full, f"nn.{type(act).__name__}",
+                               f"activation={bn.activation!r} of the batch norm before it"))

@@ -43,6 +43,8 @@ class _FusedBatchNorm:
         layer.weight, layer.bias = bn.weight, bn.bias
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             setattr(layer, name, getattr(bn, name))
+        if hasattr(layer, "process_group"):
+            layer.process_group = getattr(bn, "process_group", None)
         layer.train(bn.training)
         return layer
 
@@ -103,23 +105,31 @@ class BatchNorm3d(_FusedBatchNorm, nn.BatchNorm3d):
     __doc__ = _DOC.format(what="(N, C, D, H, W) input", base="BatchNorm3d")
 
 
-class SyncBatchNorm(_FusedBatchNorm, nn.SyncBatchNorm):
+class SyncBatchNorm(_FusedBatchNorm, nn.modules.batchnorm._BatchNorm):
     """Fused batch norm whose training statistics are those of the whole batch across
     the processes of ``process_group`` (``torch.distributed``, any backend: gloo on CPU,
     NCCL on CUDA): the same kernels, with per-process statistics and gradient sums
     all-reduced in between. Outside an initialised process group, or with one process,
-    or in ``eval()``, it is :class:`BatchNorm2d`-like. Same ``state_dict`` as
-    ``nn.SyncBatchNorm``; ``forward(input, residual=None)``.
+    or in ``eval()``, it is :class:`BatchNorm2d`-like. ``forward(input, residual=None)``.
+
+    Same constructor, parameters, buffers and ``state_dict`` as ``nn.SyncBatchNorm``,
+    but not a subclass of it: ``DistributedDataParallel`` refuses CPU modules that
+    contain an ``nn.SyncBatchNorm``, and this one works on CPU.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group=None,
                  device=None, dtype=None, activation: str = "none",
                  negative_slope: float = 0.01):
-        # nn.SyncBatchNorm's own constructor (it takes process_group), not the mixin's.
-        nn.SyncBatchNorm.__init__(self, num_features, eps, momentum, affine, track_running_stats,
-                                  process_group, device, dtype)
+        # _BatchNorm's own constructor (this one also takes process_group), not the mixin's.
+        nn.modules.batchnorm._BatchNorm.__init__(self, num_features, eps, momentum, affine,
+                                                 track_running_stats, device, dtype)
+        self.process_group = process_group
         self._init_fused(activation, negative_slope)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def _process_group(self):
         if not (self.training and dist.is_available() and dist.is_initialized()):
@@ -129,7 +139,6 @@ class SyncBatchNorm(_FusedBatchNorm, nn.SyncBatchNorm):
 
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
         self._check_input_dim(input)
-        self._check_non_zero_input_channels(input)
         group = self._process_group()
         batch_stats, running_mean, running_var, momentum = self._statistics_args()
         if group is None or not batch_stats:
