@@ -9,7 +9,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.parametrize("script", ["mobilenet_v2.py"])
+@pytest.mark.parametrize("script", ["mobilenet_v2.py", "detection_postprocess.py"])
 def test_example_runs(script):
     pytest.importorskip("torchvision")
     result = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick"],
