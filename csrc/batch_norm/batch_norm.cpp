@@ -131,6 +131,18 @@ Operands operands(const at::Tensor& input, const Epilogue& e, const at::Tensor& 
   return o;
 }
 
+// The checks every backward op makes; its epilogue.
+Epilogue check_backward_args(const char* op, const at::Tensor& grad_output,
+                             const at::Tensor& input, const at::Tensor& mean,
+                             const at::Tensor& var, const OptionalTensor& weight,
+                             const OptionalTensor& bias, const OptionalTensor& residual,
+                             double eps, c10::string_view activation, double negative_slope) {
+  check_input(op, input);
+  check_same_as_input(op, "grad_output", input, grad_output);
+  check_statistics(op, input, mean, var);
+  return make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
+}
+
 at::Tensor channel_vector_like(const at::Tensor& input) {
   return at::empty({input.size(1)}, input.options().dtype(stats_dtype(input.scalar_type())));
 }
@@ -192,11 +204,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_reduce_op(
     const OptionalTensor& bias, const OptionalTensor& residual, double eps,
     c10::string_view activation, double negative_slope, bool write_dz) {
   const char* op = "batch_norm_act_backward_reduce";
-  check_input(op, input);
-  check_same_as_input(op, "grad_output", input, grad_output);
-  check_statistics(op, input, mean, var);
-  const Epilogue e =
-      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
+  const Epilogue e = check_backward_args(op, grad_output, input, mean, var, weight, bias,
+                                         residual, eps, activation, negative_slope);
   const Operands o = operands(input, e, grad_output, mean, var);
   at::Tensor sum_dz = channel_vector_like(input), sum_dz_xmu = channel_vector_like(input);
   at::Tensor dz = write_dz ? empty_in_layout(input, o.layout) : at::Tensor();
@@ -211,11 +220,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
     c10::string_view activation, double negative_slope, bool batch_stats,
     std::array<bool, 4> output_mask) {
   const char* op = "batch_norm_act_backward";
-  check_input(op, input);
-  check_same_as_input(op, "grad_output", input, grad_output);
-  check_statistics(op, input, mean, var);
-  const Epilogue e =
-      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
+  const Epilogue e = check_backward_args(op, grad_output, input, mean, var, weight, bias,
+                                         residual, eps, activation, negative_slope);
   TORCH_CHECK_VALUE(!output_mask[1] || weight, "fastdl.", op,
                     ": grad_weight was asked for, but weight is None");
   TORCH_CHECK_VALUE(!output_mask[2] || bias, "fastdl.", op,
@@ -226,7 +232,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
   at::Tensor grad_input = output_mask[0] ? empty_in_layout(input, o.layout) : at::Tensor();
   at::Tensor grad_weight = output_mask[1] ? at::empty({input.size(1)}, weight->options()) : at::Tensor();
   at::Tensor grad_bias = output_mask[2] ? at::empty({input.size(1)}, bias->options()) : at::Tensor();
-  at::Tensor grad_residual = output_mask[3] ? empty_in_layout(input, o.layout) : at::Tensor();
   // The two passes: sums (writing dz when there is a residual: it is the residual's
   // gradient and all grad_input needs of grad_output and residual), then grad_input.
   const bool write_dz = residual && (output_mask[0] || output_mask[3]);
@@ -235,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_op(
   k.backward_reduce(o, sum_dz, sum_dz_xmu, dz);
   if (output_mask[1]) grad_weight.copy_(sum_dz_xmu * (o.var + eps).rsqrt());
   if (output_mask[2]) grad_bias.copy_(sum_dz);
-  if (output_mask[3]) grad_residual = dz;
+  at::Tensor grad_residual = output_mask[3] ? dz : at::Tensor();
   if (output_mask[0]) {
     Operands from_dz = o;
     if (write_dz) {  // with dz given, the residual and the activation are behind us
@@ -262,16 +267,13 @@ std::tuple<at::Tensor, at::Tensor> backward_input_op(
     const OptionalTensor& mean_dz_xmu, double eps, c10::string_view activation,
     double negative_slope, std::array<bool, 2> output_mask) {
   const char* op = "batch_norm_act_backward_input";
-  check_input(op, input);
-  check_same_as_input(op, "grad_output", input, grad_output);
-  check_statistics(op, input, mean, var);
+  const Epilogue e = check_backward_args(op, grad_output, input, mean, var, weight, bias,
+                                         residual, eps, activation, negative_slope);
   TORCH_CHECK_VALUE(mean_dz.has_value() == mean_dz_xmu.has_value(), "fastdl.", op,
                     ": mean_dz and mean_dz_xmu must be given together (batch statistics) or "
                     "both be None (fixed statistics)");
   if (mean_dz) check_channel_vector(op, "mean_dz", input, *mean_dz);
   if (mean_dz_xmu) check_channel_vector(op, "mean_dz_xmu", input, *mean_dz_xmu);
-  const Epilogue e =
-      make_epilogue(op, input, weight, bias, residual, eps, activation, negative_slope);
   TORCH_CHECK_VALUE(!output_mask[1] || e.residual, "fastdl.", op,
                     ": grad_residual was asked for, but residual is None");
   Operands o = operands(input, e, grad_output, mean, var);
