@@ -15,6 +15,7 @@
 namespace fastdl::batch_norm {
 namespace avx2_impl {
 #include "common/simd/avx2.inc"
+#include "common/simd/loops.inc"
 #include "batch_norm/batch_norm_cpu_kernels.inc"
 }  // namespace avx2_impl
 

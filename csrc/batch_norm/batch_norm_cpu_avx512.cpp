@@ -18,6 +18,7 @@
 namespace fastdl::batch_norm {
 namespace avx512_impl {
 #include "common/simd/avx512.inc"
+#include "common/simd/loops.inc"
 #include "batch_norm/batch_norm_cpu_kernels.inc"
 }  // namespace avx512_impl
 

@@ -9,6 +9,7 @@
 namespace fastdl::batch_norm {
 namespace scalar_impl {
 #include "common/simd/scalar.inc"
+#include "common/simd/loops.inc"
 #include "batch_norm/batch_norm_cpu_kernels.inc"
 }  // namespace scalar_impl
 

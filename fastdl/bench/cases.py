@@ -251,6 +251,41 @@ def _batch_norm_cases() -> list[Case]:
     ]
 
 
+def _lstm_cell_case(batch: int, hidden: int, backward: bool, default: bool = False) -> Case:
+    """One nn.LSTMCell step (input size = hidden size), char-LM sizes."""
+
+    def make_inputs(device):
+        torch.manual_seed(hidden)
+        theirs = torch.nn.LSTMCell(hidden, hidden).to(device)
+        ours = fastdl_nn.LSTMCell(hidden, hidden).to(device)
+        ours.load_state_dict(theirs.state_dict())
+        x, h, c = (torch.randn(batch, hidden, device=device) for _ in range(3))
+        if backward:
+            x.requires_grad_()
+        return x, (h, c), ours, theirs
+
+    def step(layer_index):
+        def run(x, hx, ours, theirs):
+            layer = (ours, theirs)[layer_index]
+            if not backward:
+                with torch.no_grad():
+                    return layer(x, hx)
+            h, c = layer(x, hx)
+            return (h, c, *torch.autograd.grad(h.sum() + c.sum(), (x, *layer.parameters())))
+        return run
+
+    return Case(
+        op="lstm_cell",
+        name=f"batch {batch}, hidden {hidden}, {'fwd+bwd' if backward else 'fwd'}",
+        reference_name="nn.LSTMCell",
+        make_inputs=make_inputs,
+        run=step(0),
+        run_reference=step(1),
+        same=_outputs_close,
+        default=default,
+    )
+
+
 CASES = [
     _nms_case(1000, 0.5),
     _nms_case(5000, 0.5, default=True),
@@ -261,6 +296,9 @@ CASES = [
     _batched_nms_case(20000, 4, 0.5),
     *_depthwise_cases(),
     *_batch_norm_cases(),
+    *[_lstm_cell_case(batch, hidden, backward, default=(batch, hidden, backward) == (64, 512, True))
+      for batch, hidden in ((1, 256), (64, 256), (64, 512), (64, 1024))
+      for backward in (False, True)],
 ]
 
 

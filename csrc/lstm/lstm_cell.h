@@ -1,0 +1,24 @@
+// The fused LSTM cell: the pointwise part of one LSTM step, given the gate
+// pre-activations gates = x W_ih^T + b_ih + h W_hh^T + b_hh of shape (B, 4H) in
+// PyTorch's order (input, forget, cell, output):
+//   i = sigmoid(gates_i), f = sigmoid(gates_f), g = tanh(gates_g), o = sigmoid(gates_o)
+//   c' = f * c + i * g,  h' = o * tanh(c')
+// The forward saves the activated gates (B, 4H); the backward turns grad_h' and
+// grad_c' into the gradient of the pre-activations and of c in one pass.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace fastdl::lstm {
+
+// The shapes of a call: batch rows, hidden size.
+struct CellShape {
+  int64_t batch, hidden;
+};
+
+CellShape check_cell_forward(const at::Tensor& gates, const at::Tensor& c_prev);
+CellShape check_cell_backward(const at::Tensor& grad_h, const at::Tensor& grad_c,
+                              const at::Tensor& activated, const at::Tensor& c_prev,
+                              const at::Tensor& c);
+
+}  // namespace fastdl::lstm
