@@ -2,7 +2,7 @@
 
 from .batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from .depthwise import DepthwiseConv2d
-from .lstm import LSTMCell
+from .lstm import LSTM, LSTMCell
 
 __all__ = ["DepthwiseConv2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
-           "LSTMCell"]
+           "LSTMCell", "LSTM"]

@@ -1,0 +1,149 @@
+// One LSTM layer over a whole sequence, in one direction: the input projection of all
+// timesteps as one GEMM, then per step one GEMM with W_hh (at::addmm) and the fused
+// cell op (fastdl::lstm_cell, per device); backward through time runs the fused cell
+// backward per step and batches the weight and input gradients across time into
+// three GEMMs. The sequence loop is here in C++, not in Python.
+//
+// Registered for CPU and CUDA with the same code: the GEMMs and the cell go through
+// the dispatcher, so each runs on its device's kernel.
+#include <ATen/TensorOperators.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "common/checks.h"
+
+namespace fastdl::lstm {
+namespace {
+
+using Cell = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&);
+using CellBackward = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                        const at::Tensor&, const at::Tensor&,
+                                                        const at::Tensor&);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cell(const at::Tensor& gates, const at::Tensor& c) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastdl::lstm_cell", "")
+                             .typed<Cell>();
+  return op.call(gates, c);
+}
+
+std::tuple<at::Tensor, at::Tensor> cell_backward(const at::Tensor& grad_h, const at::Tensor& grad_c,
+                                                 const at::Tensor& activated,
+                                                 const at::Tensor& c_prev, const at::Tensor& c) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastdl::lstm_cell_backward", "")
+                             .typed<CellBackward>();
+  return op.call(grad_h, grad_c, activated, c_prev, c);
+}
+
+void check_layer(const char* op, const at::Tensor& input, const at::Tensor& h0,
+                 const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                 const at::Tensor& bias) {
+  check_shape(op, "input", input, {-1, -1, -1}, "(T, B, I)");
+  const int64_t batch = input.size(1);
+  check_shape(op, "w_hh", w_hh, {-1, -1}, "(4 * H, H)");
+  const int64_t hidden = w_hh.size(1);
+  check_shape(op, "w_hh", w_hh, {4 * hidden, hidden}, "(4 * H, H)");
+  check_shape(op, "w_ih", w_ih, {4 * hidden, input.size(2)}, "(4 * H, I) with input (T, B, I)");
+  check_shape(op, "bias", bias, {4 * hidden}, "(4 * H,)");
+  check_shape(op, "h0", h0, {batch, hidden}, "(B, H)");
+  check_shape(op, "c0", c0, {batch, hidden}, "(B, H)");
+  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"h0", &h0}, {"c0", &c0},
+                         {"w_ih", &w_ih}, {"w_hh", &w_hh}, {"bias", &bias}}) {
+    check_same_dtype(op, "input", input, name, *t);
+    check_same_device(op, "input", input, name, *t);
+  }
+}
+
+// Timestep order of a direction.
+int64_t step_index(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& bias, bool reverse) {
+  check_layer("lstm_layer", input, h0, c0, w_ih, w_hh, bias);
+  const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
+  // The input projection of every timestep at once: (T * B, I) x (I, 4H).
+  const at::Tensor x_gates =
+      at::addmm(bias, input.reshape({steps * batch, input.size(2)}), w_ih.t())
+          .view({steps, batch, 4 * hidden});
+  at::Tensor output = at::empty({steps, batch, hidden}, input.options());
+  at::Tensor activated = at::empty({steps, batch, 4 * hidden}, input.options());
+  at::Tensor cells = at::empty({steps, batch, hidden}, input.options());
+  at::Tensor h = h0, c = c0;
+  const at::Tensor w_hh_t = w_hh.t();
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = step_index(s, steps, reverse);
+    auto [h_new, c_new, act] = cell(at::addmm(x_gates[t], h, w_hh_t), c);
+    output[t].copy_(h_new);
+    cells[t].copy_(c_new);
+    activated[t].copy_(act);
+    h = h_new;
+    c = c_new;
+  }
+  return {output, h, c, activated, cells};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
+                    const at::Tensor& grad_cn, const at::Tensor& input, const at::Tensor& h0,
+                    const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                    const at::Tensor& output, const at::Tensor& activated,
+                    const at::Tensor& cells, bool reverse) {
+  const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
+  at::Tensor grad_gates = at::empty({steps, batch, 4 * hidden}, input.options());
+  at::Tensor dh = grad_hn, dc = grad_cn;
+  for (int64_t s = steps - 1; s >= 0; --s) {
+    const int64_t t = step_index(s, steps, reverse);
+    const at::Tensor c_prev = s == 0 ? c0 : cells[step_index(s - 1, steps, reverse)];
+    auto [d_gates, dc_prev] = cell_backward(grad_output[t] + dh, dc, activated[t], c_prev, cells[t]);
+    grad_gates[t].copy_(d_gates);
+    dh = at::mm(d_gates, w_hh);
+    dc = dc_prev;
+  }
+  // h_prev of every step, in time order: (h0, out_0, ..., out_{T-2}), or the mirror.
+  const at::Tensor h_prev = steps == 0 ? output
+                            : reverse  ? at::cat({output.slice(0, 1), h0.unsqueeze(0)})
+                                       : at::cat({h0.unsqueeze(0), output.slice(0, 0, steps - 1)});
+  const at::Tensor flat_gates = grad_gates.view({steps * batch, 4 * hidden});
+  const at::Tensor grad_input =
+      at::mm(flat_gates, w_ih).view({steps, batch, input.size(2)});
+  const at::Tensor grad_w_ih = at::mm(flat_gates.t(), input.reshape({steps * batch, input.size(2)}));
+  const at::Tensor grad_w_hh = at::mm(flat_gates.t(), h_prev.reshape({steps * batch, hidden}));
+  const at::Tensor grad_bias = flat_gates.sum(0);
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_bias};
+}
+
+}  // namespace
+}  // namespace fastdl::lstm
+
+TORCH_LIBRARY_FRAGMENT(fastdl, m) {
+  // One direction of one layer: (output (T, B, H), h_n, c_n, activated gates, cells);
+  // bias = b_ih + b_hh (zeros for bias=False).
+  m.def(
+      "lstm_layer(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor bias, "
+      "bool reverse) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor activated_gates, "
+      "Tensor cells)");
+  // (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias).
+  m.def(
+      "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
+      "Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor activated_gates, "
+      "Tensor cells, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+  m.impl("lstm_layer", &fastdl::lstm::lstm_layer);
+  m.impl("lstm_layer_backward", &fastdl::lstm::lstm_layer_backward);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+  m.impl("lstm_layer", &fastdl::lstm::lstm_layer);
+  m.impl("lstm_layer_backward", &fastdl::lstm::lstm_layer_backward);
+}

@@ -1,0 +1,65 @@
+"""One LSTM layer over a sequence, one direction: ``fastdl.ops.lstm_layer``.
+
+The input projection of all timesteps is one GEMM; the recurrence runs in C++ (one
+GEMM with W_hh and the fused fastdl cell per step); the backward through time runs
+the fused cell backward per step and computes the weight and input gradients as three
+GEMMs over all timesteps. ``fastdl.nn.LSTM`` stacks these layers.
+"""
+
+import torch
+from torch import Tensor
+
+from ._utils import check_device
+
+
+def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
+               b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+               reverse: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """``(output (T, B, H), (h_n, c_n))`` of one direction of an ``nn.LSTM`` layer for
+    ``input`` (T, B, I) from ``hx = (h0, c0)`` each (B, H); ``reverse`` runs from the last
+    timestep to the first (the ``_reverse`` half of a bidirectional layer)."""
+    h0, c0 = hx
+    check_device("lstm_layer", input=input, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh)
+    if b_ih is None and b_hh is None:
+        bias = w_hh.new_zeros(w_hh.shape[0])
+    else:
+        bias = (b_ih if b_hh is None else b_hh if b_ih is None else b_ih + b_hh)
+    output, h_n, c_n, _, _ = torch.ops.fastdl.lstm_layer.default(input, h0, c0, w_ih, w_hh,
+                                                                 bias, reverse)
+    return output, (h_n, c_n)
+
+
+@torch.library.register_fake("fastdl::lstm_layer")
+def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse):
+    steps, batch, _ = input.shape
+    hidden = w_hh.shape[1]
+    return (input.new_empty((steps, batch, hidden)), h0.new_empty(h0.shape),
+            c0.new_empty(c0.shape), input.new_empty((steps, batch, 4 * hidden)),
+            input.new_empty((steps, batch, hidden)))
+
+
+@torch.library.register_fake("fastdl::lstm_layer_backward")
+def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output,
+                              activated_gates, cells, reverse):
+    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
+            torch.empty_like(w_ih), torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    input, h0, c0, w_ih, w_hh, _, reverse = inputs
+    out, _, _, activated, cells = output
+    ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, activated, cells)
+    ctx.mark_non_differentiable(activated, cells)
+    ctx.reverse = reverse
+
+
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_activated, _grad_cells):
+    input, h0, c0, w_ih, w_hh, out, activated, cells = ctx.saved_tensors
+    grads = [torch.zeros_like(like) if g is None else g
+             for g, like in ((grad_output, out), (grad_h_n, h0), (grad_c_n, c0))]
+    result = torch.ops.fastdl.lstm_layer_backward.default(*grads, input, h0, c0, w_ih, w_hh, out,
+                                                          activated, cells, ctx.reverse)
+    return *result, None
+
+
+torch.library.register_autograd("fastdl::lstm_layer", _backward, setup_context=_setup_context)
