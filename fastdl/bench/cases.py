@@ -286,6 +286,41 @@ def _lstm_cell_case(batch: int, hidden: int, backward: bool, default: bool = Fal
     )
 
 
+def _lstm_case(name: str, batch: int, steps: int, hidden: int, layers: int, backward: bool,
+               default: bool = False) -> Case:
+    """A whole nn.LSTM (input size = hidden size) over a sequence."""
+
+    def make_inputs(device):
+        torch.manual_seed(hidden)
+        theirs = torch.nn.LSTM(hidden, hidden, num_layers=layers).to(device)
+        ours = fastdl_nn.LSTM(hidden, hidden, num_layers=layers).to(device)
+        ours.load_state_dict(theirs.state_dict())
+        x = torch.randn(steps, batch, hidden, device=device, requires_grad=backward)
+        return x, ours, theirs
+
+    def run(layer_index):
+        def call(x, ours, theirs):
+            layer = (ours, theirs)[layer_index]
+            if not backward:
+                with torch.no_grad():
+                    return layer(x)[0]
+            out = layer(x)[0]
+            return (out, *torch.autograd.grad(out.sum(), (x, *layer.parameters())))
+        return call
+
+    return Case(
+        op="lstm",
+        name=(f"{name}: batch {batch}, seq {steps}, hidden {hidden}, {layers} layer"
+              f"{'s' if layers > 1 else ''}, {'fwd+bwd' if backward else 'fwd'}"),
+        reference_name="nn.LSTM",
+        make_inputs=make_inputs,
+        run=run(0),
+        run_reference=run(1),
+        same=_outputs_close,
+        default=default,
+    )
+
+
 CASES = [
     _nms_case(1000, 0.5),
     _nms_case(5000, 0.5, default=True),
@@ -299,6 +334,11 @@ CASES = [
     *[_lstm_cell_case(batch, hidden, backward, default=(batch, hidden, backward) == (64, 512, True))
       for batch, hidden in ((1, 256), (64, 256), (64, 512), (64, 1024))
       for backward in (False, True)],
+    _lstm_case("char-LM", 64, 100, 256, 2, False),
+    _lstm_case("char-LM", 64, 100, 256, 2, True, default=True),
+    _lstm_case("char-LM", 64, 100, 512, 2, False),
+    _lstm_case("char-LM", 64, 100, 512, 2, True),
+    _lstm_case("batch-1 inference", 1, 1000, 256, 1, False),
 ]
 
 

@@ -1,6 +1,6 @@
-"""fastdl.ops.lstm_cell and fastdl.nn.LSTMCell: parity with nn.LSTMCell (outputs and
-every gradient), edge shapes, dtypes, gradcheck, opcheck, the layer as a drop-in,
-torch.compile, bad input."""
+"""fastdl.ops.lstm_cell/lstm_layer, fastdl.nn.LSTMCell/LSTM: parity with nn.LSTMCell and
+nn.LSTM (outputs and every gradient), edge shapes, dtypes, gradcheck, opcheck, the
+layers as drop-ins, torch.compile, bad input."""
 
 import pytest
 import torch
@@ -119,3 +119,87 @@ def test_layer_under_torch_compile():
 def test_bad_input(op, args, error, message):
     with pytest.raises(error, match=message):
         getattr(OPS, op)(*args())
+
+
+# ---- the layer over a sequence and nn.LSTM ----
+
+LSTM_CONFIGS = [
+    dict(num_layers=1),
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=2, batch_first=True),
+    dict(num_layers=1, bias=False, bidirectional=True),
+    dict(num_layers=3, dropout=0.0),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("steps, batch", [(4, 3), (1, 1), (7, 1), (1, 5)])
+@pytest.mark.parametrize("config", LSTM_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_lstm_matches_nn_lstm(device, config, steps, batch, dtype):
+    torch.manual_seed(0)
+    reference = nn.LSTM(5, 6, **config).to(device=device, dtype=dtype)
+    ours = fastdl.nn.LSTM(5, 6, **config).to(device=device, dtype=dtype)
+    ours.load_state_dict(reference.state_dict())
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    directions = 2 if config.get("bidirectional") else 1
+    layers = config["num_layers"]
+    shape = (batch, steps, 5) if config.get("batch_first") else (steps, batch, 5)
+    g = torch.Generator().manual_seed(1)
+    make = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(device).requires_grad_()
+    x, h0, c0 = make(*shape), make(layers * directions, batch, 6), make(layers * directions, batch, 6)
+    results = []
+    for layer in (ours, reference):
+        out, (h_n, c_n) = layer(x, (h0, c0))
+        loss = (out * out.detach().cos()).sum() + h_n.sin().sum() + (2 * c_n).sum()
+        results.append([out, h_n, c_n,
+                        *torch.autograd.grad(loss, (x, h0, c0, *layer.parameters()))])
+    for actual, expected in zip(*results):
+        assert_close(actual, expected)
+
+
+def test_lstm_unbatched_default_state_and_dropout():
+    torch.manual_seed(0)
+    reference, ours = nn.LSTM(3, 4, num_layers=2, dropout=0.5), fastdl.nn.LSTM(3, 4, num_layers=2, dropout=0.5)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 3)  # unbatched (T, I), hx=None
+    ours.eval()
+    reference.eval()
+    for a, e in zip([ours(x)[0], *ours(x)[1]], [reference(x)[0], *reference(x)[1]]):
+        assert_close(a, e)
+    ours.train()  # dropout between the layers: outputs differ from eval, and between calls
+    assert not torch.equal(ours(x)[0], ours(x)[0])
+
+
+def test_lstm_gradcheck(device):
+    g = torch.Generator().manual_seed(3)
+    make = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    inputs = (make(3, 2, 2), make(2, 3), make(2, 3), make(12, 2), make(12, 3), make(12), make(12))
+    def flat(x, h, c, wi, wh, bi, bh, reverse):
+        out, (h_n, c_n) = fastdl.ops.lstm_layer(x, (h, c), wi, wh, bi, bh, reverse)
+        return out, h_n, c_n
+
+    for reverse in (False, True):
+        assert torch.autograd.gradcheck(lambda *args: flat(*args, reverse), inputs)
+
+
+def test_lstm_layer_opcheck(device):
+    make = lambda *s: torch.randn(*s, device=device)
+    args = (make(3, 2, 4), make(2, 5), make(2, 5), make(20, 4), make(20, 5), make(20))
+    for reverse in (False, True):
+        torch.library.opcheck(OPS.lstm_layer.default,
+                              tuple(a.clone().requires_grad_() for a in args) + (reverse,))
+        out, h, c, activated, cells = OPS.lstm_layer(*args, reverse)
+        torch.library.opcheck(OPS.lstm_layer_backward.default,
+                              (make(3, 2, 5), make(2, 5), make(2, 5), *args[:5], out, activated,
+                               cells, reverse))
+
+
+def test_lstm_unsupported_inputs_fail_clearly():
+    from torch.nn.utils.rnn import pack_padded_sequence
+    with pytest.raises(NotImplementedError, match="PackedSequence input is not supported yet"):
+        fastdl.nn.LSTM(3, 4)(pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]))
+    with pytest.raises(NotImplementedError, match="proj_size > 0 is not supported yet"):
+        fastdl.nn.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3))
+    with pytest.raises(ValueError, match=r"fastdl.lstm_layer: w_ih must have shape \(4 \* H, I\)"):
+        OPS.lstm_layer(torch.randn(3, 2, 4), torch.randn(2, 5), torch.randn(2, 5),
+                       torch.randn(20, 3), torch.randn(20, 5), torch.randn(20), False)
