@@ -35,5 +35,12 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
                 layer = fastdl.nn.BatchNorm1d if len(shape) < 4 else fastdl.nn.BatchNorm2d
                 bn = layer(shape[1], activation=activation).to(device).train(training)
                 bn(x, residual).sum().backward()
+    for batch, hidden in [(1, 1), (3, 33), (8, 256)]:
+        cell = fastdl.nn.LSTMCell(7, hidden).to(device=device, dtype=dtype)
+        x = torch.randn(batch, 7, device=device, dtype=dtype, requires_grad=True)
+        sum(cell(x)).sum().backward()
+    lstm = fastdl.nn.LSTM(5, 9, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
+    out, (h, c) = lstm(torch.randn(6, 2, 5, device=device, dtype=dtype, requires_grad=True))
+    (out.sum() + h.sum() + c.sum()).backward()
 torch.cuda.synchronize()
 print("gpu smoke: every kernel ran")
