@@ -21,4 +21,14 @@ CellShape check_cell_backward(const at::Tensor& grad_h, const at::Tensor& grad_c
                               const at::Tensor& activated, const at::Tensor& c_prev,
                               const at::Tensor& c);
 
+// The CPU cell kernels writing into given tensors (contiguous, float32 or float64, the
+// shapes the checks above enforce): lstm_layer runs them straight into its sequence
+// tensors.
+void cpu_cell_forward_into(const at::Tensor& gates, const at::Tensor& c_prev, at::Tensor& h,
+                           at::Tensor& c, at::Tensor& activated);
+void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
+                            const at::Tensor& activated, const at::Tensor& c_prev,
+                            const at::Tensor& c, at::Tensor& grad_gates,
+                            at::Tensor& grad_c_prev);
+
 }  // namespace fastdl::lstm

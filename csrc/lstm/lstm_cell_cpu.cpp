@@ -46,6 +46,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(const at::Tensor& g
   at::Tensor h = at::empty({s.batch, s.hidden}, gates.options());
   at::Tensor c = at::empty({s.batch, s.hidden}, gates.options());
   at::Tensor activated = at::empty({s.batch, 4 * s.hidden}, gates.options());
+  cpu_cell_forward_into(gates, c_prev, h, c, activated);
+  const auto type = gates_in.scalar_type();
+  return {h.to(type), c.to(type), activated.to(type)};
+}
+
+std::tuple<at::Tensor, at::Tensor> lstm_cell_backward_cpu(
+    const at::Tensor& grad_h_in, const at::Tensor& grad_c_in, const at::Tensor& activated_in,
+    const at::Tensor& c_prev_in, const at::Tensor& c_in) {
+  const CellShape s = check_cell_backward(grad_h_in, grad_c_in, activated_in, c_prev_in, c_in);
+  const at::Tensor activated = compute_copy(activated_in);
+  at::Tensor grad_gates = at::empty({s.batch, 4 * s.hidden}, activated.options());
+  at::Tensor grad_c_prev = at::empty({s.batch, s.hidden}, activated.options());
+  cpu_cell_backward_into(compute_copy(grad_h_in), compute_copy(grad_c_in), activated,
+                         compute_copy(c_prev_in), compute_copy(c_in), grad_gates, grad_c_prev);
+  const auto type = activated_in.scalar_type();
+  return {grad_gates.to(type), grad_c_prev.to(type)};
+}
+
+}  // namespace
+
+void cpu_cell_forward_into(const at::Tensor& gates, const at::Tensor& c_prev, at::Tensor& h,
+                           at::Tensor& c, at::Tensor& activated) {
+  const CellShape s{gates.size(0), gates.size(1) / 4};
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "fastdl_lstm_cell", [&] {
     with_kernels<scalar_t>([&](auto kernels) {
       for_row_blocks(s, [&](int64_t first, int64_t rows) {
@@ -57,19 +80,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(const at::Tensor& g
       });
     });
   });
-  const auto type = gates_in.scalar_type();
-  return {h.to(type), c.to(type), activated.to(type)};
 }
 
-std::tuple<at::Tensor, at::Tensor> lstm_cell_backward_cpu(
-    const at::Tensor& grad_h_in, const at::Tensor& grad_c_in, const at::Tensor& activated_in,
-    const at::Tensor& c_prev_in, const at::Tensor& c_in) {
-  const CellShape s = check_cell_backward(grad_h_in, grad_c_in, activated_in, c_prev_in, c_in);
-  const at::Tensor grad_h = compute_copy(grad_h_in), grad_c = compute_copy(grad_c_in);
-  const at::Tensor activated = compute_copy(activated_in), c_prev = compute_copy(c_prev_in);
-  const at::Tensor c = compute_copy(c_in);
-  at::Tensor grad_gates = at::empty({s.batch, 4 * s.hidden}, activated.options());
-  at::Tensor grad_c_prev = at::empty({s.batch, s.hidden}, activated.options());
+void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
+                            const at::Tensor& activated, const at::Tensor& c_prev,
+                            const at::Tensor& c, at::Tensor& grad_gates,
+                            at::Tensor& grad_c_prev) {
+  const CellShape s{activated.size(0), activated.size(1) / 4};
   AT_DISPATCH_FLOATING_TYPES(activated.scalar_type(), "fastdl_lstm_cell_backward", [&] {
     with_kernels<scalar_t>([&](auto kernels) {
       for_row_blocks(s, [&](int64_t first, int64_t rows) {
@@ -84,11 +101,8 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_backward_cpu(
       });
     });
   });
-  const auto type = activated_in.scalar_type();
-  return {grad_gates.to(type), grad_c_prev.to(type)};
 }
 
-}  // namespace
 }  // namespace fastdl::lstm
 
 TORCH_LIBRARY_IMPL(fastdl, CPU, m) {

@@ -9,15 +9,19 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <torch/library.h>
 
 #include <tuple>
+#include <utility>
 
 #include "common/checks.h"
+#include "lstm/lstm_cell.h"
 
 namespace fastdl::lstm {
 namespace {
@@ -41,6 +45,31 @@ std::tuple<at::Tensor, at::Tensor> cell_backward(const at::Tensor& grad_h, const
                              .findSchemaOrThrow("fastdl::lstm_cell_backward", "")
                              .typed<CellBackward>();
   return op.call(grad_h, grad_c, activated, c_prev, c);
+}
+
+// The CPU kernels write straight into the sequence tensors; other devices and
+// dtypes go through the dispatcher and copy.
+bool direct_cpu(const at::Tensor& t) {
+  return t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
+}
+
+void cell_into(const at::Tensor& gates, const at::Tensor& c_prev, at::Tensor h, at::Tensor c,
+               at::Tensor activated) {
+  if (direct_cpu(gates)) return cpu_cell_forward_into(gates, c_prev, h, c, activated);
+  auto [h_new, c_new, act] = cell(gates, c_prev);
+  h.copy_(h_new);
+  c.copy_(c_new);
+  activated.copy_(act);
+}
+
+void cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
+                        const at::Tensor& activated, const at::Tensor& c_prev,
+                        const at::Tensor& c, at::Tensor grad_gates, at::Tensor grad_c_prev) {
+  if (direct_cpu(activated))
+    return cpu_cell_backward_into(grad_h, grad_c, activated, c_prev, c, grad_gates, grad_c_prev);
+  auto [d_gates, dc_prev] = cell_backward(grad_h, grad_c, activated, c_prev, c);
+  grad_gates.copy_(d_gates);
+  grad_c_prev.copy_(dc_prev);
 }
 
 void check_layer(const char* op, const at::Tensor& input, const at::Tensor& h0,
@@ -77,18 +106,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   at::Tensor output = at::empty({steps, batch, hidden}, input.options());
   at::Tensor activated = at::empty({steps, batch, 4 * hidden}, input.options());
   at::Tensor cells = at::empty({steps, batch, hidden}, input.options());
-  at::Tensor h = h0, c = c0;
+  at::Tensor h = h0.contiguous(), c = c0.contiguous();
+  at::Tensor gates = at::empty({batch, 4 * hidden}, input.options());
   const at::Tensor w_hh_t = w_hh.t();
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = step_index(s, steps, reverse);
-    auto [h_new, c_new, act] = cell(at::addmm(x_gates[t], h, w_hh_t), c);
-    output[t].copy_(h_new);
-    cells[t].copy_(c_new);
-    activated[t].copy_(act);
-    h = h_new;
-    c = c_new;
+    at::addmm_out(gates, x_gates[t], h, w_hh_t);
+    cell_into(gates, c, output[t], cells[t], activated[t]);
+    h = output[t];
+    c = cells[t];
   }
-  return {output, h, c, activated, cells};
+  return {output, h.clone(), c.clone(), activated, cells};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -99,14 +127,17 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
                     const at::Tensor& cells, bool reverse) {
   const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
   at::Tensor grad_gates = at::empty({steps, batch, 4 * hidden}, input.options());
-  at::Tensor dh = grad_hn, dc = grad_cn;
+  at::Tensor dh = grad_hn.clone(at::MemoryFormat::Contiguous), grad_h = at::empty_like(dh);
+  // dc and dc_prev alternate between two buffers.
+  at::Tensor dc = grad_cn.clone(at::MemoryFormat::Contiguous), dc_prev = at::empty_like(dc);
+  const at::Tensor c_first = c0.contiguous();
   for (int64_t s = steps - 1; s >= 0; --s) {
     const int64_t t = step_index(s, steps, reverse);
-    const at::Tensor c_prev = s == 0 ? c0 : cells[step_index(s - 1, steps, reverse)];
-    auto [d_gates, dc_prev] = cell_backward(grad_output[t] + dh, dc, activated[t], c_prev, cells[t]);
-    grad_gates[t].copy_(d_gates);
-    dh = at::mm(d_gates, w_hh);
-    dc = dc_prev;
+    const at::Tensor c_prev = s == 0 ? c_first : cells[step_index(s - 1, steps, reverse)];
+    at::add_out(grad_h, grad_output[t], dh);
+    cell_backward_into(grad_h, dc, activated[t], c_prev, cells[t], grad_gates[t], dc_prev);
+    at::mm_out(dh, grad_gates[t], w_hh);
+    std::swap(dc, dc_prev);
   }
   // h_prev of every step, in time order: (h0, out_0, ..., out_{T-2}), or the mirror.
   const at::Tensor h_prev = steps == 0 ? output
