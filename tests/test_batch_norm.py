@@ -4,11 +4,6 @@ statistics, over layouts, ranks, activations and dtypes; large-mean data, edge
 shapes, gradcheck, opcheck, drop-in layers, torch.compile, SyncBatchNorm on two gloo
 processes, fold_bn, bad input."""
 
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +12,7 @@ from torch import nn
 import fastdl
 from conftest import TOLERANCES, TOLERANCES_VS_FLOAT64, requires_cuda
 from parity import assert_close
+from workers import run_worker
 
 OPS = torch.ops.fastdl
 ACTIVATIONS = ["none", "relu", "relu6", "silu", "leaky_relu"]
@@ -354,17 +350,9 @@ def test_sync_batch_norm_on_two_gloo_processes_equals_batch_norm_on_the_whole_ba
     """Two processes each run SyncBatchNorm on half the batch; outputs, input
     gradients and running statistics equal one BatchNorm over the whole batch, and
     the per-process weight gradients sum to the whole batch's."""
-    worker = Path(__file__).with_name("sync_batch_norm_worker.py")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([sys.executable, str(worker), str(tmp_path), str(port)], check=True,
-                   timeout=300, cwd=worker.parent)
+    worker = run_worker("sync_batch_norm_worker", tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-
-    sys.path.insert(0, str(worker.parent))
-    from sync_batch_norm_worker import inputs
-    x, residual, grad, weight, bias = inputs()
+    x, residual, grad, weight, bias = worker.inputs()
     layer = nn.BatchNorm2d(5).double()
     with torch.no_grad():
         layer.weight.copy_(weight)

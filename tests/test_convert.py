@@ -3,11 +3,6 @@ same outputs, gradients and running statistics; the report says what was swapped
 why the rest was not; torch.compile over a converted model; DistributedDataParallel
 with the converted SyncBatchNorm on 2 gloo processes equals single-process training."""
 
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -15,6 +10,7 @@ from torch import nn
 import fastdl
 from conftest import TOLERANCES_VS_FLOAT64
 from parity import assert_close
+from workers import run_worker
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -122,17 +118,9 @@ def test_fold_bn_over_a_whole_model():
 
 
 def test_ddp_with_converted_sync_batch_norm_equals_single_process(tmp_path):
-    worker = Path(__file__).with_name("ddp_worker.py")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([sys.executable, str(worker), str(tmp_path), str(port)], check=True,
-                   timeout=300, cwd=worker.parent)
-    sys.path.insert(0, str(worker.parent))
-    from ddp_worker import batches, make_model, train
-
-    model, _ = fastdl.convert(make_model())
-    single = train(model, batches()).state_dict()
+    worker = run_worker("ddp_worker", tmp_path)
+    model, _ = fastdl.convert(worker.make_model())
+    single = worker.train(model, worker.batches()).state_dict()
     for rank in range(2):
         distributed = torch.load(tmp_path / f"rank{rank}.pt")
         assert list(distributed) == list(single)

@@ -20,6 +20,7 @@
 #include "batch_norm/batch_norm_ops.h"
 #include "common/checks.h"
 #include "common/cpu_isa.h"
+#include "common/reduced_precision.h"
 
 namespace fastdl::batch_norm {
 namespace {
@@ -360,14 +361,9 @@ void backward_input_typed(const Operands& o, at::Tensor& grad_input, at::Tensor&
 // float16 and bfloat16 run the float32 kernels on float32 copies of the tensors (the
 // statistics are float32 either way) and convert the results back: two more passes
 // over memory than native reduced-precision kernels would make, which are not written.
-bool reduced_precision(const Operands& o) {
-  return o.input.scalar_type() == at::kHalf || o.input.scalar_type() == at::kBFloat16;
-}
-
 Operands widened(const Operands& o) {
   Operands w = o;
-  for (at::Tensor* t : {&w.input, &w.residual, &w.grad_output})
-    if (t->defined()) *t = t->to(at::kFloat);
+  for (at::Tensor* t : {&w.input, &w.residual, &w.grad_output}) *t = widened_to_float32(*t);
   return w;
 }
 
@@ -383,12 +379,12 @@ void copy_back(at::Tensor& out, const at::Tensor& float_out) {
   AT_DISPATCH_FLOATING_TYPES((tensor).scalar_type(), "fastdl_batch_norm_cpu", [&] { call; })
 
 void stats_cpu(const Operands& o, at::Tensor& mean, at::Tensor& var) {
-  if (reduced_precision(o)) return stats_typed<float>(widened(o), mean, var);
+  if (is_16bit_float(o.input)) return stats_typed<float>(widened(o), mean, var);
   FASTDL_CPU_DISPATCH(o.input, stats_typed<scalar_t>(o, mean, var));
 }
 
 void forward_cpu(const Operands& o, at::Tensor& output) {
-  if (reduced_precision(o)) {
+  if (is_16bit_float(o.input)) {
     at::Tensor out = float_like(output);
     forward_typed<float>(widened(o), out);
     return copy_back(output, out);
@@ -398,7 +394,7 @@ void forward_cpu(const Operands& o, at::Tensor& output) {
 
 void backward_reduce_cpu(const Operands& o, at::Tensor& sum_dz, at::Tensor& sum_dz_xmu,
                          at::Tensor& dz) {
-  if (reduced_precision(o)) {
+  if (is_16bit_float(o.input)) {
     at::Tensor dz_float = float_like(dz);
     backward_reduce_typed<float>(widened(o), sum_dz, sum_dz_xmu, dz_float);
     return copy_back(dz, dz_float);
@@ -407,7 +403,7 @@ void backward_reduce_cpu(const Operands& o, at::Tensor& sum_dz, at::Tensor& sum_
 }
 
 void backward_input_cpu(const Operands& o, at::Tensor& grad_input, at::Tensor& grad_residual) {
-  if (reduced_precision(o)) {
+  if (is_16bit_float(o.input)) {
     at::Tensor input_float = float_like(grad_input), residual_float = float_like(grad_residual);
     backward_input_typed<float>(widened(o), input_float, residual_float);
     copy_back(grad_input, input_float);

@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "common/cpu_isa.h"
+#include "common/reduced_precision.h"
 #include "lstm/lstm_cell.h"
 #include "lstm/lstm_cell_cpu_kernels.h"
 
@@ -31,13 +32,7 @@ void for_row_blocks(const CellShape& s, Fn&& fn) {
   at::parallel_for(0, s.batch, grain, [&](int64_t begin, int64_t end) { fn(begin, end - begin); });
 }
 
-bool reduced_precision(const at::Tensor& t) {
-  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
-}
-
-at::Tensor compute_copy(const at::Tensor& t) {
-  return (reduced_precision(t) ? t.to(at::kFloat) : t).contiguous();
-}
+at::Tensor compute_copy(const at::Tensor& t) { return widened_to_float32(t).contiguous(); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(const at::Tensor& gates_in,
                                                              const at::Tensor& c_prev_in) {
