@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include "common/cpu_isa.h"
+#include "xnor/xnor_conv2d.h"
 
 namespace py = pybind11;
 
@@ -32,6 +33,9 @@ PYBIND11_MODULE(_C, m) {
         }
       },
       py::arg("name"), "Force the CPU vector path: 'scalar', 'avx2' or 'avx512'.");
+  m.def("xnor_cpu_kernel_path", [] { return fastdl::xnor::cpu_kernel_path(); },
+        "The popcount method the CPU binary convolution uses now: 'avx512-vpopcntdq', "
+        "'avx2-pshufb' or 'scalar-swar'.");
   // Surface a bad FASTDL_ISA at import, not at the first op call.
   try {
     fastdl::cpu_isa();

@@ -54,6 +54,18 @@ void set_cpu_isa(const std::string& name) {
   current().store(static_cast<int>(wanted), std::memory_order_relaxed);
 }
 
+bool cpu_has_avx512_popcount() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vpopcntdq") != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::avx512: return "avx512";

@@ -19,6 +19,9 @@ CpuIsa cpu_isa();
 // Throws (ValueError) for an unknown name or a path this CPU lacks.
 void set_cpu_isa(const std::string& name);
 const char* cpu_isa_name(CpuIsa isa);
+// AVX-512 VPOPCNTDQ (vector popcount; Ice Lake, Zen 4 and later), which the avx512
+// path does not imply: the binary convolution checks it on its own.
+bool cpu_has_avx512_popcount();
 
 // Calls fn(kernels) with the kernel set of the current ISA. Each op declares one
 // struct of kernels per ISA; float uses the vector sets, every other type (float64)

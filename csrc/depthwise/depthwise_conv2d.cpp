@@ -10,17 +10,6 @@
 #include "common/checks.h"
 
 namespace fastdl::depthwise {
-namespace {
-
-void check_pair(const char* op, const char* arg, c10::IntArrayRef values, int64_t min) {
-  TORCH_CHECK_VALUE(values.size() == 2, "fastdl.", op, ": ", arg, " must have 2 values, got ",
-                    values.size());
-  TORCH_CHECK_VALUE(values[0] >= min && values[1] >= min, "fastdl.", op, ": ", arg,
-                    " must be >= ", min, ", got ", format_shape(values));
-}
-
-}  // namespace
-
 Geometry check_forward_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
                             const at::Tensor* bias, c10::IntArrayRef stride,
                             c10::IntArrayRef padding, c10::IntArrayRef dilation) {
@@ -44,9 +33,9 @@ Geometry check_forward_args(const char* op, const at::Tensor& input, const at::T
     check_same_dtype(op, "input", input, "bias", *bias);
     check_same_device(op, "input", input, "bias", *bias);
   }
-  check_pair(op, "stride", stride, 1);
-  check_pair(op, "padding", padding, 0);
-  check_pair(op, "dilation", dilation, 1);
+  check_conv_pair(op, "stride", stride, 1);
+  check_conv_pair(op, "padding", padding, 0);
+  check_conv_pair(op, "dilation", dilation, 1);
 
   Geometry g{};
   g.batch = input.size(0);
@@ -62,16 +51,10 @@ Geometry check_forward_args(const char* op, const at::Tensor& input, const at::T
   g.pad_w = padding[1];
   g.dilation_h = dilation[0];
   g.dilation_w = dilation[1];
-  // PyTorch's formula rounds toward zero; a padded input shorter than the dilated
-  // kernel leaves no output (checked on the numerator so rounding can't hide it).
-  const int64_t span_h = g.in_h + 2 * g.pad_h - g.dilation_h * (g.kernel_h - 1);
-  const int64_t span_w = g.in_w + 2 * g.pad_w - g.dilation_w * (g.kernel_w - 1);
-  g.out_h = span_h > 0 ? conv_output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h) : 0;
-  g.out_w = span_w > 0 ? conv_output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w) : 0;
-  TORCH_CHECK_VALUE(g.out_h > 0 && g.out_w > 0, "fastdl.", op, ": input of spatial size (",
-                    g.in_h, ", ", g.in_w, ") with padding ", format_shape(padding),
-                    " is too small for kernel (", g.kernel_h, ", ", g.kernel_w, ") with dilation ",
-                    format_shape(dilation));
+  const auto out_size = conv2d_output_size(op, g.in_h, g.in_w, g.kernel_h, g.kernel_w, stride,
+                                           padding, dilation);
+  g.out_h = out_size[0];
+  g.out_w = out_size[1];
   return g;
 }
 

@@ -9,15 +9,10 @@
 #include <cstdint>
 #include <tuple>
 
+#include "common/conv_shape.h"
 #include "common/host_device.h"
 
 namespace fastdl::depthwise {
-
-// Output length of a convolution along one dimension (PyTorch's formula).
-FASTDL_HOST_DEVICE int64_t conv_output_size(int64_t input, int64_t kernel, int64_t stride,
-                                            int64_t padding, int64_t dilation) {
-  return (input + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1;
-}
 
 // The output position o whose tap k reads input position i (the transposed
 // convolution's gather), if there is one: i + pad - k * dilation must be a
