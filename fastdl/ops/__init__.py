@@ -5,6 +5,8 @@ from .depthwise_conv2d import depthwise_conv2d
 from .lstm import lstm_layer
 from .lstm_cell import lstm_cell
 from .nms import batched_nms, nms
+from .xnor_conv2d import pack_signs, xnor_conv2d, xnor_conv2d_packed, xnor_cpu_kernel_path
 
 __all__ = ["nms", "batched_nms", "depthwise_conv2d", "batch_norm", "lstm_cell",
-           "lstm_layer"]
+           "lstm_layer", "pack_signs", "xnor_conv2d", "xnor_conv2d_packed",
+           "xnor_cpu_kernel_path"]
