@@ -130,7 +130,7 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def convert(model: nn.Module, families=None, inplace: bool = False):
+def convert(model: nn.Module, families=None, inplace: bool = False, binary: bool = False):
     """Replaces every layer of ``model`` that fastdl serves with its fastdl layer and
     returns ``(model, report)``.
 
@@ -162,7 +162,47 @@ def convert(model: nn.Module, families=None, inplace: bool = False):
     if _swap(model, "", families, report) is not None:
         raise TypeError("fastdl.convert: the model itself is a single layer; convert the "
                         "module that contains it, or build the fastdl layer directly")
+    if binary:
+        _binarize(model, report)
     return model, report
+
+
+def _binarize(model: nn.Module, report: ConversionReport) -> None:
+    named = list(model.named_modules())
+    convs = [name for name, m in named if type(m) is nn.Conv2d]
+    linears = [name for name, m in named if type(m) is nn.Linear]
+    keep = {convs[0] if convs else None: "the first convolution stays float (XNOR-Net)",
+            linears[-1] if linears else None: "the last linear layer stays float (XNOR-Net)"}
+    modules = dict(named)
+    for name in convs + linears:
+        layer = modules[name]
+        if name in keep:
+            report.skipped.append((name, f"nn.{type(layer).__name__}", keep[name]))
+            continue
+        if isinstance(layer, nn.Conv2d):
+            if layer.padding_mode != "zeros" or (layer.groups > 1 and layer.groups == layer.in_channels):
+                report.skipped.append((name, "nn.Conv2d", "depthwise or non-zero padding mode: "
+                                       "not binarised"))
+                continue
+            new, kind = fastdl_nn.XNORConv2d.from_conv2d(layer), "XNORConv2d"
+        else:
+            new, kind = fastdl_nn.BinaryLinear.from_linear(layer), "BinaryLinear"
+        _set_module(model, name, new)
+        report.swapped.append((name, f"nn.{type(layer).__name__}", f"fastdl.nn.{kind}"))
+    for name, layer in model.named_modules():
+        if not isinstance(layer, (fastdl_nn.XNORConv2d, fastdl_nn.BinaryLinear)) or layer.packed:
+            continue
+        if layer.training:
+            report.skipped.append((name, type(layer).__name__, "in training mode, so not packed "
+                                   "(packing is for inference: call model.eval() first)"))
+            continue
+        layer.pack()
+        report.swapped.append((name, type(layer).__name__, "packed (weights stored as bits)"))
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def _swap(module: nn.Module, name: str, families: set, report: ConversionReport):

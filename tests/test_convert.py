@@ -126,3 +126,28 @@ def test_ddp_with_converted_sync_batch_norm_equals_single_process(tmp_path):
         assert list(distributed) == list(single)
         for name, value in single.items():
             assert_close(distributed[name], value, rtol=1e-9, atol=1e-10, msg=name)
+
+
+def _small_binary_candidate():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 16, 3, padding=1),
+                         nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Flatten(),
+                         nn.Linear(16 * 36, 32), nn.Linear(32, 10))
+
+
+def test_convert_binary_swaps_hidden_layers_and_packs_in_eval():
+    model = _small_binary_candidate()
+    converted, report = fastdl.convert(model, families=[], binary=True)
+    assert type(converted[0]) is nn.Conv2d and type(converted[6]) is nn.Linear  # first/last stay float
+    assert isinstance(converted[2], fastdl.nn.XNORConv2d) and not converted[2].packed
+    assert isinstance(converted[5], fastdl.nn.BinaryLinear)
+    assert type(converted[3]) is nn.Conv2d  # depthwise: not binarised
+    assert converted[2].weight is not model[2].weight and torch.equal(converted[2].weight, model[2].weight)
+    assert "in training mode, so not packed" in str(report)
+    x = torch.randn(4, 1, 6, 6)
+    converted.eval()
+    expected = converted(x)
+    packed, report = fastdl.convert(converted, families=[], binary=True)
+    assert packed[2].packed and packed[5].packed and "2.weight_bits" in packed.state_dict()
+    assert "packed (weights stored as bits)" in str(report)
+    assert_close(packed(x), expected)

@@ -321,6 +321,57 @@ def _lstm_case(name: str, batch: int, steps: int, hidden: int, layers: int, back
     )
 
 
+def _xnor_case(model: str, batch: int, channels: int, out_channels: int, size: int,
+               with_packing: bool, default: bool = False) -> Case:
+    """XNOR-Net layer shapes: the binary convolution (3x3, padding 1) against the float
+    convolution it replaces, F.conv2d (oneDNN) on the same +-1 tensors. Weights are
+    packed once, as the packed layer does; ``with_packing`` times the input's
+    binarisation and packing too."""
+
+    def make_inputs(device):
+        g = torch.Generator().manual_seed(channels * size + batch)
+        x = torch.randn(batch, channels, size, size, generator=g)
+        weight = torch.randn(out_channels, channels, 3, 3, generator=g)
+        # +-1 tensors (not Tensor.sign(), which maps 0 to 0), so the float reference
+        # computes exactly what the binary kernel does.
+        x, weight = (torch.where(t >= 0, 1.0, -1.0).to(device) for t in (x, weight))
+        return x, weight, ops.pack_signs(x), ops.pack_signs(weight)
+
+    def fastdl_conv(x, weight, x_bits, weight_bits):
+        bits = ops.pack_signs(x) if with_packing else x_bits
+        return ops.xnor_conv2d_packed(bits, weight_bits, channels, padding=1)
+
+    def torch_conv(x, weight, x_bits, weight_bits):
+        return F.conv2d(x, weight, None, 1, 1)
+
+    return Case(
+        op="xnor_conv2d",
+        name=(f"{model} {channels}->{out_channels} 3x3 on {size}x{size}, batch {batch}, "
+              f"{'pack input + conv' if with_packing else 'conv'}"),
+        reference_name="F.conv2d float32",
+        make_inputs=make_inputs,
+        run=fastdl_conv,
+        run_reference=torch_conv,
+        default=default,
+    )
+
+
+def _xnor_cases() -> list[Case]:
+    shapes = [  # (model, channels, out_channels, size)
+        ("AlexNet conv3", 256, 384, 13),
+        ("AlexNet conv4", 384, 384, 13),
+        ("ResNet-18 layer3", 256, 256, 14),
+        ("ResNet-18 layer4", 512, 512, 7),
+    ]
+    return [
+        _xnor_case(model, batch, c_in, c_out, size, with_packing,
+                   default=(c_in, batch, with_packing) == (256, 16, True) and size == 14)
+        for model, c_in, c_out, size in shapes
+        for batch in (1, 16)
+        for with_packing in (False, True)
+    ]
+
+
 CASES = [
     _nms_case(1000, 0.5),
     _nms_case(5000, 0.5, default=True),
@@ -339,6 +390,7 @@ CASES = [
     _lstm_case("char-LM", 64, 100, 512, 2, False),
     _lstm_case("char-LM", 64, 100, 512, 2, True),
     _lstm_case("batch-1 inference", 1, 1000, 256, 1, False),
+    *_xnor_cases(),
 ]
 
 
