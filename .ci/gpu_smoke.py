@@ -42,5 +42,21 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
     lstm = fastdl.nn.LSTM(5, 9, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
     out, (h, c) = lstm(torch.randn(6, 2, 5, device=device, dtype=dtype, requires_grad=True))
     (out.sum() + h.sum() + c.sum()).backward()
+    for channels_last in (False, True):
+        for (n, c, h, w, o, k, s, p, d, g) in [(2, 70, 9, 7, 6, 3, 1, 1, 1, 1),
+                                               (1, 130, 5, 5, 66, 5, 2, 2, 1, 2),
+                                               (3, 1, 4, 4, 2, 1, 1, 0, 1, 1),
+                                               (1, 64, 3, 3, 65, 3, 1, 3, 2, 1)]:
+            x = torch.randn(n, c, h, w, device=device, dtype=dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_()
+            weight = torch.randn(o, c // g, k, k, device=device, dtype=dtype, requires_grad=True)
+            out = fastdl.ops.xnor_conv2d(x, weight, None, s, p, d, g)
+            expected = torch.nn.functional.conv2d(torch.where(x >= 0, 1.0, -1.0).double(),
+                                                  torch.where(weight >= 0, 1.0, -1.0).double(),
+                                                  None, s, p, d, g)
+            assert torch.equal(out.double(), expected), "xnor_conv2d differs from F.conv2d of the signs"
+            out.sum().backward()
 torch.cuda.synchronize()
 print("gpu smoke: every kernel ran")

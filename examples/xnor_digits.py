@@ -5,15 +5,25 @@ for both, then packs the binary layers (``.pack()``: sign bits + per-channel sca
 checks that the packed net predicts what the unpacked one does, and prints how much
 smaller the binary layers' weights became.
 
-    python examples/xnor_digits.py            # about a minute and a half on 2 cores
-    python examples/xnor_digits.py --quick    # smoke run: one epoch
+    python examples/xnor_digits.py            # ten epochs, about 30 s on 2 cores
+    python examples/xnor_digits.py --quick    # smoke run: one epoch, under 10 s
 
 Digits are upsampled to 32x32 so that the convolutions have something to chew on.
 As in XNOR-Net (Rastegari et al. 2016), the first convolution and the last linear
 layer stay in float; every hidden block is batch norm -> binary layer -> pooling, the
 batch norm centring what the layer binarises. Only the hidden layers are binary, so
 the float and binary nets share one architecture and one ``state_dict`` layout.
+
+Packing stores 1 bit per weight in 64-bit words along the input channels, plus one
+float scale per output channel: about 32x smaller for 64 or more input channels, about
+16x for the 32-channel layer (its 32 sign bits fill half a word).
 """
+
+# Measured on a 2-core CPU (AVX-512 VPOPCNTDQ), full run, 10 epochs: test accuracy float
+# 0.994, XNOR 0.986 (both ~1 s / epoch; the binary net's backward is float); packed net
+# identical outputs (max |diff| 0), binary layers' weights 1417216 -> 47872 bytes (29.6x).
+# Initial-weight and batch-order seeds 1-3 instead of 0 and 1 gave float 0.994 / 0.994 /
+# 1.000, XNOR 0.989 / 0.997 / 0.994.
 
 import argparse
 import time
@@ -132,7 +142,8 @@ def main() -> None:
     torch.testing.assert_close(packed_out, unpacked_out, rtol=1e-4, atol=1e-4)
     packed_accuracy = accuracy(binary, test_set)
     same = (packed_out.argmax(1) == unpacked_out.argmax(1)).float().mean().item()
-    print(f"\npacked vs unpacked: max |diff| {(packed_out - unpacked_out).abs().max().item():.2e}, "
+    diff = (packed_out - unpacked_out).abs().max().item()
+    print(f"\npacked vs unpacked: max |diff| {diff:.2e}, "
           f"same prediction on {same:.1%} of the test set; "
           f"packed test accuracy {packed_accuracy:.3f}")
 

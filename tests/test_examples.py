@@ -14,6 +14,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     ("detection_postprocess.py", "torchvision", "parity: ok"),
     # One epoch is too short for the accuracies to settle; the table must be there.
     ("digits_training.py", "sklearn", "| ResNet-style | fastdl |"),
+    # Also asserts (inside the script) that the packed binary net matches the unpacked one.
+    ("xnor_digits.py", "sklearn", "| XNOR (fastdl) |"),
 ])
 def test_example_runs(script, needs, expected):
     pytest.importorskip(needs)

@@ -36,10 +36,12 @@
 namespace fastdl::xnor {
 namespace {
 
-// Words of gathered receptive fields per task: an L1-sized tile (a multiple of
-// kMaxLanes pixels).
+// Words of gathered receptive fields per task: an L1-sized tile.
 constexpr int64_t kTileWords = 4096;
-constexpr int64_t kMaxTileRows = 64;
+constexpr int64_t kMaxTileRows = 72;
+// Tiles are whole register tiles of every kernel set: 3 vectors of 8 lanes
+// (AVX-512), 1 of 4 (AVX2), 2 of 1 (scalar).
+constexpr int64_t kTileRowStep = 24;
 // Output channels the epilogue converts at a time: their values stay in L1 while
 // channels_last stores read them across channels.
 constexpr int64_t kEpilogueChannels = 16;
@@ -265,13 +267,13 @@ class PackedConv {
  public:
   PackedConv(const Geometry& g, const uint64_t* input, const uint64_t* weight)
       : g_(g), input_(input), weight_(weight), row_words_(g.row_words()) {
-    tile_rows_ = std::clamp<int64_t>(kTileWords / row_words_ / kMaxLanes * kMaxLanes, kMaxLanes,
-                                     kMaxTileRows);
+    tile_rows_ = std::clamp<int64_t>(kTileWords / row_words_ / kTileRowStep * kTileRowStep,
+                                     kTileRowStep, kMaxTileRows);
     pixel_tiles_ = (g.pixels() + tile_rows_ - 1) / tile_rows_;
     // Few pixels (small images, batch 1) leave threads idle unless the output
-    // channels are split too: aim for 4 tasks per thread.
+    // channels are split too: aim for 8 tasks per thread (fewer leave one thread a whole task behind).
     const int64_t channel_blocks = (g.group_out + 7) / 8;
-    const int64_t wanted = 4 * at::get_num_threads();
+    const int64_t wanted = 8 * at::get_num_threads();
     const int64_t chunks = std::clamp<int64_t>(
         (wanted + g.groups * pixel_tiles_ - 1) / (g.groups * pixel_tiles_), 1, channel_blocks);
     channel_chunk_ = (channel_blocks + chunks - 1) / chunks * 8;
@@ -359,10 +361,33 @@ class PackedConv {
     for (int64_t r : index.border_pixels)
       for (int64_t j = 0; j < o_count; ++j)
         counts[j * tile_rows_ + r] -= e.border->padding_count(index.pixel_class[r], o0 + j);
+    const int64_t* offset = index.pixel_offset.data();
+    if (e.stride_o != 1 && offset[m_count - 1] - offset[0] == m_count - 1) {
+      // The tile's pixels are one contiguous run of each output plane (NCHW, one
+      // image): compute and store in one pass that vectorises.
+      finish_run(e, m_count, o0, o_count, counts, index, out + offset[0]);
+      return;
+    }
     Math* values = reinterpret_cast<Math*>(scratch.values.data());
     for (int64_t j0 = 0; j0 < o_count; j0 += kEpilogueChannels)
       finish_channels(e, m_count, o0 + j0, std::min(kEpilogueChannels, o_count - j0),
                       counts + j0 * tile_rows_, index, values, out);
+  }
+
+  template <typename T>
+  void finish_run(const Epilogue& e, int64_t m_count, int64_t o0, int64_t o_count,
+                  const int32_t* counts, const TileIndex& index, T* out) const {
+    using Math = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    const int32_t* matched = index.matched_bits.data();
+    for (int64_t j = 0; j < o_count; ++j) {
+      const int64_t o = o0 + j;
+      const int32_t* count = counts + j * tile_rows_;
+      const Math scale = e.scale != nullptr ? static_cast<Math>(e.scale[o]) : Math(1);
+      const Math bias = e.bias != nullptr ? static_cast<Math>(e.bias[o]) : Math(0);
+      T* channel_out = out + o * e.stride_o;
+      for (int64_t r = 0; r < m_count; ++r)
+        channel_out[r] = static_cast<T>(static_cast<Math>(matched[r] - 2 * count[r]) * scale + bias);
+    }
   }
 
   // Channels [o0, o0 + o_count) (at most kEpilogueChannels) of the tile: values
