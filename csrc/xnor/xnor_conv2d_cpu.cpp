@@ -174,28 +174,34 @@ class BorderTable {
     classes_ = static_cast<int64_t>(rows.size()) * col_classes_;
     matched_bits_.resize(classes_);
     padding_counts_.assign(classes_ * g.out_channels, 0);
-    std::vector<int32_t> tap_popcount;  // (O, taps), only if some tap is ever padded
-    std::vector<int64_t> padded;        // the taps a class's pixels miss
-    if (classes_ > 1 || rows[0].count() < g.kernel_h || cols[0].count() < g.kernel_w) {
-      tap_popcount.resize(g.out_channels * g.taps());
-      kernels.word_popcounts(weight, g.out_channels * g.taps(), g.group_words, tap_popcount.data());
-    }
+    std::vector<std::vector<int64_t>> padded(classes_);  // the taps each class's pixels miss
+    bool any_padded = false;
     for (size_t r = 0; r < rows.size(); ++r)
       for (int64_t c = 0; c < col_classes_; ++c) {
         const int64_t cls = static_cast<int64_t>(r) * col_classes_ + c;
         matched_bits_[cls] =
             static_cast<int32_t>(rows[r].count() * cols[c].count() * g.group_channels);
-        if (tap_popcount.empty()) continue;
-        padded.clear();
         for (int64_t kh = 0; kh < g.kernel_h; ++kh)
           for (int64_t kw = 0; kw < g.kernel_w; ++kw)
-            if (!rows[r].contains(kh) || !cols[c].contains(kw)) padded.push_back(kh * g.kernel_w + kw);
-        for (int64_t o = 0; padded.size() && o < g.out_channels; ++o) {
+            if (!rows[r].contains(kh) || !cols[c].contains(kw))
+              padded[cls].push_back(kh * g.kernel_w + kw);
+        any_padded = any_padded || !padded[cls].empty();
+      }
+    if (!any_padded) return;
+    // Per output channel: its taps' popcounts, then each class's sum (in parallel:
+    // with large weights this is not free at batch 1).
+    at::parallel_for(0, g.out_channels, 16, [&](int64_t begin, int64_t end) {
+      std::vector<int32_t> tap_popcount(g.taps());
+      for (int64_t o = begin; o < end; ++o) {
+        kernels.word_popcounts(weight + o * g.row_words(), g.taps(), g.group_words,
+                               tap_popcount.data());
+        for (int64_t cls = 0; cls < classes_; ++cls) {
           int32_t sum = 0;
-          for (int64_t t : padded) sum += tap_popcount[o * g.taps() + t];
+          for (int64_t t : padded[cls]) sum += tap_popcount[t];
           padding_counts_[o * classes_ + cls] = sum;
         }
       }
+    });
   }
 
   int64_t pixel_class(int64_t ho, int64_t wo) const {
