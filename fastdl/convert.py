@@ -95,12 +95,10 @@ def _fold_sequentials(module: nn.Module) -> None:
 
 # ---- convert ----
 
-FAMILIES = ("depthwise", "batch_norm")
+FAMILIES = ("depthwise", "batch_norm", "lstm")
 
 # torch layers that fastdl families will serve but don't yet: reported, not swapped.
 _PLANNED = {
-    nn.LSTM: "fastdl.nn.LSTM is not built yet (issue 7)",
-    nn.LSTMCell: "fastdl.nn.LSTMCell is not built yet (issue 7)",
     nn.MultiheadAttention: "fastdl.nn.MultiheadAttention is not built yet (issue 8)",
 }
 
@@ -136,6 +134,8 @@ def convert(model: nn.Module, families=None, inplace: bool = False, binary: bool
 
     - ``nn.Conv2d`` with ``groups == in_channels`` (depthwise, any multiplier) ->
       :class:`fastdl.nn.DepthwiseConv2d` (family ``"depthwise"``);
+    - ``nn.LSTM`` (``proj_size=0``) and ``nn.LSTMCell`` -> :class:`fastdl.nn.LSTM` /
+      :class:`fastdl.nn.LSTMCell` (family ``"lstm"``);
     - ``nn.BatchNorm1d/2d/3d`` and ``nn.SyncBatchNorm`` -> their fastdl layers (family
       ``"batch_norm"``); inside an ``nn.Sequential`` (where the data flow is known to be
       a chain), a batch norm directly followed by ``ReLU``, ``ReLU6``, ``SiLU`` or
@@ -221,6 +221,8 @@ def _swap(module: nn.Module, name: str, families: set, report: ConversionReport)
         layer = _BATCH_NORMS[kind].from_batch_norm(module)
         report.swapped.append((name, f"nn.{kind.__name__}", f"fastdl.nn.{kind.__name__}"))
         return layer
+    if "lstm" in families and kind in (nn.LSTM, nn.LSTMCell):
+        return _swap_lstm(module, name, report)
     if kind in _PLANNED:
         report.skipped.append((name, f"nn.{kind.__name__}", _PLANNED[kind]))
         return None
@@ -233,6 +235,29 @@ def _swap(module: nn.Module, name: str, families: set, report: ConversionReport)
     if isinstance(module, nn.Sequential):
         _absorb_activations(module, name, report)
     return None
+
+
+def _swap_lstm(module: nn.Module, name: str, report: ConversionReport):
+    """nn.LSTM / nn.LSTMCell -> the fastdl layer with the same configuration and the
+    same (shared) parameters, or None (reported) for what fastdl does not serve."""
+    kind = type(module).__name__
+    if isinstance(module, nn.LSTM):
+        if module.proj_size > 0:
+            report.skipped.append((name, "nn.LSTM", "proj_size > 0 is not supported yet (issue 7)"))
+            return None
+        layer = fastdl_nn.LSTM(module.input_size, module.hidden_size, module.num_layers,
+                               module.bias, module.batch_first, module.dropout,
+                               module.bidirectional, device="meta")
+        names = module._flat_weights_names
+    else:
+        layer = fastdl_nn.LSTMCell(module.input_size, module.hidden_size, module.bias,
+                                   device="meta")
+        names = [n for n, _ in module.named_parameters(recurse=False)]
+    for parameter in names:  # nn.RNNBase.__setattr__ keeps its flat weight list in step
+        setattr(layer, parameter, getattr(module, parameter))
+    layer.train(module.training)
+    report.swapped.append((name, f"nn.{kind}", f"fastdl.nn.{kind}"))
+    return layer
 
 
 def _absorb_activations(sequential: nn.Sequential, name: str, report: ConversionReport) -> None:

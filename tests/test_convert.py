@@ -73,11 +73,11 @@ def test_resnet_activations_outside_sequentials_stay_modules():
 
 
 def test_report_lists_what_was_not_swapped_and_why():
-    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=4), nn.LSTM(4, 4), nn.Conv2d(8, 8, 3, groups=8))
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=4), nn.LSTM(4, 4, proj_size=2), nn.Conv2d(8, 8, 3, groups=8))
     converted, report = fastdl.convert(model)
     assert [name for name, _, _ in report.swapped] == ["2"]
     reasons = dict((name, why) for name, _, why in report.skipped)
-    assert "not depthwise" in reasons["0"] and "issue 7" in reasons["1"]
+    assert "not depthwise" in reasons["0"] and "proj_size" in reasons["1"]
     assert "1 layers swapped, 2 left as they are" in str(report)
     assert type(model[2]) is nn.Conv2d  # not in place: the original is untouched
 
@@ -151,3 +151,21 @@ def test_convert_binary_swaps_hidden_layers_and_packs_in_eval():
     assert packed[2].packed and packed[5].packed and "2.weight_bits" in packed.state_dict()
     assert "packed (weights stored as bits)" in str(report)
     assert_close(packed(x), expected)
+
+
+def test_convert_lstm_shares_parameters_and_matches():
+    torch.manual_seed(0)
+    model = nn.ModuleDict(dict(lstm=nn.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True),
+                               cell=nn.LSTMCell(5, 7)))
+    original = {name: layer for name, layer in model.items()}
+    converted, report = fastdl.convert(model, families=["lstm"], inplace=True)
+    assert converted is model and "2 layers swapped" in str(report)
+    model = nn.ModuleDict(original)
+    assert type(converted["lstm"]) is fastdl.nn.LSTM and type(converted["cell"]) is fastdl.nn.LSTMCell
+    assert converted["lstm"].weight_hh_l1_reverse is model["lstm"].weight_hh_l1_reverse
+    assert converted["cell"].weight_ih is model["cell"].weight_ih
+    assert list(converted.state_dict()) == list(model.state_dict())
+    x = torch.randn(3, 4, 5)
+    for actual, expected in zip((converted["lstm"](x)[0], *converted["cell"](x[:, 0])),
+                                (model["lstm"](x)[0], *model["cell"](x[:, 0]))):
+        assert_close(actual, expected)

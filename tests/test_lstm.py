@@ -5,6 +5,7 @@ layers as drop-ins, torch.compile, bad input."""
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fastdl
 from conftest import TOLERANCES
@@ -182,22 +183,68 @@ def test_lstm_gradcheck(device):
         assert torch.autograd.gradcheck(lambda *args: flat(*args, reverse), inputs)
 
 
-def test_lstm_layer_opcheck(device):
+@pytest.mark.parametrize("packed", [False, True])
+def test_lstm_layer_opcheck(device, packed):
     make = lambda *s: torch.randn(*s, device=device)
     args = (make(3, 2, 4), make(2, 5), make(2, 5), make(20, 4), make(20, 5), make(20))
+    batch_sizes = torch.tensor([2, 2, 1]) if packed else None
     for reverse in (False, True):
         torch.library.opcheck(OPS.lstm_layer.default,
-                              tuple(a.clone().requires_grad_() for a in args) + (reverse,))
-        out, h, c, activated, cells = OPS.lstm_layer(*args, reverse)
+                              tuple(a.clone().requires_grad_() for a in args) + (reverse, batch_sizes))
+        out, h, c, activated, cells = OPS.lstm_layer(*args, reverse, batch_sizes)
         torch.library.opcheck(OPS.lstm_layer_backward.default,
                               (make(3, 2, 5), make(2, 5), make(2, 5), *args[:5], out, activated,
-                               cells, reverse))
+                               cells, reverse, batch_sizes))
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("config", [dict(num_layers=1), dict(num_layers=2, bidirectional=True),
+                                    dict(num_layers=2, batch_first=True, bidirectional=True)],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_lstm_packed_sequence_matches_nn_lstm(device, config, enforce_sorted):
+    """Variable lengths (incl. length 1 and a batch of several equal lengths): packed
+    output, h_n, c_n (each sequence's own last state, in the caller's order) and every
+    gradient as nn.LSTM's."""
+    torch.manual_seed(0)
+    reference = nn.LSTM(5, 6, **config).to(device=device, dtype=torch.float64)
+    ours = fastdl.nn.LSTM(5, 6, **config).to(device=device, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    lengths = [7, 7, 4, 1, 3] if not enforce_sorted else [7, 7, 4, 3, 1]
+    batch, steps, layers = len(lengths), max(lengths), config["num_layers"]
+    directions = 2 if config.get("bidirectional") else 1
+    batch_first = config.get("batch_first", False)
+    g = torch.Generator().manual_seed(1)
+    make = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    x = make(*((batch, steps, 5) if batch_first else (steps, batch, 5)))
+    h0, c0 = make(layers * directions, batch, 6), make(layers * directions, batch, 6)
+    results = []
+    for layer in (ours, reference):
+        packed = pack_padded_sequence(x, lengths, batch_first=batch_first,
+                                      enforce_sorted=enforce_sorted)
+        out, (h_n, c_n) = layer(packed, (h0, c0))
+        assert isinstance(out, PackedSequence)
+        padded, out_lengths = pad_packed_sequence(out, batch_first=batch_first)
+        assert out_lengths.tolist() == lengths
+        loss = (padded * padded.detach().cos()).sum() + h_n.sin().sum() + (2 * c_n).sum()
+        results.append([padded, h_n, c_n,
+                        *torch.autograd.grad(loss, (x, h0, c0, *layer.parameters()))])
+    for actual, expected in zip(*results):
+        assert_close(actual, expected)
+
+
+def test_lstm_layer_batch_sizes_are_checked():
+    args = (torch.randn(3, 2, 4), torch.randn(2, 5), torch.randn(2, 5), torch.randn(20, 4),
+            torch.randn(20, 5), torch.randn(20), False)
+    with pytest.raises(ValueError, match="fastdl.lstm_layer: batch_sizes must start at the batch size "
+                       r"\(2\) and not increase, as a PackedSequence's do; got 2 at step 2"):
+        OPS.lstm_layer(*args, torch.tensor([2, 1, 2]))
+    with pytest.raises(ValueError, match=r"batch_sizes must have shape \(T,\) with input \(T, B, I\), got \(2,\)"):
+        OPS.lstm_layer(*args, torch.tensor([2, 1]))
+    with pytest.raises(TypeError, match="batch_sizes must be torch.int64, got torch.int32"):
+        OPS.lstm_layer(*args, torch.tensor([2, 1, 1], dtype=torch.int32))
 
 
 def test_lstm_unsupported_inputs_fail_clearly():
-    from torch.nn.utils.rnn import pack_padded_sequence
-    with pytest.raises(NotImplementedError, match="PackedSequence input is not supported yet"):
-        fastdl.nn.LSTM(3, 4)(pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]))
     with pytest.raises(NotImplementedError, match="proj_size > 0 is not supported yet"):
         fastdl.nn.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3))
     with pytest.raises(ValueError, match=r"fastdl.lstm_layer: w_ih must have shape \(4 \* H, I\)"):

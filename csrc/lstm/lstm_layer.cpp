@@ -15,10 +15,13 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "common/checks.h"
 #include "lstm/lstm_cell.h"
@@ -91,32 +94,77 @@ void check_layer(const char* op, const at::Tensor& input, const at::Tensor& h0,
   }
 }
 
+// Rows of the batch active at each timestep. With a PackedSequence's batch_sizes
+// (sequences sorted by decreasing length) step t runs only rows [0, batch_sizes[t]);
+// the others keep their state. Without it every row runs every step.
+std::vector<int64_t> active_rows(const char* op, const std::optional<at::Tensor>& batch_sizes,
+                                 int64_t steps, int64_t batch) {
+  if (!batch_sizes) return std::vector<int64_t>(steps, batch);
+  const at::Tensor& sizes = *batch_sizes;
+  check_shape(op, "batch_sizes", sizes, {steps}, "(T,) with input (T, B, I)");
+  check_dtype(op, "batch_sizes", sizes, {c10::kLong});
+  TORCH_CHECK(sizes.is_cpu(), "fastdl.", op, ": batch_sizes must be on the CPU (as a "
+              "PackedSequence keeps it), got ", sizes.device());
+  const at::Tensor contiguous = sizes.contiguous();
+  const int64_t* data = contiguous.const_data_ptr<int64_t>();
+  std::vector<int64_t> rows(data, data + steps);
+  for (int64_t t = 0; t < steps; ++t)
+    TORCH_CHECK_VALUE(rows[t] >= 1 && rows[t] <= (t == 0 ? batch : rows[t - 1]) &&
+                          (t > 0 || rows[0] == batch),
+                      "fastdl.", op, ": batch_sizes must start at the batch size (", batch,
+                      ") and not increase, as a PackedSequence's do; got ", rows[t], " at step ",
+                      t);
+  return rows;
+}
+
+at::Tensor rows_of(const at::Tensor& t, int64_t rows) { return t.narrow(0, 0, rows); }
+
 // Timestep order of a direction.
 int64_t step_index(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const at::Tensor& bias, bool reverse) {
+    const at::Tensor& w_hh, const at::Tensor& bias, bool reverse,
+    const std::optional<at::Tensor>& batch_sizes) {
   check_layer("lstm_layer", input, h0, c0, w_ih, w_hh, bias);
   const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
+  const std::vector<int64_t> active = active_rows("lstm_layer", batch_sizes, steps, batch);
   // The input projection of every timestep at once: (T * B, I) x (I, 4H).
   const at::Tensor x_gates =
       at::addmm(bias, input.reshape({steps * batch, input.size(2)}), w_ih.t())
           .view({steps, batch, 4 * hidden});
-  at::Tensor output = at::empty({steps, batch, hidden}, input.options());
-  at::Tensor activated = at::empty({steps, batch, 4 * hidden}, input.options());
-  at::Tensor cells = at::empty({steps, batch, hidden}, input.options());
-  at::Tensor h = h0.contiguous(), c = c0.contiguous();
+  // Packed: the padding positions of the output are zeros, as pad_packed_sequence's.
+  const auto allocate = [&](int64_t width) {
+    return batch_sizes ? at::zeros({steps, batch, width}, input.options())
+                       : at::empty({steps, batch, width}, input.options());
+  };
+  at::Tensor output = allocate(hidden), activated = allocate(4 * hidden), cells = allocate(hidden);
   at::Tensor gates = at::empty({batch, 4 * hidden}, input.options());
   const at::Tensor w_hh_t = w_hh.t();
-  for (int64_t s = 0; s < steps; ++s) {
-    const int64_t t = step_index(s, steps, reverse);
-    at::addmm_out(gates, x_gates[t], h, w_hh_t);
-    cell_into(gates, c, output[t], cells[t], activated[t]);
-    h = output[t];
-    c = cells[t];
+  if (!batch_sizes) {  // every row every step: the state is the previous step's output
+    at::Tensor h = h0.contiguous(), c = c0.contiguous();
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = step_index(s, steps, reverse);
+      at::addmm_out(gates, x_gates[t], h, w_hh_t);
+      cell_into(gates, c, output[t], cells[t], activated[t]);
+      h = output[t];
+      c = cells[t];
+    }
+    return {output, h.clone(), c.clone(), activated, cells};
   }
-  return {output, h.clone(), c.clone(), activated, cells};
+  // Packed: rows drop out (or, in reverse, join from h0/c0) between steps, so the
+  // state lives in its own buffers and each step updates their active prefix.
+  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous), c = c0.clone(at::MemoryFormat::Contiguous);
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t t = step_index(s, steps, reverse), rows = active[t];
+    at::Tensor step_gates = rows_of(gates, rows);
+    at::addmm_out(step_gates, rows_of(x_gates[t], rows), rows_of(h, rows), w_hh_t);
+    cell_into(step_gates, rows_of(c, rows), rows_of(output[t], rows), rows_of(cells[t], rows),
+              rows_of(activated[t], rows));
+    rows_of(h, rows).copy_(rows_of(output[t], rows));
+    rows_of(c, rows).copy_(rows_of(cells[t], rows));
+  }
+  return {output, h, c, activated, cells};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -124,25 +172,56 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
                     const at::Tensor& grad_cn, const at::Tensor& input, const at::Tensor& h0,
                     const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
                     const at::Tensor& output, const at::Tensor& activated,
-                    const at::Tensor& cells, bool reverse) {
+                    const at::Tensor& cells, bool reverse,
+                    const std::optional<at::Tensor>& batch_sizes) {
   const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
-  at::Tensor grad_gates = at::empty({steps, batch, 4 * hidden}, input.options());
+  const std::vector<int64_t> active =
+      active_rows("lstm_layer_backward", batch_sizes, steps, batch);
+  // Packed: gradients of padding positions stay zero, so the GEMMs over all
+  // timesteps below add nothing for them.
+  at::Tensor grad_gates = batch_sizes ? at::zeros({steps, batch, 4 * hidden}, input.options())
+                                      : at::empty({steps, batch, 4 * hidden}, input.options());
   at::Tensor dh = grad_hn.clone(at::MemoryFormat::Contiguous), grad_h = at::empty_like(dh);
-  // dc and dc_prev alternate between two buffers.
+  // dc and dc_prev alternate between two buffers (copied back when packed, where
+  // rows outside the active prefix must keep their gradient).
   at::Tensor dc = grad_cn.clone(at::MemoryFormat::Contiguous), dc_prev = at::empty_like(dc);
+  at::Tensor c_joined = at::empty_like(dc);
   const at::Tensor c_first = c0.contiguous();
   for (int64_t s = steps - 1; s >= 0; --s) {
-    const int64_t t = step_index(s, steps, reverse);
-    const at::Tensor c_prev = s == 0 ? c_first : cells[step_index(s - 1, steps, reverse)];
-    at::add_out(grad_h, grad_output[t], dh);
-    cell_backward_into(grad_h, dc, activated[t], c_prev, cells[t], grad_gates[t], dc_prev);
-    at::mm_out(dh, grad_gates[t], w_hh);
-    std::swap(dc, dc_prev);
+    const int64_t t = step_index(s, steps, reverse), rows = active[t];
+    // c before step t: the previous step's cells, or c0 for rows that start at t
+    // (the first step, or rows joining a reverse pass over a packed batch).
+    at::Tensor c_prev = rows_of(c_first, rows);
+    if (s > 0) {
+      const int64_t before = step_index(s - 1, steps, reverse), carried = active[before];
+      if (carried >= rows) {
+        c_prev = rows_of(cells[before], rows);
+      } else {
+        rows_of(c_joined, carried).copy_(rows_of(cells[before], carried));
+        c_joined.narrow(0, carried, rows - carried).copy_(c_first.narrow(0, carried, rows - carried));
+        c_prev = rows_of(c_joined, rows);
+      }
+    }
+    at::Tensor step_grad_h = rows_of(grad_h, rows), step_dh = rows_of(dh, rows);
+    at::add_out(step_grad_h, rows_of(grad_output[t], rows), step_dh);
+    cell_backward_into(step_grad_h, rows_of(dc, rows), rows_of(activated[t], rows), c_prev,
+                       rows_of(cells[t], rows), rows_of(grad_gates[t], rows),
+                       rows_of(dc_prev, rows));
+    at::mm_out(step_dh, rows_of(grad_gates[t], rows), w_hh);
+    if (batch_sizes)
+      rows_of(dc, rows).copy_(rows_of(dc_prev, rows));
+    else
+      std::swap(dc, dc_prev);
   }
   // h_prev of every step, in time order: (h0, out_0, ..., out_{T-2}), or the mirror.
-  const at::Tensor h_prev = steps == 0 ? output
-                            : reverse  ? at::cat({output.slice(0, 1), h0.unsqueeze(0)})
-                                       : at::cat({h0.unsqueeze(0), output.slice(0, 0, steps - 1)});
+  at::Tensor h_prev = steps == 0 ? output
+                      : reverse  ? at::cat({output.slice(0, 1), h0.unsqueeze(0)})
+                                 : at::cat({h0.unsqueeze(0), output.slice(0, 0, steps - 1)});
+  if (batch_sizes && reverse)  // rows that join at step t start from h0, not from padding
+    for (int64_t t = 0; t + 1 < steps; ++t)
+      if (active[t + 1] < active[t])
+        h_prev[t].narrow(0, active[t + 1], active[t] - active[t + 1])
+            .copy_(h0.narrow(0, active[t + 1], active[t] - active[t + 1]));
   const at::Tensor flat_gates = grad_gates.view({steps * batch, 4 * hidden});
   const at::Tensor grad_input =
       at::mm(flat_gates, w_ih).view({steps, batch, input.size(2)});
@@ -157,16 +236,18 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
 
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
   // One direction of one layer: (output (T, B, H), h_n, c_n, activated gates, cells);
-  // bias = b_ih + b_hh (zeros for bias=False).
+  // bias = b_ih + b_hh (zeros for bias=False). batch_sizes: a PackedSequence's, for
+  // input padded to (T, B, I) in its sorted order.
   m.def(
       "lstm_layer(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor bias, "
-      "bool reverse) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor activated_gates, "
-      "Tensor cells)");
+      "bool reverse, Tensor? batch_sizes=None) -> (Tensor output, Tensor h_n, Tensor c_n, "
+      "Tensor activated_gates, Tensor cells)");
   // (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias).
   m.def(
       "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor activated_gates, "
-      "Tensor cells, bool reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor cells, bool reverse, Tensor? batch_sizes=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, CPU, m) {

@@ -37,18 +37,17 @@ class LSTM(nn.LSTM):
     constructor, parameters (``weight_ih_l0``, ..., ``_reverse``), initialisation,
     ``state_dict`` and outputs ``(output, (h_n, c_n))``: any number of layers,
     bidirectional, ``batch_first``, dropout between layers in training, initial states,
-    unbatched (T, I) input.
+    unbatched (T, I) input, ``PackedSequence`` input (variable lengths; the output is a
+    ``PackedSequence`` too, and ``h_n``/``c_n`` hold each sequence's last state).
 
-    Not supported yet (a clear ``NotImplementedError``): ``PackedSequence`` input and
-    ``proj_size > 0``.
+    Not supported yet (a clear ``NotImplementedError``): ``proj_size > 0``.
     """
 
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
-        if isinstance(input, PackedSequence):
-            raise NotImplementedError("fastdl.nn.LSTM: PackedSequence input is not supported "
-                                      "yet; pad the batch (or use nn.LSTM for it)")
         if self.proj_size > 0:
             raise NotImplementedError("fastdl.nn.LSTM: proj_size > 0 is not supported yet")
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         unbatched = input.dim() == 2
@@ -61,6 +60,38 @@ class LSTM(nn.LSTM):
         if hx is None:
             zeros = input.new_zeros(self.num_layers * directions, input.shape[1], self.hidden_size)
             hx = (zeros, zeros)
+        output, h_n, c_n = self._run_layers(input, hx, None)
+        if unbatched:
+            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
+
+    def _forward_packed(self, packed: PackedSequence, hx):
+        """The packed data, padded to (T, B, I) in its sorted order, through the layers
+        with the batch sizes; the same permutations of hx and h_n/c_n as nn.LSTM."""
+        data, batch_sizes = packed.data, packed.batch_sizes
+        steps, batch = batch_sizes.shape[0], int(batch_sizes[0])
+        # Packed rows are time-major, each step's rows first: the order in which a
+        # (T, B) mask of "row < batch_sizes[t]" lists its True entries.
+        mask = (torch.arange(batch)[None, :] < batch_sizes[:, None]).to(data.device)
+        padded = data.new_zeros(steps, batch, data.shape[1])
+        padded[mask] = data
+        directions = 2 if self.bidirectional else 1
+        if hx is not None and packed.sorted_indices is not None:
+            hx = tuple(h.index_select(1, packed.sorted_indices) for h in hx)
+        elif hx is None:
+            zeros = data.new_zeros(self.num_layers * directions, batch, self.hidden_size)
+            hx = (zeros, zeros)
+        output, h_n, c_n = self._run_layers(padded, hx, batch_sizes)
+        if packed.unsorted_indices is not None:
+            h_n = h_n.index_select(1, packed.unsorted_indices)
+            c_n = c_n.index_select(1, packed.unsorted_indices)
+        return (PackedSequence(output[mask], batch_sizes, packed.sorted_indices,
+                               packed.unsorted_indices), (h_n, c_n))
+
+    def _run_layers(self, input: Tensor, hx, batch_sizes):
+        directions = 2 if self.bidirectional else 1
         h0, c0 = hx
         layer_input, h_n, c_n = input, [], []
         for layer in range(self.num_layers):
@@ -71,16 +102,11 @@ class LSTM(nn.LSTM):
                            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
                 index = layer * directions + direction
                 out, (h, c) = ops.lstm_layer(layer_input, (h0[index], c0[index]), *weights,
-                                             reverse=bool(direction))
+                                             reverse=bool(direction), batch_sizes=batch_sizes)
                 outputs.append(out)
                 h_n.append(h)
                 c_n.append(c)
             layer_input = torch.cat(outputs, dim=2) if directions == 2 else outputs[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        output, h_n, c_n = layer_input, torch.stack(h_n), torch.stack(c_n)
-        if unbatched:
-            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, (h_n, c_n)
+        return layer_input, torch.stack(h_n), torch.stack(c_n)

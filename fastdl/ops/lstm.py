@@ -14,10 +14,16 @@ from ._utils import check_device
 
 def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
                b_ih: Tensor | None = None, b_hh: Tensor | None = None,
-               reverse: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+               reverse: bool = False, batch_sizes: Tensor | None = None
+               ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """``(output (T, B, H), (h_n, c_n))`` of one direction of an ``nn.LSTM`` layer for
     ``input`` (T, B, I) from ``hx = (h0, c0)`` each (B, H); ``reverse`` runs from the last
-    timestep to the first (the ``_reverse`` half of a bidirectional layer)."""
+    timestep to the first (the ``_reverse`` half of a bidirectional layer).
+
+    ``batch_sizes`` (int64, on the CPU): a ``PackedSequence``'s, with ``input`` its data
+    padded to (T, B, I) in the packed (sorted) order; step t then runs rows
+    ``[0, batch_sizes[t])`` only, the output is zero past each sequence's end, and
+    ``h_n``/``c_n`` hold each sequence's own last state."""
     h0, c0 = hx
     check_device("lstm_layer", input=input, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh)
     if b_ih is None and b_hh is None:
@@ -25,12 +31,12 @@ def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Ten
     else:
         bias = (b_ih if b_hh is None else b_hh if b_ih is None else b_ih + b_hh)
     output, h_n, c_n, _, _ = torch.ops.fastdl.lstm_layer.default(input, h0, c0, w_ih, w_hh,
-                                                                 bias, reverse)
+                                                                 bias, reverse, batch_sizes)
     return output, (h_n, c_n)
 
 
 @torch.library.register_fake("fastdl::lstm_layer")
-def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse):
+def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes=None):
     steps, batch, _ = input.shape
     hidden = w_hh.shape[1]
     return (input.new_empty((steps, batch, hidden)), h0.new_empty(h0.shape),
@@ -40,26 +46,27 @@ def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse):
 
 @torch.library.register_fake("fastdl::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output,
-                              activated_gates, cells, reverse):
+                              activated_gates, cells, reverse, batch_sizes=None):
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
             torch.empty_like(w_ih), torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]))
 
 
 def _setup_context(ctx, inputs, output):
-    input, h0, c0, w_ih, w_hh, _, reverse = inputs
+    input, h0, c0, w_ih, w_hh, _, reverse, batch_sizes = inputs
     out, _, _, activated, cells = output
-    ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, activated, cells)
+    ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, activated, cells, batch_sizes)
     ctx.mark_non_differentiable(activated, cells)
     ctx.reverse = reverse
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_activated, _grad_cells):
-    input, h0, c0, w_ih, w_hh, out, activated, cells = ctx.saved_tensors
+    input, h0, c0, w_ih, w_hh, out, activated, cells, batch_sizes = ctx.saved_tensors
     grads = [torch.zeros_like(like) if g is None else g
              for g, like in ((grad_output, out), (grad_h_n, h0), (grad_c_n, c0))]
     result = torch.ops.fastdl.lstm_layer_backward.default(*grads, input, h0, c0, w_ih, w_hh, out,
-                                                          activated, cells, ctx.reverse)
-    return *result, None
+                                                          activated, cells, ctx.reverse,
+                                                          batch_sizes)
+    return *result, None, None
 
 
 torch.library.register_autograd("fastdl::lstm_layer", _backward, setup_context=_setup_context)
