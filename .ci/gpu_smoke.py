@@ -42,6 +42,12 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
     lstm = fastdl.nn.LSTM(5, 9, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
     out, (h, c) = lstm(torch.randn(6, 2, 5, device=device, dtype=dtype, requires_grad=True))
     (out.sum() + h.sum() + c.sum()).backward()
+    lstm = fastdl.nn.LSTM(5, 9, num_layers=2, bidirectional=True, proj_size=4).to(device=device, dtype=dtype)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        torch.randn(6, 3, 5, device=device, dtype=dtype, requires_grad=True), [6, 2, 4],
+        enforce_sorted=False)
+    out, (h, c) = lstm(packed)
+    (out.data.sum() + h.sum() + c.sum()).backward()
     for channels_last in (False, True):
         for (n, c, h, w, o, k, s, p, d, g) in [(2, 70, 9, 7, 6, 3, 1, 1, 1, 1),
                                                (1, 130, 5, 5, 66, 5, 2, 2, 1, 2),

@@ -134,7 +134,7 @@ def convert(model: nn.Module, families=None, inplace: bool = False, binary: bool
 
     - ``nn.Conv2d`` with ``groups == in_channels`` (depthwise, any multiplier) ->
       :class:`fastdl.nn.DepthwiseConv2d` (family ``"depthwise"``);
-    - ``nn.LSTM`` (``proj_size=0``) and ``nn.LSTMCell`` -> :class:`fastdl.nn.LSTM` /
+    - ``nn.LSTM`` and ``nn.LSTMCell`` -> :class:`fastdl.nn.LSTM` /
       :class:`fastdl.nn.LSTMCell` (family ``"lstm"``);
     - ``nn.BatchNorm1d/2d/3d`` and ``nn.SyncBatchNorm`` -> their fastdl layers (family
       ``"batch_norm"``); inside an ``nn.Sequential`` (where the data flow is known to be
@@ -242,12 +242,9 @@ def _swap_lstm(module: nn.Module, name: str, report: ConversionReport):
     same (shared) parameters, or None (reported) for what fastdl does not serve."""
     kind = type(module).__name__
     if isinstance(module, nn.LSTM):
-        if module.proj_size > 0:
-            report.skipped.append((name, "nn.LSTM", "proj_size > 0 is not supported yet (issue 7)"))
-            return None
         layer = fastdl_nn.LSTM(module.input_size, module.hidden_size, module.num_layers,
                                module.bias, module.batch_first, module.dropout,
-                               module.bidirectional, device="meta")
+                               module.bidirectional, module.proj_size, device="meta")
         names = module._flat_weights_names
     else:
         layer = fastdl_nn.LSTMCell(module.input_size, module.hidden_size, module.bias,

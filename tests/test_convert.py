@@ -73,11 +73,11 @@ def test_resnet_activations_outside_sequentials_stay_modules():
 
 
 def test_report_lists_what_was_not_swapped_and_why():
-    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=4), nn.LSTM(4, 4, proj_size=2), nn.Conv2d(8, 8, 3, groups=8))
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, groups=4), nn.MultiheadAttention(4, 2), nn.Conv2d(8, 8, 3, groups=8))
     converted, report = fastdl.convert(model)
     assert [name for name, _, _ in report.swapped] == ["2"]
     reasons = dict((name, why) for name, _, why in report.skipped)
-    assert "not depthwise" in reasons["0"] and "proj_size" in reasons["1"]
+    assert "not depthwise" in reasons["0"] and "issue 8" in reasons["1"]
     assert "1 layers swapped, 2 left as they are" in str(report)
     assert type(model[2]) is nn.Conv2d  # not in place: the original is untouched
 
@@ -88,8 +88,8 @@ def test_families_and_inplace():
     assert same is model and type(model[0]) is nn.Conv2d
     assert isinstance(model[1], fastdl.nn.BatchNorm2d) and model[1].activation == "relu"
     assert isinstance(model[2], nn.Identity)
-    with pytest.raises(ValueError, match="unknown families \\['lstm'\\]"):
-        fastdl.convert(model, families=["lstm"])
+    with pytest.raises(ValueError, match="unknown families \\['attention'\\]"):
+        fastdl.convert(model, families=["attention"])
     with pytest.raises(TypeError, match="the model itself is a single layer"):
         fastdl.convert(nn.BatchNorm2d(3))
 
@@ -155,7 +155,8 @@ def test_convert_binary_swaps_hidden_layers_and_packs_in_eval():
 
 def test_convert_lstm_shares_parameters_and_matches():
     torch.manual_seed(0)
-    model = nn.ModuleDict(dict(lstm=nn.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True),
+    model = nn.ModuleDict(dict(lstm=nn.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True,
+                                            proj_size=3),
                                cell=nn.LSTMCell(5, 7)))
     original = {name: layer for name, layer in model.items()}
     converted, report = fastdl.convert(model, families=["lstm"], inplace=True)

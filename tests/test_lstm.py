@@ -130,9 +130,12 @@ LSTM_CONFIGS = [
     dict(num_layers=2, batch_first=True),
     dict(num_layers=1, bias=False, bidirectional=True),
     dict(num_layers=3, dropout=0.0),
+    dict(num_layers=2, proj_size=4, bidirectional=True),
+    dict(num_layers=1, proj_size=2, bias=False),
 ]
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("steps, batch", [(4, 3), (1, 1), (7, 1), (1, 5)])
 @pytest.mark.parametrize("config", LSTM_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
@@ -147,7 +150,8 @@ def test_lstm_matches_nn_lstm(device, config, steps, batch, dtype):
     shape = (batch, steps, 5) if config.get("batch_first") else (steps, batch, 5)
     g = torch.Generator().manual_seed(1)
     make = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(device).requires_grad_()
-    x, h0, c0 = make(*shape), make(layers * directions, batch, 6), make(layers * directions, batch, 6)
+    h_size = config.get("proj_size", 6)
+    x, h0, c0 = make(*shape), make(layers * directions, batch, h_size), make(layers * directions, batch, 6)
     results = []
     for layer in (ours, reference):
         out, (h_n, c_n) = layer(x, (h0, c0))
@@ -183,23 +187,44 @@ def test_lstm_gradcheck(device):
         assert torch.autograd.gradcheck(lambda *args: flat(*args, reverse), inputs)
 
 
+@pytest.mark.parametrize("projected", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
-def test_lstm_layer_opcheck(device, packed):
+def test_lstm_layer_opcheck(device, packed, projected):
     make = lambda *s: torch.randn(*s, device=device)
-    args = (make(3, 2, 4), make(2, 5), make(2, 5), make(20, 4), make(20, 5), make(20))
+    h_size = 3 if projected else 5
+    args = (make(3, 2, 4), make(2, h_size), make(2, 5), make(20, 4), make(20, h_size), make(20))
     batch_sizes = torch.tensor([2, 2, 1]) if packed else None
+    w_hr = make(3, 5) if projected else None
     for reverse in (False, True):
         torch.library.opcheck(OPS.lstm_layer.default,
-                              tuple(a.clone().requires_grad_() for a in args) + (reverse, batch_sizes))
-        out, h, c, activated, cells = OPS.lstm_layer(*args, reverse, batch_sizes)
+                              tuple(a.clone().requires_grad_() for a in args)
+                              + (reverse, batch_sizes, None if w_hr is None else w_hr.clone().requires_grad_()))
+        out, h, c, activated, cells, unprojected = OPS.lstm_layer(*args, reverse, batch_sizes, w_hr)
         torch.library.opcheck(OPS.lstm_layer_backward.default,
-                              (make(3, 2, 5), make(2, 5), make(2, 5), *args[:5], out, activated,
-                               cells, reverse, batch_sizes))
+                              (make(3, 2, h_size), make(2, h_size), make(2, 5), *args[:5], out, activated,
+                               cells, reverse, batch_sizes, w_hr, None if w_hr is None else unprojected))
 
 
+def test_lstm_gradcheck_with_projection_and_packing(device):
+    g = torch.Generator().manual_seed(4)
+    make = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    inputs = (make(3, 3, 2), make(3, 2), make(3, 4), make(16, 2), make(16, 2), make(16), make(16),
+              make(2, 4))
+    batch_sizes = torch.tensor([3, 2, 2])
+
+    def flat(x, h, c, wi, wh, bi, bh, wr, reverse):
+        out, (h_n, c_n) = fastdl.ops.lstm_layer(x, (h, c), wi, wh, bi, bh, reverse, batch_sizes, wr)
+        return out, h_n, c_n
+
+    for reverse in (False, True):
+        assert torch.autograd.gradcheck(lambda *args: flat(*args, reverse), inputs)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 @pytest.mark.parametrize("config", [dict(num_layers=1), dict(num_layers=2, bidirectional=True),
-                                    dict(num_layers=2, batch_first=True, bidirectional=True)],
+                                    dict(num_layers=2, batch_first=True, bidirectional=True),
+                                    dict(num_layers=2, bidirectional=True, proj_size=3)],
                          ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_lstm_packed_sequence_matches_nn_lstm(device, config, enforce_sorted):
     """Variable lengths (incl. length 1 and a batch of several equal lengths): packed
@@ -216,7 +241,8 @@ def test_lstm_packed_sequence_matches_nn_lstm(device, config, enforce_sorted):
     g = torch.Generator().manual_seed(1)
     make = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device).requires_grad_()
     x = make(*((batch, steps, 5) if batch_first else (steps, batch, 5)))
-    h0, c0 = make(layers * directions, batch, 6), make(layers * directions, batch, 6)
+    h0 = make(layers * directions, batch, config.get("proj_size", 6))
+    c0 = make(layers * directions, batch, 6)
     results = []
     for layer in (ours, reference):
         packed = pack_padded_sequence(x, lengths, batch_first=batch_first,
@@ -245,8 +271,6 @@ def test_lstm_layer_batch_sizes_are_checked():
 
 
 def test_lstm_unsupported_inputs_fail_clearly():
-    with pytest.raises(NotImplementedError, match="proj_size > 0 is not supported yet"):
-        fastdl.nn.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3))
     with pytest.raises(ValueError, match=r"fastdl.lstm_layer: w_ih must have shape \(4 \* H, I\)"):
         OPS.lstm_layer(torch.randn(3, 2, 4), torch.randn(2, 5), torch.randn(2, 5),
                        torch.randn(20, 3), torch.randn(20, 5), torch.randn(20), False)

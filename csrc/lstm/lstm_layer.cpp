@@ -75,20 +75,32 @@ void cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
   grad_c_prev.copy_(dc_prev);
 }
 
+// Checks one layer's tensors; H is the cell size, P the size of h (P = H without a
+// projection, else w_hr is (P, H) and h = w_hr * (o * tanh(c)), as nn.LSTM's proj_size).
 void check_layer(const char* op, const at::Tensor& input, const at::Tensor& h0,
                  const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                 const at::Tensor& bias) {
+                 const at::Tensor& bias, const std::optional<at::Tensor>& w_hr) {
   check_shape(op, "input", input, {-1, -1, -1}, "(T, B, I)");
   const int64_t batch = input.size(1);
-  check_shape(op, "w_hh", w_hh, {-1, -1}, "(4 * H, H)");
-  const int64_t hidden = w_hh.size(1);
-  check_shape(op, "w_hh", w_hh, {4 * hidden, hidden}, "(4 * H, H)");
+  int64_t hidden, proj;
+  if (w_hr) {
+    check_shape(op, "w_hr", *w_hr, {-1, -1}, "(P, H)");
+    proj = w_hr->size(0);
+    hidden = w_hr->size(1);
+    check_shape(op, "w_hh", w_hh, {4 * hidden, proj}, "(4 * H, P) with w_hr (P, H)");
+    check_shape(op, "h0", h0, {batch, proj}, "(B, P) with w_hr (P, H)");
+  } else {
+    check_shape(op, "w_hh", w_hh, {-1, -1}, "(4 * H, H)");
+    hidden = proj = w_hh.size(1);
+    check_shape(op, "w_hh", w_hh, {4 * hidden, hidden}, "(4 * H, H)");
+    check_shape(op, "h0", h0, {batch, hidden}, "(B, H)");
+  }
   check_shape(op, "w_ih", w_ih, {4 * hidden, input.size(2)}, "(4 * H, I) with input (T, B, I)");
   check_shape(op, "bias", bias, {4 * hidden}, "(4 * H,)");
-  check_shape(op, "h0", h0, {batch, hidden}, "(B, H)");
   check_shape(op, "c0", c0, {batch, hidden}, "(B, H)");
   for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"h0", &h0}, {"c0", &c0},
-                         {"w_ih", &w_ih}, {"w_hh", &w_hh}, {"bias", &bias}}) {
+                         {"w_ih", &w_ih}, {"w_hh", &w_hh}, {"bias", &bias},
+                         {"w_hr", w_hr ? &*w_hr : &bias}}) {
     check_same_dtype(op, "input", input, name, *t);
     check_same_device(op, "input", input, name, *t);
   }
@@ -122,12 +134,12 @@ at::Tensor rows_of(const at::Tensor& t, int64_t rows) { return t.narrow(0, 0, ro
 // Timestep order of a direction.
 int64_t step_index(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const at::Tensor& bias, bool reverse,
-    const std::optional<at::Tensor>& batch_sizes) {
-  check_layer("lstm_layer", input, h0, c0, w_ih, w_hh, bias);
-  const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& w_hr) {
+  check_layer("lstm_layer", input, h0, c0, w_ih, w_hh, bias, w_hr);
+  const int64_t steps = input.size(0), batch = input.size(1), hidden = c0.size(1);
   const std::vector<int64_t> active = active_rows("lstm_layer", batch_sizes, steps, batch);
   // The input projection of every timestep at once: (T * B, I) x (I, 4H).
   const at::Tensor x_gates =
@@ -138,43 +150,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     return batch_sizes ? at::zeros({steps, batch, width}, input.options())
                        : at::empty({steps, batch, width}, input.options());
   };
-  at::Tensor output = allocate(hidden), activated = allocate(4 * hidden), cells = allocate(hidden);
+  at::Tensor output = allocate(h0.size(1)), activated = allocate(4 * hidden);
+  at::Tensor cells = allocate(hidden);
+  // With a projection the cell's own h (o * tanh(c)) is kept for the backward.
+  at::Tensor unprojected = w_hr ? allocate(hidden) : at::empty({0}, input.options());
   at::Tensor gates = at::empty({batch, 4 * hidden}, input.options());
   const at::Tensor w_hh_t = w_hh.t();
+  const at::Tensor w_hr_t = w_hr ? w_hr->t() : at::Tensor();
+  // One step on the first `rows` rows, from state (h, c) (views of those rows).
+  const auto step = [&](int64_t t, int64_t rows, const at::Tensor& h, const at::Tensor& c) {
+    at::Tensor step_gates = rows_of(gates, rows);
+    at::addmm_out(step_gates, rows_of(x_gates[t], rows), h, w_hh_t);
+    at::Tensor h_out = rows_of(output[t], rows);
+    if (!w_hr) return cell_into(step_gates, c, h_out, rows_of(cells[t], rows), rows_of(activated[t], rows));
+    at::Tensor h_cell = rows_of(unprojected[t], rows);
+    cell_into(step_gates, c, h_cell, rows_of(cells[t], rows), rows_of(activated[t], rows));
+    at::mm_out(h_out, h_cell, w_hr_t);
+  };
   if (!batch_sizes) {  // every row every step: the state is the previous step's output
     at::Tensor h = h0.contiguous(), c = c0.contiguous();
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = step_index(s, steps, reverse);
-      at::addmm_out(gates, x_gates[t], h, w_hh_t);
-      cell_into(gates, c, output[t], cells[t], activated[t]);
+      step(t, batch, h, c);
       h = output[t];
       c = cells[t];
     }
-    return {output, h.clone(), c.clone(), activated, cells};
+    return {output, h.clone(), c.clone(), activated, cells, unprojected};
   }
   // Packed: rows drop out (or, in reverse, join from h0/c0) between steps, so the
   // state lives in its own buffers and each step updates their active prefix.
   at::Tensor h = h0.clone(at::MemoryFormat::Contiguous), c = c0.clone(at::MemoryFormat::Contiguous);
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t t = step_index(s, steps, reverse), rows = active[t];
-    at::Tensor step_gates = rows_of(gates, rows);
-    at::addmm_out(step_gates, rows_of(x_gates[t], rows), rows_of(h, rows), w_hh_t);
-    cell_into(step_gates, rows_of(c, rows), rows_of(output[t], rows), rows_of(cells[t], rows),
-              rows_of(activated[t], rows));
+    step(t, rows, rows_of(h, rows), rows_of(c, rows));
     rows_of(h, rows).copy_(rows_of(output[t], rows));
     rows_of(c, rows).copy_(rows_of(cells[t], rows));
   }
-  return {output, h, c, activated, cells};
+  return {output, h, c, activated, cells, unprojected};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
                     const at::Tensor& grad_cn, const at::Tensor& input, const at::Tensor& h0,
                     const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
                     const at::Tensor& output, const at::Tensor& activated,
                     const at::Tensor& cells, bool reverse,
-                    const std::optional<at::Tensor>& batch_sizes) {
-  const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
+                    const std::optional<at::Tensor>& batch_sizes,
+                    const std::optional<at::Tensor>& w_hr,
+                    const std::optional<at::Tensor>& unprojected) {
+  const int64_t steps = input.size(0), batch = input.size(1), hidden = c0.size(1);
+  const int64_t proj = h0.size(1);
+  TORCH_CHECK_VALUE(w_hr.has_value() == unprojected.has_value(), "fastdl.lstm_layer_backward: "
+                    "w_hr and unprojected come together (the forward's), got only one of them");
   const std::vector<int64_t> active =
       active_rows("lstm_layer_backward", batch_sizes, steps, batch);
   // Packed: gradients of padding positions stay zero, so the GEMMs over all
@@ -186,6 +213,10 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
   // rows outside the active prefix must keep their gradient).
   at::Tensor dc = grad_cn.clone(at::MemoryFormat::Contiguous), dc_prev = at::empty_like(dc);
   at::Tensor c_joined = at::empty_like(dc);
+  // With a projection: the gradient of each step's projected h (for w_hr's gradient,
+  // zeros at packed padding) and of the cell's own h.
+  at::Tensor grad_projected = w_hr ? at::zeros({steps, batch, proj}, input.options()) : at::Tensor();
+  at::Tensor grad_cell_h = w_hr ? at::empty_like(dc) : at::Tensor();
   const at::Tensor c_first = c0.contiguous();
   for (int64_t s = steps - 1; s >= 0; --s) {
     const int64_t t = step_index(s, steps, reverse), rows = active[t];
@@ -204,6 +235,11 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
     }
     at::Tensor step_grad_h = rows_of(grad_h, rows), step_dh = rows_of(dh, rows);
     at::add_out(step_grad_h, rows_of(grad_output[t], rows), step_dh);
+    if (w_hr) {  // h = w_hr * h_cell
+      rows_of(grad_projected[t], rows).copy_(step_grad_h);
+      step_grad_h = rows_of(grad_cell_h, rows);
+      at::mm_out(step_grad_h, rows_of(grad_projected[t], rows), *w_hr);
+    }
     cell_backward_into(step_grad_h, rows_of(dc, rows), rows_of(activated[t], rows), c_prev,
                        rows_of(cells[t], rows), rows_of(grad_gates[t], rows),
                        rows_of(dc_prev, rows));
@@ -226,9 +262,13 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
   const at::Tensor grad_input =
       at::mm(flat_gates, w_ih).view({steps, batch, input.size(2)});
   const at::Tensor grad_w_ih = at::mm(flat_gates.t(), input.reshape({steps * batch, input.size(2)}));
-  const at::Tensor grad_w_hh = at::mm(flat_gates.t(), h_prev.reshape({steps * batch, hidden}));
+  const at::Tensor grad_w_hh = at::mm(flat_gates.t(), h_prev.reshape({steps * batch, proj}));
   const at::Tensor grad_bias = flat_gates.sum(0);
-  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_bias};
+  const at::Tensor grad_w_hr =
+      w_hr ? at::mm(grad_projected.view({steps * batch, proj}).t(),
+                    unprojected->reshape({steps * batch, hidden}))
+           : at::empty({0}, input.options());
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr};
 }
 
 }  // namespace
@@ -237,17 +277,19 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
   // One direction of one layer: (output (T, B, H), h_n, c_n, activated gates, cells);
   // bias = b_ih + b_hh (zeros for bias=False). batch_sizes: a PackedSequence's, for
-  // input padded to (T, B, I) in its sorted order.
+  // input padded to (T, B, I) in its sorted order. w_hr (P, H): nn.LSTM's proj_size,
+  // h = w_hr * (o * tanh(c)); unprojected is o * tanh(c) (empty without w_hr).
   m.def(
       "lstm_layer(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor bias, "
-      "bool reverse, Tensor? batch_sizes=None) -> (Tensor output, Tensor h_n, Tensor c_n, "
-      "Tensor activated_gates, Tensor cells)");
-  // (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias).
+      "bool reverse, Tensor? batch_sizes=None, Tensor? w_hr=None) -> (Tensor output, "
+      "Tensor h_n, Tensor c_n, Tensor activated_gates, Tensor cells, Tensor unprojected)");
+  // (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr (empty
+  // without w_hr)).
   m.def(
       "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor activated_gates, "
-      "Tensor cells, bool reverse, Tensor? batch_sizes=None) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor cells, bool reverse, Tensor? batch_sizes=None, Tensor? w_hr=None, "
+      "Tensor? unprojected=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, CPU, m) {

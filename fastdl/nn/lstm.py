@@ -38,14 +38,11 @@ class LSTM(nn.LSTM):
     ``state_dict`` and outputs ``(output, (h_n, c_n))``: any number of layers,
     bidirectional, ``batch_first``, dropout between layers in training, initial states,
     unbatched (T, I) input, ``PackedSequence`` input (variable lengths; the output is a
-    ``PackedSequence`` too, and ``h_n``/``c_n`` hold each sequence's last state).
-
-    Not supported yet (a clear ``NotImplementedError``): ``proj_size > 0``.
+    ``PackedSequence`` too, and ``h_n``/``c_n`` hold each sequence's last state),
+    ``proj_size > 0`` (``weight_hr_l*``: h = W_hr (o * tanh(c)), P features).
     """
 
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
-        if self.proj_size > 0:
-            raise NotImplementedError("fastdl.nn.LSTM: proj_size > 0 is not supported yet")
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
@@ -56,10 +53,8 @@ class LSTM(nn.LSTM):
             hx = None if hx is None else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         elif self.batch_first:
             input = input.transpose(0, 1)
-        directions = 2 if self.bidirectional else 1
         if hx is None:
-            zeros = input.new_zeros(self.num_layers * directions, input.shape[1], self.hidden_size)
-            hx = (zeros, zeros)
+            hx = self._zero_state(input, input.shape[1])
         output, h_n, c_n = self._run_layers(input, hx, None)
         if unbatched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
@@ -77,18 +72,21 @@ class LSTM(nn.LSTM):
         mask = (torch.arange(batch)[None, :] < batch_sizes[:, None]).to(data.device)
         padded = data.new_zeros(steps, batch, data.shape[1])
         padded[mask] = data
-        directions = 2 if self.bidirectional else 1
         if hx is not None and packed.sorted_indices is not None:
             hx = tuple(h.index_select(1, packed.sorted_indices) for h in hx)
         elif hx is None:
-            zeros = data.new_zeros(self.num_layers * directions, batch, self.hidden_size)
-            hx = (zeros, zeros)
+            hx = self._zero_state(data, batch)
         output, h_n, c_n = self._run_layers(padded, hx, batch_sizes)
         if packed.unsorted_indices is not None:
             h_n = h_n.index_select(1, packed.unsorted_indices)
             c_n = c_n.index_select(1, packed.unsorted_indices)
         return (PackedSequence(output[mask], batch_sizes, packed.sorted_indices,
                                packed.unsorted_indices), (h_n, c_n))
+
+    def _zero_state(self, like: Tensor, batch: int):
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return like.new_zeros(layers, batch, h_size), like.new_zeros(layers, batch, self.hidden_size)
 
     def _run_layers(self, input: Tensor, hx, batch_sizes):
         directions = 2 if self.bidirectional else 1
@@ -99,10 +97,11 @@ class LSTM(nn.LSTM):
             for direction in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
                 weights = [getattr(self, f"{name}{suffix}", None)
-                           for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                           for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]
                 index = layer * directions + direction
-                out, (h, c) = ops.lstm_layer(layer_input, (h0[index], c0[index]), *weights,
-                                             reverse=bool(direction), batch_sizes=batch_sizes)
+                out, (h, c) = ops.lstm_layer(layer_input, (h0[index], c0[index]), *weights[:4],
+                                             reverse=bool(direction), batch_sizes=batch_sizes,
+                                             w_hr=weights[4])
                 outputs.append(out)
                 h_n.append(h)
                 c_n.append(c)

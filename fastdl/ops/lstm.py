@@ -14,8 +14,8 @@ from ._utils import check_device
 
 def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
                b_ih: Tensor | None = None, b_hh: Tensor | None = None,
-               reverse: bool = False, batch_sizes: Tensor | None = None
-               ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+               reverse: bool = False, batch_sizes: Tensor | None = None,
+               w_hr: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """``(output (T, B, H), (h_n, c_n))`` of one direction of an ``nn.LSTM`` layer for
     ``input`` (T, B, I) from ``hx = (h0, c0)`` each (B, H); ``reverse`` runs from the last
     timestep to the first (the ``_reverse`` half of a bidirectional layer).
@@ -23,50 +23,60 @@ def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Ten
     ``batch_sizes`` (int64, on the CPU): a ``PackedSequence``'s, with ``input`` its data
     padded to (T, B, I) in the packed (sorted) order; step t then runs rows
     ``[0, batch_sizes[t])`` only, the output is zero past each sequence's end, and
-    ``h_n``/``c_n`` hold each sequence's own last state."""
+    ``h_n``/``c_n`` hold each sequence's own last state.
+
+    ``w_hr`` (P, H): ``nn.LSTM``'s ``proj_size``: h = w_hr (o * tanh(c)), so ``h0``,
+    ``h_n`` and the output have P features and ``w_hh`` is (4H, P)."""
     h0, c0 = hx
     check_device("lstm_layer", input=input, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh)
     if b_ih is None and b_hh is None:
         bias = w_hh.new_zeros(w_hh.shape[0])
     else:
         bias = (b_ih if b_hh is None else b_hh if b_ih is None else b_ih + b_hh)
-    output, h_n, c_n, _, _ = torch.ops.fastdl.lstm_layer.default(input, h0, c0, w_ih, w_hh,
-                                                                 bias, reverse, batch_sizes)
+    output, h_n, c_n, _, _, _ = torch.ops.fastdl.lstm_layer.default(
+        input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes, w_hr)
     return output, (h_n, c_n)
 
 
 @torch.library.register_fake("fastdl::lstm_layer")
-def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes=None):
+def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes=None, w_hr=None):
     steps, batch, _ = input.shape
-    hidden = w_hh.shape[1]
-    return (input.new_empty((steps, batch, hidden)), h0.new_empty(h0.shape),
+    hidden = c0.shape[1]
+    unprojected = input.new_empty((steps, batch, hidden) if w_hr is not None else (0,))
+    return (input.new_empty((steps, batch, h0.shape[1])), h0.new_empty(h0.shape),
             c0.new_empty(c0.shape), input.new_empty((steps, batch, 4 * hidden)),
-            input.new_empty((steps, batch, hidden)))
+            input.new_empty((steps, batch, hidden)), unprojected)
 
 
 @torch.library.register_fake("fastdl::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output,
-                              activated_gates, cells, reverse, batch_sizes=None):
+                              activated_gates, cells, reverse, batch_sizes=None, w_hr=None,
+                              unprojected=None):
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
-            torch.empty_like(w_ih), torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]))
+            torch.empty_like(w_ih), torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]),
+            torch.empty_like(w_hr) if w_hr is not None else w_hh.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
-    input, h0, c0, w_ih, w_hh, _, reverse, batch_sizes = inputs
-    out, _, _, activated, cells = output
-    ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, activated, cells, batch_sizes)
-    ctx.mark_non_differentiable(activated, cells)
+    input, h0, c0, w_ih, w_hh, _, reverse, batch_sizes, w_hr = inputs
+    out, _, _, activated, cells, unprojected = output
+    ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, activated, cells, batch_sizes, w_hr,
+                          unprojected)
+    ctx.mark_non_differentiable(activated, cells, unprojected)
     ctx.reverse = reverse
 
 
-def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_activated, _grad_cells):
-    input, h0, c0, w_ih, w_hh, out, activated, cells, batch_sizes = ctx.saved_tensors
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_activated, _grad_cells,
+              _grad_unprojected):
+    input, h0, c0, w_ih, w_hh, out, activated, cells, batch_sizes, w_hr, unprojected = \
+        ctx.saved_tensors
     grads = [torch.zeros_like(like) if g is None else g
              for g, like in ((grad_output, out), (grad_h_n, h0), (grad_c_n, c0))]
-    result = torch.ops.fastdl.lstm_layer_backward.default(*grads, input, h0, c0, w_ih, w_hh, out,
-                                                          activated, cells, ctx.reverse,
-                                                          batch_sizes)
-    return *result, None, None
+    projected = w_hr is not None
+    *result, grad_w_hr = torch.ops.fastdl.lstm_layer_backward.default(
+        *grads, input, h0, c0, w_ih, w_hh, out, activated, cells, ctx.reverse, batch_sizes, w_hr,
+        unprojected if projected else None)
+    return *result, None, None, grad_w_hr if projected else None
 
 
 torch.library.register_autograd("fastdl::lstm_layer", _backward, setup_context=_setup_context)
