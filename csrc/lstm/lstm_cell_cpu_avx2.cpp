@@ -2,6 +2,7 @@
 // Everything with inline code of its own is included before the target pragma.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "lstm/lstm_cell_cpu_kernels.h"

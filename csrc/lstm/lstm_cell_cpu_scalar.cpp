@@ -1,4 +1,5 @@
 // The LSTM cell kernels for CPUs without AVX2, and for float64 everywhere.
+#include <algorithm>
 #include <cmath>
 
 #include "lstm/lstm_cell_cpu_kernels.h"

@@ -167,6 +167,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     cell_into(step_gates, c, h_cell, rows_of(cells[t], rows), rows_of(activated[t], rows));
     at::mm_out(h_out, h_cell, w_hr_t);
   };
+  if (!batch_sizes && !w_hr && steps > 0 &&
+      cpu_small_batch_recurrence({x_gates, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+                                  output, cells, activated, steps, batch, hidden, reverse})) {
+    const int64_t last = reverse ? 0 : steps - 1;
+    return {output, output[last].clone(), cells[last].clone(), activated, cells, unprojected};
+  }
   if (!batch_sizes) {  // every row every step: the state is the previous step's output
     at::Tensor h = h0.contiguous(), c = c0.contiguous();
     for (int64_t s = 0; s < steps; ++s) {
