@@ -16,6 +16,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     ("digits_training.py", "sklearn", "| ResNet-style | fastdl |"),
     # Also asserts (inside the script) that the packed binary net matches the unpacked one.
     ("xnor_digits.py", "sklearn", "| XNOR (fastdl) |"),
+    # nn.LSTM vs fastdl.nn.LSTM on stdlib source; the final table must be there.
+    ("char_lstm.py", "torch", "| fastdl.nn.LSTM |"),
 ])
 def test_example_runs(script, needs, expected):
     pytest.importorskip(needs)
