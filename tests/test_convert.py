@@ -153,6 +153,7 @@ def test_convert_binary_swaps_hidden_layers_and_packs_in_eval():
     assert_close(packed(x), expected)
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 def test_convert_lstm_shares_parameters_and_matches():
     torch.manual_seed(0)
     model = nn.ModuleDict(dict(lstm=nn.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True,
