@@ -48,6 +48,11 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         enforce_sorted=False)
     out, (h, c) = lstm(packed)
     (out.data.sum() + h.sum() + c.sum()).backward()
+    gru = fastdl.nn.GRU(5, 9, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
+    out, h = gru(torch.randn(6, 2, 5, device=device, dtype=dtype, requires_grad=True))
+    (out.sum() + h.sum()).backward()
+    cell = fastdl.nn.GRUCell(7, 33).to(device=device, dtype=dtype)
+    cell(torch.randn(3, 7, device=device, dtype=dtype, requires_grad=True)).sum().backward()
     for channels_last in (False, True):
         for (n, c, h, w, o, k, s, p, d, g) in [(2, 70, 9, 7, 6, 3, 1, 1, 1, 1),
                                                (1, 130, 5, 5, 66, 5, 2, 2, 1, 2),

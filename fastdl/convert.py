@@ -95,7 +95,7 @@ def _fold_sequentials(module: nn.Module) -> None:
 
 # ---- convert ----
 
-FAMILIES = ("depthwise", "batch_norm", "lstm")
+FAMILIES = ("depthwise", "batch_norm", "lstm", "gru")
 
 # torch layers that fastdl families will serve but don't yet: reported, not swapped.
 _PLANNED = {
@@ -107,6 +107,12 @@ _BATCH_NORMS = {
     nn.BatchNorm2d: fastdl_nn.BatchNorm2d,
     nn.BatchNorm3d: fastdl_nn.BatchNorm3d,
     nn.SyncBatchNorm: fastdl_nn.SyncBatchNorm,
+}
+
+# The recurrent families: torch layer -> fastdl layer.
+_RECURRENT = {
+    "lstm": {nn.LSTM: fastdl_nn.LSTM, nn.LSTMCell: fastdl_nn.LSTMCell},
+    "gru": {nn.GRU: fastdl_nn.GRU, nn.GRUCell: fastdl_nn.GRUCell},
 }
 
 _ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.SiLU: "silu", nn.LeakyReLU: "leaky_relu"}
@@ -136,6 +142,9 @@ def convert(model: nn.Module, families=None, inplace: bool = False, binary: bool
       :class:`fastdl.nn.DepthwiseConv2d` (family ``"depthwise"``);
     - ``nn.LSTM`` and ``nn.LSTMCell`` -> :class:`fastdl.nn.LSTM` /
       :class:`fastdl.nn.LSTMCell` (family ``"lstm"``);
+    - ``nn.GRU`` and ``nn.GRUCell`` -> :class:`fastdl.nn.GRU` /
+      :class:`fastdl.nn.GRUCell` (family ``"gru"``; the fastdl GRU rejects
+      ``PackedSequence`` input);
     - ``nn.BatchNorm1d/2d/3d`` and ``nn.SyncBatchNorm`` -> their fastdl layers (family
       ``"batch_norm"``); inside an ``nn.Sequential`` (where the data flow is known to be
       a chain), a batch norm directly followed by ``ReLU``, ``ReLU6``, ``SiLU`` or
@@ -221,8 +230,9 @@ def _swap(module: nn.Module, name: str, families: set, report: ConversionReport)
         layer = _BATCH_NORMS[kind].from_batch_norm(module)
         report.swapped.append((name, f"nn.{kind.__name__}", f"fastdl.nn.{kind.__name__}"))
         return layer
-    if "lstm" in families and kind in (nn.LSTM, nn.LSTMCell):
-        return _swap_lstm(module, name, report)
+    for family, layers in _RECURRENT.items():
+        if family in families and kind in layers:
+            return _swap_recurrent(module, layers[kind], name, report)
     if kind in _PLANNED:
         report.skipped.append((name, f"nn.{kind.__name__}", _PLANNED[kind]))
         return None
@@ -237,18 +247,18 @@ def _swap(module: nn.Module, name: str, families: set, report: ConversionReport)
     return None
 
 
-def _swap_lstm(module: nn.Module, name: str, report: ConversionReport):
-    """nn.LSTM / nn.LSTMCell -> the fastdl layer with the same configuration and the
-    same (shared) parameters, or None (reported) for what fastdl does not serve."""
+def _swap_recurrent(module: nn.Module, fastdl_kind: type, name: str, report: ConversionReport):
+    """nn.LSTM / nn.LSTMCell / nn.GRU / nn.GRUCell -> ``fastdl_kind`` with the same
+    configuration and the same (shared) parameters."""
     kind = type(module).__name__
-    if isinstance(module, nn.LSTM):
-        layer = fastdl_nn.LSTM(module.input_size, module.hidden_size, module.num_layers,
-                               module.bias, module.batch_first, module.dropout,
-                               module.bidirectional, module.proj_size, device="meta")
+    if isinstance(module, nn.RNNBase):
+        extra = dict(proj_size=module.proj_size) if isinstance(module, nn.LSTM) else {}
+        layer = fastdl_kind(module.input_size, module.hidden_size, module.num_layers,
+                            module.bias, module.batch_first, module.dropout,
+                            module.bidirectional, device="meta", **extra)
         names = module._flat_weights_names
     else:
-        layer = fastdl_nn.LSTMCell(module.input_size, module.hidden_size, module.bias,
-                                   device="meta")
+        layer = fastdl_kind(module.input_size, module.hidden_size, module.bias, device="meta")
         names = [n for n, _ in module.named_parameters(recurse=False)]
     for parameter in names:  # nn.RNNBase.__setattr__ keeps its flat weight list in step
         setattr(layer, parameter, getattr(module, parameter))

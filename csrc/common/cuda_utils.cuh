@@ -22,6 +22,12 @@ __host__ __device__ constexpr T ceil_div(T a, T b) {
   return (a + b - 1) / b;
 }
 
+// The logistic function, for the recurrent cells' gates (LSTM, GRU).
+template <typename T>
+__device__ __forceinline__ T sigmoid(T x) {
+  return T(1) / (T(1) + exp(-x));
+}
+
 // Grid size for `n` elements at `threads` per block; grid.x is limited to 2^31 - 1.
 inline unsigned grid_for(int64_t n, int threads = kThreadsPerBlock) {
   const int64_t blocks = ceil_div<int64_t>(n, threads);

@@ -15,4 +15,10 @@ inline at::Tensor widened_to_float32(const at::Tensor& t) {
   return t.defined() && is_16bit_float(t) ? t.to(at::kFloat) : t;
 }
 
+// Whether a CPU kernel serves t's dtype itself (float32, float64), so a caller can run
+// it in place on its own buffers; 16-bit floats go through the float32 copies.
+inline bool cpu_kernel_dtype(const at::Tensor& t) {
+  return t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
+}
+
 }  // namespace fastdl

@@ -20,11 +20,7 @@ namespace fastdl::lstm {
 namespace {
 
 using cuda::kThreadsPerBlock;
-
-template <typename T>
-__device__ __forceinline__ T sigmoid(T x) {
-  return T(1) / (T(1) + exp(-x));
-}
+using cuda::sigmoid;
 
 template <typename scalar_t, typename acc_t>
 __global__ void forward_kernel(const scalar_t* gates, const scalar_t* c_prev, int64_t batch,

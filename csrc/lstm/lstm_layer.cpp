@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/reduced_precision.h"
 #include "lstm/lstm_cell.h"
 
 namespace fastdl::lstm {
@@ -52,13 +53,9 @@ std::tuple<at::Tensor, at::Tensor> cell_backward(const at::Tensor& grad_h, const
 
 // The CPU kernels write straight into the sequence tensors; other devices and
 // dtypes go through the dispatcher and copy.
-bool direct_cpu(const at::Tensor& t) {
-  return t.is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble);
-}
-
 void cell_into(const at::Tensor& gates, const at::Tensor& c_prev, at::Tensor h, at::Tensor c,
                at::Tensor activated) {
-  if (direct_cpu(gates)) return cpu_cell_forward_into(gates, c_prev, h, c, activated);
+  if (cpu_kernel_dtype(gates)) return cpu_cell_forward_into(gates, c_prev, h, c, activated);
   auto [h_new, c_new, act] = cell(gates, c_prev);
   h.copy_(h_new);
   c.copy_(c_new);
@@ -68,7 +65,7 @@ void cell_into(const at::Tensor& gates, const at::Tensor& c_prev, at::Tensor h, 
 void cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
                         const at::Tensor& activated, const at::Tensor& c_prev,
                         const at::Tensor& c, at::Tensor grad_gates, at::Tensor grad_c_prev) {
-  if (direct_cpu(activated))
+  if (cpu_kernel_dtype(activated))
     return cpu_cell_backward_into(grad_h, grad_c, activated, c_prev, c, grad_gates, grad_c_prev);
   auto [d_gates, dc_prev] = cell_backward(grad_h, grad_c, activated, c_prev, c);
   grad_gates.copy_(d_gates);

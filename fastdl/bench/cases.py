@@ -286,14 +286,17 @@ def _lstm_cell_case(batch: int, hidden: int, backward: bool, default: bool = Fal
     )
 
 
-def _lstm_case(name: str, batch: int, steps: int, hidden: int, layers: int, backward: bool,
-               default: bool = False) -> Case:
-    """A whole nn.LSTM (input size = hidden size) over a sequence."""
+def _sequence_case(op: str, name: str, batch: int, steps: int, hidden: int, layers: int,
+                   backward: bool, default: bool = False) -> Case:
+    """A whole recurrent layer, ``op`` "lstm" (nn.LSTM) or "gru" (nn.GRU), with input
+    size = hidden size, over a sequence."""
+    torch_layer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[op]
+    fastdl_layer = {"lstm": fastdl_nn.LSTM, "gru": fastdl_nn.GRU}[op]
 
     def make_inputs(device):
         torch.manual_seed(hidden)
-        theirs = torch.nn.LSTM(hidden, hidden, num_layers=layers).to(device)
-        ours = fastdl_nn.LSTM(hidden, hidden, num_layers=layers).to(device)
+        theirs = torch_layer(hidden, hidden, num_layers=layers).to(device)
+        ours = fastdl_layer(hidden, hidden, num_layers=layers).to(device)
         ours.load_state_dict(theirs.state_dict())
         x = torch.randn(steps, batch, hidden, device=device, requires_grad=backward)
         return x, ours, theirs
@@ -309,10 +312,10 @@ def _lstm_case(name: str, batch: int, steps: int, hidden: int, layers: int, back
         return call
 
     return Case(
-        op="lstm",
+        op=op,
         name=(f"{name}: batch {batch}, seq {steps}, hidden {hidden}, {layers} layer"
               f"{'s' if layers > 1 else ''}, {'fwd+bwd' if backward else 'fwd'}"),
-        reference_name="nn.LSTM",
+        reference_name=f"nn.{torch_layer.__name__}",
         make_inputs=make_inputs,
         run=run(0),
         run_reference=run(1),
@@ -372,6 +375,14 @@ def _xnor_cases() -> list[Case]:
     ]
 
 
+_SEQUENCE_SHAPES = [  # (name, batch, steps, hidden, layers, backward)
+    ("char-LM", 64, 100, 256, 2, False),
+    ("char-LM", 64, 100, 256, 2, True),
+    ("char-LM", 64, 100, 512, 2, False),
+    ("char-LM", 64, 100, 512, 2, True),
+    ("batch-1 inference", 1, 1000, 256, 1, False),
+]
+
 CASES = [
     _nms_case(1000, 0.5),
     _nms_case(5000, 0.5, default=True),
@@ -385,11 +396,9 @@ CASES = [
     *[_lstm_cell_case(batch, hidden, backward, default=(batch, hidden, backward) == (64, 512, True))
       for batch, hidden in ((1, 256), (64, 256), (64, 512), (64, 1024))
       for backward in (False, True)],
-    _lstm_case("char-LM", 64, 100, 256, 2, False),
-    _lstm_case("char-LM", 64, 100, 256, 2, True, default=True),
-    _lstm_case("char-LM", 64, 100, 512, 2, False),
-    _lstm_case("char-LM", 64, 100, 512, 2, True),
-    _lstm_case("batch-1 inference", 1, 1000, 256, 1, False),
+    *[_sequence_case(op, *shape, default=(op, *shape) == ("lstm", "char-LM", 64, 100, 256, 2, True))
+      for op in ("lstm", "gru")
+      for shape in _SEQUENCE_SHAPES],
     *_xnor_cases(),
 ]
 

@@ -2,8 +2,9 @@
 
 from .batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from .depthwise import DepthwiseConv2d
+from .gru import GRU, GRUCell
 from .lstm import LSTM, LSTMCell
 from .xnor import BinaryLinear, XNORConv2d
 
 __all__ = ["DepthwiseConv2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
-           "LSTMCell", "LSTM", "XNORConv2d", "BinaryLinear"]
+           "LSTMCell", "LSTM", "GRUCell", "GRU", "XNORConv2d", "BinaryLinear"]

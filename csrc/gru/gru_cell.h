@@ -1,0 +1,35 @@
+// The fused GRU cell: the pointwise part of one GRU step, given the two projections
+// x_gates = x W_ih^T + b_ih and h_gates = h W_hh^T + b_hh, each (B, 3H) in PyTorch's
+// order (reset, update, new):
+//   r = sigmoid(x_r + h_r), z = sigmoid(x_z + h_z), n = tanh(x_n + r * h_n)
+//   h' = (1 - z) * n + z * h
+// They stay apart (unlike the LSTM's summed gates) because r scales h_n alone. The
+// forward saves [r, z, n, h_n] (B, 4H); the backward turns grad_h' into the gradients
+// of both projections and the direct part of grad_h (grad_h' * z; the part through
+// h_gates is the caller's GEMM).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace fastdl::gru {
+
+// The shapes of a call: batch rows, hidden size.
+struct CellShape {
+  int64_t batch, hidden;
+};
+
+CellShape check_cell_forward(const at::Tensor& x_gates, const at::Tensor& h_gates,
+                             const at::Tensor& h_prev);
+CellShape check_cell_backward(const at::Tensor& grad_h, const at::Tensor& saved,
+                              const at::Tensor& h_prev);
+
+// The CPU cell kernels writing into given tensors (contiguous, float32 or float64, the
+// shapes the checks above enforce): gru_layer runs them straight into its sequence
+// tensors.
+void cpu_cell_forward_into(const at::Tensor& x_gates, const at::Tensor& h_gates,
+                           const at::Tensor& h_prev, at::Tensor& h, at::Tensor& saved);
+void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& saved,
+                            const at::Tensor& h_prev, at::Tensor& grad_x_gates,
+                            at::Tensor& grad_h_gates, at::Tensor& grad_h_prev);
+
+}  // namespace fastdl::gru

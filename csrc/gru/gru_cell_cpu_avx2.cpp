@@ -1,0 +1,24 @@
+// The GRU cell kernels compiled for AVX2 + FMA (see csrc/common/simd/README.md).
+// Everything with inline code of its own is included before the target pragma.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "gru/gru_cell_cpu_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace fastdl::gru {
+namespace avx2_impl {
+#include "common/simd/avx2.inc"
+#include "common/simd/loops.inc"
+#include "common/simd/activations.inc"
+#include "gru/gru_cell_cpu_kernels.inc"
+}  // namespace avx2_impl
+
+FASTDL_GRU_DEFINE_KERNELS(Avx2Kernels, avx2_impl, float)
+
+}  // namespace fastdl::gru
+
+#pragma GCC pop_options

@@ -1,0 +1,27 @@
+// The GRU cell kernels compiled for AVX-512 (see csrc/common/simd/README.md).
+// Everything with inline code of its own is included before the target pragma.
+// GCC 12's own AVX-512 headers trip -W(maybe-)uninitialized (_mm512_undefined_ps).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "gru/gru_cell_cpu_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+
+namespace fastdl::gru {
+namespace avx512_impl {
+#include "common/simd/avx512.inc"
+#include "common/simd/loops.inc"
+#include "common/simd/activations.inc"
+#include "gru/gru_cell_cpu_kernels.inc"
+}  // namespace avx512_impl
+
+FASTDL_GRU_DEFINE_KERNELS(Avx512Kernels, avx512_impl, float)
+
+}  // namespace fastdl::gru
+
+#pragma GCC pop_options
