@@ -30,22 +30,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import nn
 
 import fastdl
+from digits_training import digits  # the same data and split (examples/ is on sys.path)
 
-
-def digits(size: int = 32):
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    y = torch.tensor(data.target)
-    g = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(y), generator=g)
-    x, y = x[order], y[order]
-    split = int(0.8 * len(y))
-    return (x[:split], y[:split]), (x[split:], y[split:])
 
 
 def net(binary: bool) -> nn.Module:

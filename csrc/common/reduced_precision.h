@@ -15,6 +15,11 @@ inline at::Tensor widened_to_float32(const at::Tensor& t) {
   return t.defined() && is_16bit_float(t) ? t.to(at::kFloat) : t;
 }
 
+// What the float32/float64 CPU kernels read: widened_to_float32(t), contiguous.
+inline at::Tensor widened_contiguous(const at::Tensor& t) {
+  return widened_to_float32(t).contiguous();
+}
+
 // Whether a CPU kernel serves t's dtype itself (float32, float64), so a caller can run
 // it in place on its own buffers; 16-bit floats go through the float32 copies.
 inline bool cpu_kernel_dtype(const at::Tensor& t) {

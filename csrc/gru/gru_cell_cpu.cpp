@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "common/cpu_isa.h"
+#include "common/parallel_rows.h"
 #include "common/reduced_precision.h"
 #include "gru/gru_cell.h"
 #include "gru/gru_cell_cpu_kernels.h"
@@ -17,31 +18,20 @@
 namespace fastdl::gru {
 namespace {
 
-// Values per parallel task.
-constexpr int64_t kTaskValues = 16384;
-
 template <typename T, typename Fn>
 void with_kernels(Fn&& fn) {
   with_isa_kernels<T, ScalarKernels, Avx2Kernels, Avx512Kernels>(fn);
 }
 
-// fn(first_row, rows) over the batch, in parallel.
-template <typename Fn>
-void for_row_blocks(const CellShape& s, Fn&& fn) {
-  const int64_t grain = std::max<int64_t>(1, kTaskValues / std::max<int64_t>(1, 4 * s.hidden));
-  at::parallel_for(0, s.batch, grain, [&](int64_t begin, int64_t end) { fn(begin, end - begin); });
-}
-
-at::Tensor compute_copy(const at::Tensor& t) { return widened_to_float32(t).contiguous(); }
-
 std::tuple<at::Tensor, at::Tensor> gru_cell_cpu(const at::Tensor& x_gates_in,
                                                 const at::Tensor& h_gates_in,
                                                 const at::Tensor& h_prev_in) {
   const CellShape s = check_cell_forward(x_gates_in, h_gates_in, h_prev_in);
-  const at::Tensor x_gates = compute_copy(x_gates_in);
+  const at::Tensor x_gates = widened_contiguous(x_gates_in);
   at::Tensor h = at::empty({s.batch, s.hidden}, x_gates.options());
   at::Tensor saved = at::empty({s.batch, 4 * s.hidden}, x_gates.options());
-  cpu_cell_forward_into(x_gates, compute_copy(h_gates_in), compute_copy(h_prev_in), h, saved);
+  cpu_cell_forward_into(x_gates, widened_contiguous(h_gates_in), widened_contiguous(h_prev_in),
+                        h, saved);
   const auto type = x_gates_in.scalar_type();
   return {h.to(type), saved.to(type)};
 }
@@ -49,12 +39,12 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_cpu(const at::Tensor& x_gates_in,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_cell_backward_cpu(
     const at::Tensor& grad_h_in, const at::Tensor& saved_in, const at::Tensor& h_prev_in) {
   const CellShape s = check_cell_backward(grad_h_in, saved_in, h_prev_in);
-  const at::Tensor saved = compute_copy(saved_in);
+  const at::Tensor saved = widened_contiguous(saved_in);
   at::Tensor grad_x_gates = at::empty({s.batch, 3 * s.hidden}, saved.options());
   at::Tensor grad_h_gates = at::empty({s.batch, 3 * s.hidden}, saved.options());
   at::Tensor grad_h_prev = at::empty({s.batch, s.hidden}, saved.options());
-  cpu_cell_backward_into(compute_copy(grad_h_in), saved, compute_copy(h_prev_in), grad_x_gates,
-                         grad_h_gates, grad_h_prev);
+  cpu_cell_backward_into(widened_contiguous(grad_h_in), saved, widened_contiguous(h_prev_in),
+                         grad_x_gates, grad_h_gates, grad_h_prev);
   const auto type = saved_in.scalar_type();
   return {grad_x_gates.to(type), grad_h_gates.to(type), grad_h_prev.to(type)};
 }
@@ -66,7 +56,7 @@ void cpu_cell_forward_into(const at::Tensor& x_gates, const at::Tensor& h_gates,
   const CellShape s{x_gates.size(0), x_gates.size(1) / 3};
   AT_DISPATCH_FLOATING_TYPES(x_gates.scalar_type(), "fastdl_gru_cell", [&] {
     with_kernels<scalar_t>([&](auto kernels) {
-      for_row_blocks(s, [&](int64_t first, int64_t rows) {
+      parallel_row_blocks(s.batch, 4 * s.hidden, [&](int64_t first, int64_t rows) {
         const int64_t offset = first * s.hidden;
         kernels.forward_rows(x_gates.const_data_ptr<scalar_t>() + 3 * offset,
                              h_gates.const_data_ptr<scalar_t>() + 3 * offset,
@@ -84,7 +74,7 @@ void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& saved,
   const CellShape s{saved.size(0), saved.size(1) / 4};
   AT_DISPATCH_FLOATING_TYPES(saved.scalar_type(), "fastdl_gru_cell_backward", [&] {
     with_kernels<scalar_t>([&](auto kernels) {
-      for_row_blocks(s, [&](int64_t first, int64_t rows) {
+      parallel_row_blocks(s.batch, 4 * s.hidden, [&](int64_t first, int64_t rows) {
         const int64_t offset = first * s.hidden;
         kernels.backward_rows(grad_h.const_data_ptr<scalar_t>() + offset,
                               saved.const_data_ptr<scalar_t>() + 4 * offset,

@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "common/cpu_isa.h"
+#include "common/parallel_rows.h"
 #include "common/reduced_precision.h"
 #include "lstm/lstm_cell.h"
 #include "lstm/lstm_cell_cpu_kernels.h"
@@ -17,27 +18,15 @@
 namespace fastdl::lstm {
 namespace {
 
-// Values per parallel task.
-constexpr int64_t kTaskValues = 16384;
-
 template <typename T, typename Fn>
 void with_kernels(Fn&& fn) {
   with_isa_kernels<T, ScalarKernels, Avx2Kernels, Avx512Kernels>(fn);
 }
 
-// fn(first_row, rows) over the batch, in parallel.
-template <typename Fn>
-void for_row_blocks(const CellShape& s, Fn&& fn) {
-  const int64_t grain = std::max<int64_t>(1, kTaskValues / std::max<int64_t>(1, 4 * s.hidden));
-  at::parallel_for(0, s.batch, grain, [&](int64_t begin, int64_t end) { fn(begin, end - begin); });
-}
-
-at::Tensor compute_copy(const at::Tensor& t) { return widened_to_float32(t).contiguous(); }
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_cpu(const at::Tensor& gates_in,
                                                              const at::Tensor& c_prev_in) {
   const CellShape s = check_cell_forward(gates_in, c_prev_in);
-  const at::Tensor gates = compute_copy(gates_in), c_prev = compute_copy(c_prev_in);
+  const at::Tensor gates = widened_contiguous(gates_in), c_prev = widened_contiguous(c_prev_in);
   at::Tensor h = at::empty({s.batch, s.hidden}, gates.options());
   at::Tensor c = at::empty({s.batch, s.hidden}, gates.options());
   at::Tensor activated = at::empty({s.batch, 4 * s.hidden}, gates.options());
@@ -50,11 +39,12 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_backward_cpu(
     const at::Tensor& grad_h_in, const at::Tensor& grad_c_in, const at::Tensor& activated_in,
     const at::Tensor& c_prev_in, const at::Tensor& c_in) {
   const CellShape s = check_cell_backward(grad_h_in, grad_c_in, activated_in, c_prev_in, c_in);
-  const at::Tensor activated = compute_copy(activated_in);
+  const at::Tensor activated = widened_contiguous(activated_in);
   at::Tensor grad_gates = at::empty({s.batch, 4 * s.hidden}, activated.options());
   at::Tensor grad_c_prev = at::empty({s.batch, s.hidden}, activated.options());
-  cpu_cell_backward_into(compute_copy(grad_h_in), compute_copy(grad_c_in), activated,
-                         compute_copy(c_prev_in), compute_copy(c_in), grad_gates, grad_c_prev);
+  cpu_cell_backward_into(widened_contiguous(grad_h_in), widened_contiguous(grad_c_in), activated,
+                         widened_contiguous(c_prev_in), widened_contiguous(c_in), grad_gates,
+                         grad_c_prev);
   const auto type = activated_in.scalar_type();
   return {grad_gates.to(type), grad_c_prev.to(type)};
 }
@@ -66,7 +56,7 @@ void cpu_cell_forward_into(const at::Tensor& gates, const at::Tensor& c_prev, at
   const CellShape s{gates.size(0), gates.size(1) / 4};
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "fastdl_lstm_cell", [&] {
     with_kernels<scalar_t>([&](auto kernels) {
-      for_row_blocks(s, [&](int64_t first, int64_t rows) {
+      parallel_row_blocks(s.batch, 4 * s.hidden, [&](int64_t first, int64_t rows) {
         kernels.forward_rows(gates.const_data_ptr<scalar_t>() + first * 4 * s.hidden,
                              c_prev.const_data_ptr<scalar_t>() + first * s.hidden, rows,
                              s.hidden, h.data_ptr<scalar_t>() + first * s.hidden,
@@ -84,7 +74,7 @@ void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
   const CellShape s{activated.size(0), activated.size(1) / 4};
   AT_DISPATCH_FLOATING_TYPES(activated.scalar_type(), "fastdl_lstm_cell_backward", [&] {
     with_kernels<scalar_t>([&](auto kernels) {
-      for_row_blocks(s, [&](int64_t first, int64_t rows) {
+      parallel_row_blocks(s.batch, 4 * s.hidden, [&](int64_t first, int64_t rows) {
         const int64_t offset = first * s.hidden;
         kernels.backward_rows(grad_h.const_data_ptr<scalar_t>() + offset,
                               grad_c.const_data_ptr<scalar_t>() + offset,
