@@ -51,6 +51,10 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
     gru = fastdl.nn.GRU(5, 9, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
     out, h = gru(torch.randn(6, 2, 5, device=device, dtype=dtype, requires_grad=True))
     (out.sum() + h.sum()).backward()
+    out, h = gru(torch.nn.utils.rnn.pack_padded_sequence(
+        torch.randn(6, 3, 5, device=device, dtype=dtype, requires_grad=True), [6, 2, 4],
+        enforce_sorted=False))
+    (out.data.sum() + h.sum()).backward()
     cell = fastdl.nn.GRUCell(7, 33).to(device=device, dtype=dtype)
     cell(torch.randn(3, 7, device=device, dtype=dtype, requires_grad=True)).sum().backward()
     for channels_last in (False, True):

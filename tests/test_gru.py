@@ -5,7 +5,7 @@ layers as drop-ins, torch.compile, bad input, convert."""
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fastdl
 from conftest import TOLERANCES
@@ -191,11 +191,37 @@ def test_gru_empty_sequence_keeps_h0():
     assert torch.equal(h_n, h0)
 
 
-def test_gru_packed_sequence_is_rejected():
-    packed = pack_padded_sequence(torch.randn(4, 2, 3), [4, 2])
-    with pytest.raises(NotImplementedError,
-                       match="fastdl.nn.GRU: PackedSequence input is not supported"):
-        fastdl.nn.GRU(3, 4)(packed)
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("config", [dict(num_layers=1), dict(num_layers=2, bidirectional=True),
+                                    dict(num_layers=2, batch_first=True, bidirectional=True)],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_gru_packed_sequence_matches_nn_gru(device, config, enforce_sorted):
+    """Variable lengths (incl. length 1 and equal lengths): packed output, h_n (each
+    sequence's own last state, in the caller's order) and every gradient as nn.GRU's."""
+    torch.manual_seed(0)
+    reference = nn.GRU(5, 6, **config).to(device=device, dtype=torch.float64)
+    ours = fastdl.nn.GRU(5, 6, **config).to(device=device, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    lengths = [7, 7, 4, 1, 3] if not enforce_sorted else [7, 7, 4, 3, 1]
+    batch, steps = len(lengths), max(lengths)
+    directions = 2 if config.get("bidirectional") else 1
+    batch_first = config.get("batch_first", False)
+    g = torch.Generator().manual_seed(1)
+    make = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    x = make(*((batch, steps, 5) if batch_first else (steps, batch, 5)))
+    h0 = make(config["num_layers"] * directions, batch, 6)
+    results = []
+    for layer in (ours, reference):
+        packed = pack_padded_sequence(x, lengths, batch_first=batch_first,
+                                      enforce_sorted=enforce_sorted)
+        out, h_n = layer(packed, h0)
+        assert isinstance(out, PackedSequence)
+        padded, out_lengths = pad_packed_sequence(out, batch_first=batch_first)
+        assert out_lengths.tolist() == lengths
+        loss = (padded * padded.detach().cos()).sum() + h_n.sin().sum()
+        results.append([padded, h_n, *torch.autograd.grad(loss, (x, h0, *layer.parameters()))])
+    for actual, expected in zip(*results):
+        assert_close(actual, expected)
 
 
 def test_gru_gradcheck(device):
@@ -207,15 +233,28 @@ def test_gru_gradcheck(device):
         assert torch.autograd.gradcheck(run, inputs)
 
 
-def test_gru_layer_opcheck(device):
+@pytest.mark.parametrize("packed", [False, True])
+def test_gru_layer_opcheck(device, packed):
     make = lambda *s: torch.randn(*s, device=device)
     args = (make(3, 2, 4), make(2, 5), make(15, 4), make(15, 5), make(15), make(15))
+    batch_sizes = torch.tensor([2, 2, 1]) if packed else None
     for reverse in (False, True):
         torch.library.opcheck(OPS.gru_layer.default,
-                              tuple(a.clone().requires_grad_() for a in args) + (reverse,))
-        out, _, saved = OPS.gru_layer(*args, reverse)
+                              tuple(a.clone().requires_grad_() for a in args) + (reverse, batch_sizes))
+        out, _, saved = OPS.gru_layer(*args, reverse, batch_sizes)
         torch.library.opcheck(OPS.gru_layer_backward.default,
-                              (make(3, 2, 5), make(2, 5), *args[:4], out, saved, reverse))
+                              (make(3, 2, 5), make(2, 5), *args[:4], out, saved, reverse, batch_sizes))
+
+
+def test_gru_gradcheck_packed(device):
+    g = torch.Generator().manual_seed(5)
+    make = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    inputs = (make(3, 3, 2), make(3, 3), make(9, 2), make(9, 3), make(9), make(9))
+    batch_sizes = torch.tensor([3, 2, 2])
+    for reverse in (False, True):
+        run = lambda x, h, wi, wh, bi, bh: fastdl.ops.gru_layer(x, h, wi, wh, bi, bh, reverse,
+                                                                batch_sizes)
+        assert torch.autograd.gradcheck(run, inputs)
 
 
 @pytest.mark.parametrize("op, args, error, message", [

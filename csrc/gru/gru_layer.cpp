@@ -15,11 +15,16 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
+#include <vector>
 
 #include "common/checks.h"
+#include "common/packed_batch.h"
 #include "common/reduced_precision.h"
 #include "gru/gru_cell.h"
 
@@ -88,39 +93,56 @@ LayerShape check_layer(const char* op, const at::Tensor& input, const at::Tensor
 // Timestep order of a direction.
 int64_t step_index(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer(const at::Tensor& input,
-                                                         const at::Tensor& h0,
-                                                         const at::Tensor& w_ih,
-                                                         const at::Tensor& w_hh,
-                                                         const at::Tensor& b_ih,
-                                                         const at::Tensor& b_hh, bool reverse) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& b_ih, const at::Tensor& b_hh, bool reverse,
+    const std::optional<at::Tensor>& batch_sizes) {
   const char* op = "gru_layer";
   const LayerShape s = check_layer(op, input, h0, w_ih, w_hh);
   check_like_input(op, "b_ih", b_ih, {3 * s.hidden}, "(3 * H,)", input);
   check_like_input(op, "b_hh", b_hh, {3 * s.hidden}, "(3 * H,)", input);
+  const std::vector<int64_t> active = active_rows(op, batch_sizes, s.steps, s.batch);
   // The input projection of every timestep at once: (T * B, I) x (I, 3H).
   const at::Tensor x_gates =
       at::addmm(b_ih, input.reshape({s.steps * s.batch, s.input_size}), w_ih.t())
           .view({s.steps, s.batch, 3 * s.hidden});
-  at::Tensor output = at::empty({s.steps, s.batch, s.hidden}, input.options());
-  at::Tensor saved = at::empty({s.steps, s.batch, 4 * s.hidden}, input.options());
+  // Packed: padding positions stay zero (the output's, as pad_packed_sequence's).
+  const auto allocate = [&](int64_t width) {
+    return batch_sizes ? at::zeros({s.steps, s.batch, width}, input.options())
+                       : at::empty({s.steps, s.batch, width}, input.options());
+  };
+  at::Tensor output = allocate(s.hidden), saved = allocate(4 * s.hidden);
   at::Tensor h_gates = at::empty({s.batch, 3 * s.hidden}, input.options());
   const at::Tensor w_hh_t = w_hh.t();
-  at::Tensor h = h0.contiguous();
-  for (int64_t step = 0; step < s.steps; ++step) {
-    const int64_t t = step_index(step, s.steps, reverse);
-    at::addmm_out(h_gates, b_hh, h, w_hh_t);
-    cell_into(x_gates[t], h_gates, h, output[t], saved[t]);
-    h = output[t];
+  if (!batch_sizes) {  // every row every step: the state is the previous step's output
+    at::Tensor h = h0.contiguous();
+    for (int64_t step = 0; step < s.steps; ++step) {
+      const int64_t t = step_index(step, s.steps, reverse);
+      at::addmm_out(h_gates, b_hh, h, w_hh_t);
+      cell_into(x_gates[t], h_gates, h, output[t], saved[t]);
+      h = output[t];
+    }
+    return {output, h.clone(), saved};
   }
-  return {output, h.clone(), saved};
+  // Packed: step t runs rows [0, active[t]); the state lives in its own buffer.
+  at::Tensor h = h0.clone(at::MemoryFormat::Contiguous);
+  for (int64_t step = 0; step < s.steps; ++step) {
+    const int64_t t = step_index(step, s.steps, reverse), rows = active[t];
+    at::Tensor step_h_gates = rows_of(h_gates, rows), step_h = rows_of(h, rows);
+    at::addmm_out(step_h_gates, b_hh, step_h, w_hh_t);
+    cell_into(rows_of(x_gates[t], rows), step_h_gates, step_h, rows_of(output[t], rows),
+              rows_of(saved[t], rows));
+    step_h.copy_(rows_of(output[t], rows));
+  }
+  return {output, h, saved};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 gru_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih,
                    const at::Tensor& w_hh, const at::Tensor& output_in,
-                   const at::Tensor& saved_in, bool reverse) {
+                   const at::Tensor& saved_in, bool reverse,
+                   const std::optional<at::Tensor>& batch_sizes) {
   const char* op = "gru_layer_backward";
   const LayerShape s = check_layer(op, input, h0, w_ih, w_hh);
   check_like_input(op, "grad_output", grad_output, {s.steps, s.batch, s.hidden}, "(T, B, H)",
@@ -132,22 +154,36 @@ gru_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   // The cell kernels index rows densely (no copies for the forward's own outputs).
   const at::Tensor output = output_in.contiguous(), saved = saved_in.contiguous();
   const at::Tensor h_first = h0.contiguous();
-  at::Tensor grad_x_gates = at::empty({s.steps, s.batch, 3 * s.hidden}, input.options());
-  at::Tensor grad_h_gates = at::empty_like(grad_x_gates);
-  // dh: the gradient reaching h after step t from later steps (and h_n).
+  const std::vector<int64_t> active = active_rows(op, batch_sizes, s.steps, s.batch);
+  // Packed: gradients of padding positions stay zero, so the GEMMs over all timesteps
+  // below add nothing for them.
+  at::Tensor grad_x_gates = batch_sizes
+                                ? at::zeros({s.steps, s.batch, 3 * s.hidden}, input.options())
+                                : at::empty({s.steps, s.batch, 3 * s.hidden}, input.options());
+  at::Tensor grad_h_gates = batch_sizes ? at::zeros_like(grad_x_gates) : at::empty_like(grad_x_gates);
+  // dh: the gradient reaching h after step t from later steps (and h_n); rows outside
+  // a packed step's active prefix keep theirs.
   at::Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous), grad_h = at::empty_like(dh);
+  at::Tensor h_joined = at::empty_like(dh);
   for (int64_t step = s.steps - 1; step >= 0; --step) {
-    const int64_t t = step_index(step, s.steps, reverse);
-    const at::Tensor h_prev = step > 0 ? output[step_index(step - 1, s.steps, reverse)] : h_first;
-    at::add_out(grad_h, grad_output[t], dh);
-    cell_backward_into(grad_h, saved[t], h_prev, grad_x_gates[t], grad_h_gates[t], dh);
-    dh.addmm_(grad_h_gates[t], w_hh);  // the path through h_gates = h W_hh^T + b_hh
+    const int64_t t = step_index(step, s.steps, reverse), rows = active[t];
+    at::Tensor h_prev = rows_of(h_first, rows);
+    if (step > 0) {
+      const int64_t before = step_index(step - 1, s.steps, reverse);
+      h_prev = state_before(output[before], active[before], h_first, rows, h_joined);
+    }
+    at::Tensor step_grad_h = rows_of(grad_h, rows), step_dh = rows_of(dh, rows);
+    at::add_out(step_grad_h, rows_of(grad_output[t], rows), step_dh);
+    cell_backward_into(step_grad_h, rows_of(saved[t], rows), h_prev, rows_of(grad_x_gates[t], rows),
+                       rows_of(grad_h_gates[t], rows), step_dh);
+    step_dh.addmm_(rows_of(grad_h_gates[t], rows), w_hh);  // through h_gates = h W_hh^T + b_hh
   }
   // h_prev of every step, in time order: (h0, out_0, ..., out_{T-2}), or the mirror.
   const at::Tensor first = h_first.unsqueeze(0);
-  const at::Tensor h_prev = s.steps == 0 ? output
-                            : reverse    ? at::cat({output.slice(0, 1), first})
-                                         : at::cat({first, output.slice(0, 0, s.steps - 1)});
+  at::Tensor h_prev = s.steps == 0 ? output
+                      : reverse    ? at::cat({output.slice(0, 1), first})
+                                   : at::cat({first, output.slice(0, 0, s.steps - 1)});
+  if (batch_sizes && reverse) start_rows_from(h_prev, h_first, active);
   const int64_t rows = s.steps * s.batch;
   const at::Tensor flat_x = grad_x_gates.view({rows, 3 * s.hidden});
   const at::Tensor flat_h = grad_h_gates.view({rows, 3 * s.hidden});
@@ -164,15 +200,16 @@ gru_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
 
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
   // One direction of one layer: (output (T, B, H), h_n, saved (T, B, 4H): each step's
-  // [r, z, n, h_n] for the backward). bias=False: b_ih and b_hh zeros.
+  // [r, z, n, h_n] for the backward). bias=False: b_ih and b_hh zeros. batch_sizes: a
+  // PackedSequence's, for input padded to (T, B, I) in its sorted order.
   m.def(
       "gru_layer(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor b_ih, Tensor b_hh, "
-      "bool reverse) -> (Tensor output, Tensor h_n, Tensor saved)");
+      "bool reverse, Tensor? batch_sizes=None) -> (Tensor output, Tensor h_n, Tensor saved)");
   // (grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh).
   m.def(
       "gru_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor h0, "
-      "Tensor w_ih, Tensor w_hh, Tensor output, Tensor saved, bool reverse) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor w_ih, Tensor w_hh, Tensor output, Tensor saved, bool reverse, "
+      "Tensor? batch_sizes=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, CPU, m) {

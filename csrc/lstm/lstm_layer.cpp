@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/packed_batch.h"
 #include "common/reduced_precision.h"
 #include "lstm/lstm_cell.h"
 
@@ -103,30 +104,6 @@ void check_layer(const char* op, const at::Tensor& input, const at::Tensor& h0,
   }
 }
 
-// Rows of the batch active at each timestep. With a PackedSequence's batch_sizes
-// (sequences sorted by decreasing length) step t runs only rows [0, batch_sizes[t]);
-// the others keep their state. Without it every row runs every step.
-std::vector<int64_t> active_rows(const char* op, const std::optional<at::Tensor>& batch_sizes,
-                                 int64_t steps, int64_t batch) {
-  if (!batch_sizes) return std::vector<int64_t>(steps, batch);
-  const at::Tensor& sizes = *batch_sizes;
-  check_shape(op, "batch_sizes", sizes, {steps}, "(T,) with input (T, B, I)");
-  check_dtype(op, "batch_sizes", sizes, {c10::kLong});
-  TORCH_CHECK(sizes.is_cpu(), "fastdl.", op, ": batch_sizes must be on the CPU (as a "
-              "PackedSequence keeps it), got ", sizes.device());
-  const at::Tensor contiguous = sizes.contiguous();
-  const int64_t* data = contiguous.const_data_ptr<int64_t>();
-  std::vector<int64_t> rows(data, data + steps);
-  for (int64_t t = 0; t < steps; ++t)
-    TORCH_CHECK_VALUE(rows[t] >= 1 && rows[t] <= (t == 0 ? batch : rows[t - 1]) &&
-                          (t > 0 || rows[0] == batch),
-                      "fastdl.", op, ": batch_sizes must start at the batch size (", batch,
-                      ") and not increase, as a PackedSequence's do; got ", rows[t], " at step ",
-                      t);
-  return rows;
-}
-
-at::Tensor rows_of(const at::Tensor& t, int64_t rows) { return t.narrow(0, 0, rows); }
 
 // Timestep order of a direction.
 int64_t step_index(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
@@ -227,14 +204,8 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
     // (the first step, or rows joining a reverse pass over a packed batch).
     at::Tensor c_prev = rows_of(c_first, rows);
     if (s > 0) {
-      const int64_t before = step_index(s - 1, steps, reverse), carried = active[before];
-      if (carried >= rows) {
-        c_prev = rows_of(cells[before], rows);
-      } else {
-        rows_of(c_joined, carried).copy_(rows_of(cells[before], carried));
-        c_joined.narrow(0, carried, rows - carried).copy_(c_first.narrow(0, carried, rows - carried));
-        c_prev = rows_of(c_joined, rows);
-      }
+      const int64_t before = step_index(s - 1, steps, reverse);
+      c_prev = state_before(cells[before], active[before], c_first, rows, c_joined);
     }
     at::Tensor step_grad_h = rows_of(grad_h, rows), step_dh = rows_of(dh, rows);
     at::add_out(step_grad_h, rows_of(grad_output[t], rows), step_dh);
@@ -256,11 +227,7 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
   at::Tensor h_prev = steps == 0 ? output
                       : reverse  ? at::cat({output.slice(0, 1), h0.unsqueeze(0)})
                                  : at::cat({h0.unsqueeze(0), output.slice(0, 0, steps - 1)});
-  if (batch_sizes && reverse)  // rows that join at step t start from h0, not from padding
-    for (int64_t t = 0; t + 1 < steps; ++t)
-      if (active[t + 1] < active[t])
-        h_prev[t].narrow(0, active[t + 1], active[t] - active[t + 1])
-            .copy_(h0.narrow(0, active[t + 1], active[t] - active[t + 1]));
+  if (batch_sizes && reverse) start_rows_from(h_prev, h0, active);
   const at::Tensor flat_gates = grad_gates.view({steps * batch, 4 * hidden});
   const at::Tensor grad_input =
       at::mm(flat_gates, w_ih).view({steps, batch, input.size(2)});

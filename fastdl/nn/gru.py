@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
+from . import _packed
 
 
 class GRUCell(nn.GRUCell):
@@ -34,15 +35,18 @@ class GRU(nn.GRU):
     """``nn.GRU`` on fastdl's layer op (``fastdl.ops.gru_layer``): the same constructor,
     parameters (``weight_ih_l0``, ..., ``_reverse``), initialisation, ``state_dict``
     and outputs ``(output, h_n)``: any number of layers, bidirectional, ``batch_first``,
-    dropout between layers in training, an initial state, unbatched (T, I) input.
-    ``PackedSequence`` input is not supported yet (NotImplementedError).
+    dropout between layers in training, an initial state, unbatched (T, I) input,
+    ``PackedSequence`` input (the output is packed too; ``h_n`` holds each sequence's
+    last state).
     """
 
     def forward(self, input, hx: Tensor | None = None):
         if isinstance(input, PackedSequence):
-            raise NotImplementedError(
-                "fastdl.nn.GRU: PackedSequence input is not supported yet; pad it "
-                "(torch.nn.utils.rnn.pad_packed_sequence) or use nn.GRU for packed batches")
+            data, mask = _packed.padded(input)
+            h0 = (self._zero_state(data, data.shape[1]) if hx is None
+                  else _packed.sorted_state(input, hx))
+            output, h_n = self._run_layers(data, h0, input.batch_sizes)
+            return _packed.repacked(input, output, mask), _packed.caller_order(input, h_n)
         if input.dim() not in (2, 3):
             raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
         unbatched = input.dim() == 2
@@ -52,16 +56,19 @@ class GRU(nn.GRU):
         elif self.batch_first:
             input = input.transpose(0, 1)
         if hx is None:
-            layers = self.num_layers * (2 if self.bidirectional else 1)
-            hx = input.new_zeros(layers, input.shape[1], self.hidden_size)
-        output, h_n = self._run_layers(input, hx)
+            hx = self._zero_state(input, input.shape[1])
+        output, h_n = self._run_layers(input, hx, None)
         if unbatched:
             return output.squeeze(1), h_n.squeeze(1)
         if self.batch_first:
             output = output.transpose(0, 1)
         return output, h_n
 
-    def _run_layers(self, input: Tensor, h0: Tensor):
+    def _zero_state(self, like: Tensor, batch: int) -> Tensor:
+        return like.new_zeros(self.num_layers * (2 if self.bidirectional else 1), batch,
+                              self.hidden_size)
+
+    def _run_layers(self, input: Tensor, h0: Tensor, batch_sizes):
         directions = 2 if self.bidirectional else 1
         layer_input, h_n = input, []
         for layer in range(self.num_layers):
@@ -71,7 +78,7 @@ class GRU(nn.GRU):
                 weights = [getattr(self, f"{name}{suffix}", None)
                            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
                 out, h = ops.gru_layer(layer_input, h0[layer * directions + direction], *weights,
-                                       reverse=bool(direction))
+                                       reverse=bool(direction), batch_sizes=batch_sizes)
                 outputs.append(out)
                 h_n.append(h)
             layer_input = torch.cat(outputs, dim=2) if directions == 2 else outputs[0]

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
+from . import _packed
 
 
 class LSTMCell(nn.LSTMCell):
@@ -65,23 +66,12 @@ class LSTM(nn.LSTM):
     def _forward_packed(self, packed: PackedSequence, hx):
         """The packed data, padded to (T, B, I) in its sorted order, through the layers
         with the batch sizes; the same permutations of hx and h_n/c_n as nn.LSTM."""
-        data, batch_sizes = packed.data, packed.batch_sizes
-        steps, batch = batch_sizes.shape[0], int(batch_sizes[0])
-        # Packed rows are time-major, each step's rows first: the order in which a
-        # (T, B) mask of "row < batch_sizes[t]" lists its True entries.
-        mask = (torch.arange(batch)[None, :] < batch_sizes[:, None]).to(data.device)
-        padded = data.new_zeros(steps, batch, data.shape[1])
-        padded[mask] = data
-        if hx is not None and packed.sorted_indices is not None:
-            hx = tuple(h.index_select(1, packed.sorted_indices) for h in hx)
-        elif hx is None:
-            hx = self._zero_state(data, batch)
-        output, h_n, c_n = self._run_layers(padded, hx, batch_sizes)
-        if packed.unsorted_indices is not None:
-            h_n = h_n.index_select(1, packed.unsorted_indices)
-            c_n = c_n.index_select(1, packed.unsorted_indices)
-        return (PackedSequence(output[mask], batch_sizes, packed.sorted_indices,
-                               packed.unsorted_indices), (h_n, c_n))
+        data, mask = _packed.padded(packed)
+        hx = (self._zero_state(data, data.shape[1]) if hx is None
+              else tuple(_packed.sorted_state(packed, h) for h in hx))
+        output, h_n, c_n = self._run_layers(data, hx, packed.batch_sizes)
+        return (_packed.repacked(packed, output, mask),
+                (_packed.caller_order(packed, h_n), _packed.caller_order(packed, c_n)))
 
     def _zero_state(self, like: Tensor, batch: int):
         layers = self.num_layers * (2 if self.bidirectional else 1)

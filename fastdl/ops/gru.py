@@ -29,16 +29,18 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
 
 
 def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
-              b_hh: Tensor | None = None, reverse: bool = False) -> tuple[Tensor, Tensor]:
+              b_hh: Tensor | None = None, reverse: bool = False,
+              batch_sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(output (T, B, H), h_n (B, H))`` of one direction of an ``nn.GRU`` layer for
     ``input`` (T, B, I) from ``hx`` (B, H); ``reverse`` runs from the last timestep to
-    the first (the ``_reverse`` half of a bidirectional layer)."""
+    the first (the ``_reverse`` half of a bidirectional layer). ``batch_sizes``: a
+    ``PackedSequence``'s, as in :func:`fastdl.ops.lstm_layer`."""
     check_device("gru_layer", input=input, hx=hx, w_ih=w_ih, w_hh=w_hh)
     # b_hh stays apart from b_ih: the reset gate scales (h W_hn^T + b_hn) alone.
     b_ih = w_ih.new_zeros(w_ih.shape[0]) if b_ih is None else b_ih
     b_hh = w_hh.new_zeros(w_hh.shape[0]) if b_hh is None else b_hh
     output, h_n, _ = torch.ops.fastdl.gru_layer.default(input, hx, w_ih, w_hh, b_ih, b_hh,
-                                                        reverse)
+                                                        reverse, batch_sizes)
     return output, h_n
 
 
@@ -57,7 +59,7 @@ def _gru_cell_backward_fake(grad_h, saved, h_prev):
 
 
 @torch.library.register_fake("fastdl::gru_layer")
-def _gru_layer_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse):
+def _gru_layer_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes=None):
     steps, batch, _ = input.shape
     hidden = h0.shape[1]
     return (input.new_empty((steps, batch, hidden)), h0.new_empty(h0.shape),
@@ -66,7 +68,7 @@ def _gru_layer_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse):
 
 @torch.library.register_fake("fastdl::gru_layer_backward")
 def _gru_layer_backward_fake(grad_output, grad_h_n, input, h0, w_ih, w_hh, output, saved,
-                             reverse):
+                             reverse, batch_sizes=None):
     return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape[0]))
 
@@ -85,20 +87,21 @@ def _cell_backward(ctx, grad_h, _grad_saved):
 
 
 def _layer_setup_context(ctx, inputs, output):
-    input, h0, w_ih, w_hh, _, _, reverse = inputs
+    input, h0, w_ih, w_hh, _, _, reverse, batch_sizes = inputs
     out, _, saved = output
-    ctx.save_for_backward(input, h0, w_ih, w_hh, out, saved)
+    ctx.save_for_backward(input, h0, w_ih, w_hh, out, saved, batch_sizes)
     ctx.mark_non_differentiable(saved)
     ctx.reverse = reverse
 
 
 def _layer_backward(ctx, grad_output, grad_h_n, _grad_saved):
-    input, h0, w_ih, w_hh, out, saved = ctx.saved_tensors
+    input, h0, w_ih, w_hh, out, saved, batch_sizes = ctx.saved_tensors
     grad_output = torch.zeros_like(out) if grad_output is None else grad_output
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     grads = torch.ops.fastdl.gru_layer_backward.default(grad_output, grad_h_n, input, h0, w_ih,
-                                                       w_hh, out, saved, ctx.reverse)
-    return *grads, None
+                                                       w_hh, out, saved, ctx.reverse,
+                                                       batch_sizes)
+    return *grads, None, None
 
 
 torch.library.register_autograd("fastdl::gru_cell", _cell_backward,
