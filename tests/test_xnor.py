@@ -4,8 +4,6 @@ layouts; sign packing; the packed entry point (scale, bias, dtype, layout, paddi
 bits); straight-through gradients against a float reference; opcheck; the layers
 (drop-in state_dict, pack(), scales, torch.compile); bad input."""
 
-import itertools
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -164,7 +164,8 @@ gru_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   // dh: the gradient reaching h after step t from later steps (and h_n); rows outside
   // a packed step's active prefix keep theirs.
   at::Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous), grad_h = at::empty_like(dh);
-  at::Tensor h_joined = at::empty_like(dh);
+  // Only a packed reverse pass joins rows (state_before then needs the scratch).
+  at::Tensor h_joined = batch_sizes ? at::empty_like(dh) : at::Tensor();
   for (int64_t step = s.steps - 1; step >= 0; --step) {
     const int64_t t = step_index(step, s.steps, reverse), rows = active[t];
     at::Tensor h_prev = rows_of(h_first, rows);

@@ -192,7 +192,8 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
   // dc and dc_prev alternate between two buffers (copied back when packed, where
   // rows outside the active prefix must keep their gradient).
   at::Tensor dc = grad_cn.clone(at::MemoryFormat::Contiguous), dc_prev = at::empty_like(dc);
-  at::Tensor c_joined = at::empty_like(dc);
+  // Only a packed reverse pass joins rows (state_before then needs the scratch).
+  at::Tensor c_joined = batch_sizes ? at::empty_like(dc) : at::Tensor();
   // With a projection: the gradient of each step's projected h (for w_hr's gradient,
   // zeros at packed padding) and of the cell's own h.
   at::Tensor grad_projected = w_hr ? at::zeros({steps, batch, proj}, input.options()) : at::Tensor();

@@ -159,6 +159,12 @@ Geometry check_packed_args(const at::Tensor& input_bits, const at::Tensor& weigh
   return g;
 }
 
+std::optional<at::Tensor> per_channel_as(const std::optional<at::Tensor>& t,
+                                         c10::ScalarType type) {
+  if (!t) return std::nullopt;
+  return t->to(type).contiguous();
+}
+
 at::Tensor allocate_output(const Geometry& g, const at::Tensor& like, c10::ScalarType dtype,
                            bool channels_last) {
   return at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, like.options().dtype(dtype),

@@ -21,6 +21,7 @@
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "common/conv_shape.h"
 #include "common/host_device.h"
@@ -76,6 +77,10 @@ Geometry check_packed_args(const at::Tensor& input_bits, const at::Tensor& weigh
 // channels_last or contiguous.
 at::Tensor allocate_output(const Geometry& g, const at::Tensor& like, c10::ScalarType dtype,
                            bool channels_last);
+
+// scale or bias as a contiguous tensor of the epilogue's math type (or nullopt).
+std::optional<at::Tensor> per_channel_as(const std::optional<at::Tensor>& t,
+                                         c10::ScalarType type);
 
 // Which CPU kernel set the packed convolution uses now: "avx512-vpopcntdq",
 // "avx2-pshufb" or "scalar-swar" (depends on the CPU and fastdl._C.set_cpu_isa).

@@ -435,11 +435,6 @@ class PackedConv {
   int64_t row_words_, tile_rows_, pixel_tiles_, channel_chunk_, channel_chunks_;
 };
 
-std::optional<at::Tensor> as_float64(const std::optional<at::Tensor>& t) {
-  if (!t) return std::nullopt;
-  return t->to(at::kDouble).contiguous();
-}
-
 at::Tensor xnor_conv2d_packed_cpu(const at::Tensor& input_bits, const at::Tensor& weight_bits,
                                   int64_t in_channels, const std::optional<at::Tensor>& scale,
                                   const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
@@ -454,7 +449,8 @@ at::Tensor xnor_conv2d_packed_cpu(const at::Tensor& input_bits, const at::Tensor
   const at::Tensor weight = clean_weights(weight_bits, g);
   const auto* weight_words = reinterpret_cast<const uint64_t*>(weight.const_data_ptr<int64_t>());
 
-  const auto scale64 = as_float64(scale), bias64 = as_float64(bias);
+  const auto scale64 = per_channel_as(scale, at::kDouble);
+  const auto bias64 = per_channel_as(bias, at::kDouble);
   const PackedConv conv(g, reinterpret_cast<const uint64_t*>(input.const_data_ptr<int64_t>()),
                         weight_words);
   with_kernels([&](auto kernels) {

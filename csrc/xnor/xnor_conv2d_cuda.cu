@@ -191,11 +191,6 @@ __global__ void __launch_bounds__(kThreadsX* kThreadsY)
   }
 }
 
-std::optional<at::Tensor> converted(const std::optional<at::Tensor>& t, c10::ScalarType type) {
-  if (!t) return std::nullopt;
-  return t->to(type).contiguous();
-}
-
 at::Tensor xnor_conv2d_packed_cuda(const at::Tensor& input_bits, const at::Tensor& weight_bits,
                                    int64_t in_channels, const std::optional<at::Tensor>& scale,
                                    const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
@@ -223,7 +218,8 @@ at::Tensor xnor_conv2d_packed_cuda(const at::Tensor& input_bits, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "xnor_conv2d_packed", [&] {
     using Math = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const auto math_type = std::is_same_v<Math, double> ? at::kDouble : at::kFloat;
-    const auto scale_m = converted(scale, math_type), bias_m = converted(bias, math_type);
+    const auto scale_m = per_channel_as(scale, math_type);
+    const auto bias_m = per_channel_as(bias, math_type);
     xnor_conv2d_kernel<scalar_t, Math><<<grid, block, 0, stream>>>(
         args, in_words, w_words, scale_m ? scale_m->const_data_ptr<Math>() : nullptr,
         bias_m ? bias_m->const_data_ptr<Math>() : nullptr, out.data_ptr<scalar_t>());

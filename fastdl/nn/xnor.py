@@ -31,7 +31,7 @@ def _register_packed(layer: nn.Module, weight: Tensor, bits: Tensor) -> None:
     layer.packed = True
 
 
-def _pack_input_dtype(layer: nn.Module, input: Tensor) -> None:
+def _check_floating_input(layer: nn.Module, input: Tensor) -> None:
     if not input.is_floating_point():
         raise TypeError(f"{type(layer).__name__}: input must be a floating-point tensor, got "
                         f"{input.dtype}")
@@ -81,7 +81,7 @@ class XNORConv2d(nn.Conv2d):
         return self
 
     def forward(self, input: Tensor) -> Tensor:
-        _pack_input_dtype(self, input)
+        _check_floating_input(self, input)
         unbatched = input.dim() == 3
         if unbatched:
             input = input.unsqueeze(0)
@@ -161,7 +161,7 @@ class BinaryLinear(nn.Linear):
         return self
 
     def forward(self, input: Tensor) -> Tensor:
-        _pack_input_dtype(self, input)
+        _check_floating_input(self, input)
         if input.shape[-1] != self.in_features:
             raise ValueError(f"BinaryLinear: input must have {self.in_features} features in its "
                              f"last dimension, got shape {tuple(input.shape)}")
