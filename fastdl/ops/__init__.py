@@ -1,5 +1,6 @@
 """Functional API over the compiled ops (``torch.ops.fastdl.*``)."""
 
+from .attention import attention
 from .batch_norm import batch_norm
 from .depthwise_conv2d import depthwise_conv2d
 from .gru import gru_cell, gru_layer
@@ -10,4 +11,4 @@ from .xnor_conv2d import pack_signs, xnor_conv2d, xnor_conv2d_packed, xnor_cpu_k
 
 __all__ = ["nms", "batched_nms", "depthwise_conv2d", "batch_norm", "lstm_cell",
            "lstm_layer", "gru_cell", "gru_layer", "pack_signs", "xnor_conv2d",
-           "xnor_conv2d_packed", "xnor_cpu_kernel_path"]
+           "xnor_conv2d_packed", "xnor_cpu_kernel_path", "attention"]

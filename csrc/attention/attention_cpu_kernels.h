@@ -1,0 +1,102 @@
+// The CPU attention kernels, compiled once per ISA (attention_cpu_{scalar,avx2,avx512}.cpp
+// include attention_cpu_kernels.inc under that ISA's target) and chosen at run time by
+// attention_cpu.cpp, which packs K and V into key tiles, owns the parallel loops and
+// the scratch buffers, and handles dtypes.
+#pragma once
+
+#include <cstdint>
+
+#include "attention/attention.h"
+
+namespace fastdl::attention {
+
+// Keys per tile and query rows per block: a tile's scores (64 x 64) and a block's
+// accumulators stay in L1/L2 while the block sweeps the keys.
+constexpr int64_t kBlockKeys = 64;
+constexpr int64_t kBlockRows = 64;
+// Rows of the packed operands are padded to this many values (a multiple of every
+// ISA's vector width), so the kernels never need partial vectors.
+constexpr int64_t kRowPad = 16;
+
+inline int64_t padded(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
+
+// One call as the kernels see it: plain pointers, compute dtype T (float or double).
+// Packed per (batch, kv head), tile t of key rows [64 t, 64 t + 64), zero past Nk:
+//   keys_t   [tiles][D][64]   k transposed (the scores' right operand)
+//   values   [tiles][64][Dvp] v rows, Dv padded to Dvp (forward: P v)
+//   keys     [tiles][64][Dp]  k rows, D padded to Dp (backward: dS k)
+//   values_t [tiles][Dv][64]  v transposed (backward: dO v^T)
+template <typename T>
+struct CpuProblem {
+  Shape shape;
+  int64_t tiles, d_pad, dv_pad;
+  bool causal;
+  T scale;
+  bool dropout;
+  uint64_t seed;
+  uint32_t drop_threshold;
+  T keep_scale;  // 1 / (1 - dropout_p)
+  const T* q;
+  Strides q_strides;
+  const T* mask;  // additive, or null
+  MaskStrides mask_strides;
+  const T *keys_t, *values, *keys, *values_t;
+  // Forward: output (B, Hq, Nq, Dv) and logsumexp (B, Hq, Nq), contiguous.
+  T* output;
+  T* logsumexp;
+  // Backward: grad_output and output with these strides; logsumexp contiguous;
+  // grad_q contiguous.
+  const T* grad_output;
+  Strides grad_output_strides;
+  const T* forward_output;
+  Strides forward_output_strides;
+  const T* saved_logsumexp;
+  T* grad_q;
+
+  // Offset of (batch, kv head)'s packed tiles, in tiles.
+  int64_t first_tile(int64_t b, int64_t kv_head) const {
+    return (b * shape.kv_heads + kv_head) * tiles;
+  }
+};
+
+// Scratch values a thread needs for forward_block / backward_kv_head.
+inline int64_t forward_scratch_size(int64_t dv_pad) {
+  return kBlockRows * kBlockKeys + kBlockRows * dv_pad + 2 * kBlockRows;
+}
+inline int64_t backward_scratch_size(int64_t d_pad, int64_t dv_pad) {
+  return 3 * kBlockRows * kBlockKeys + 2 * kBlockRows * d_pad + kBlockRows * dv_pad +
+         2 * kBlockRows;
+}
+
+// forward_block: rows [64 q_block, +64) of query head h of batch b: output and
+// logsumexp rows. backward_kv_head: every query head of kv head `kv_head`'s group:
+// their grad_q rows, and the whole (Nk, Dp) / (Nk, Dvp) accumulators of grad_k /
+// grad_v (zeroed by the caller, 64-row aligned to tiles).
+#define FASTDL_ATTENTION_KERNEL_LIST(T)                                                     \
+  static void forward_block(const CpuProblem<T>& p, int64_t b, int64_t h, int64_t q_block, \
+                            T* scratch);                                                   \
+  static void backward_kv_head(const CpuProblem<T>& p, int64_t b, int64_t kv_head,         \
+                               T* scratch, T* grad_k, T* grad_v);
+
+struct ScalarKernels {
+  FASTDL_ATTENTION_KERNEL_LIST(float)
+  FASTDL_ATTENTION_KERNEL_LIST(double)
+};
+struct Avx2Kernels {
+  FASTDL_ATTENTION_KERNEL_LIST(float)
+};
+struct Avx512Kernels {
+  FASTDL_ATTENTION_KERNEL_LIST(float)
+};
+
+#define FASTDL_ATTENTION_DEFINE_KERNELS(Set, impl, T)                                       \
+  void Set::forward_block(const CpuProblem<T>& p, int64_t b, int64_t h, int64_t q_block,   \
+                          T* scratch) {                                                    \
+    impl::forward_block<T>(p, b, h, q_block, scratch);                                     \
+  }                                                                                        \
+  void Set::backward_kv_head(const CpuProblem<T>& p, int64_t b, int64_t kv_head,           \
+                             T* scratch, T* grad_k, T* grad_v) {                           \
+    impl::backward_kv_head<T>(p, b, kv_head, scratch, grad_k, grad_v);                     \
+  }
+
+}  // namespace fastdl::attention
