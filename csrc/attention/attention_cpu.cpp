@@ -91,28 +91,66 @@ struct ComputeOperands {
       : q(compute_copy(o.q)), k(compute_copy(o.k)), v(compute_copy(o.v)) {}
 };
 
+// Decode: tasks of up to 4 query rows of one kv head's group, K and V read in place.
+template <typename T>
+void decode_forward(CpuProblem<T>& p, const at::Tensor& k, const at::Tensor& v) {
+  const Shape& s = p.shape;
+  p.k = k.const_data_ptr<T>();
+  p.v = v.const_data_ptr<T>();
+  p.k_strides = Operands::strides_of(k);
+  p.v_strides = Operands::strides_of(v);
+  const int64_t group_rows = s.group() * s.q_len;
+  const int64_t chunks = (group_rows + kDecodeMaxRows - 1) / kDecodeMaxRows;
+  with_kernels<T>([&](auto kernels) {
+    at::parallel_for(0, s.batch * s.kv_heads * chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(decode_scratch_size(s));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bh = task / chunks, first = (task % chunks) * kDecodeMaxRows;
+        const int64_t kv_head = bh % s.kv_heads;
+        int64_t heads[kDecodeMaxRows], rows[kDecodeMaxRows];
+        const int64_t count = std::min(kDecodeMaxRows, group_rows - first);
+        for (int64_t r = 0; r < count; ++r) {
+          heads[r] = kv_head * s.group() + (first + r) / s.q_len;
+          rows[r] = (first + r) % s.q_len;
+        }
+        kernels.decode_rows(p, bh / s.kv_heads, kv_head, heads, rows, count, scratch.data());
+      }
+    });
+  });
+}
+
+// Tiled: K and V packed, tasks of 64 query rows.
+template <typename T>
+void tiled_forward(CpuProblem<T>& p, const at::Tensor& k, const at::Tensor& v) {
+  const Shape& s = p.shape;
+  const at::Tensor keys_t = pack_tiles<T>(k, p.tiles, true, 0);
+  const at::Tensor values = pack_tiles<T>(v, p.tiles, false, p.dv_pad);
+  p.keys_t = keys_t.const_data_ptr<T>();
+  p.values = values.const_data_ptr<T>();
+  const int64_t blocks = (s.q_len + kBlockRows - 1) / kBlockRows;
+  with_kernels<T>([&](auto kernels) {
+    at::parallel_for(0, s.batch * s.q_heads * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(forward_scratch_size(p.dv_pad));
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bh = task / blocks;
+        kernels.forward_block(p, bh / s.q_heads, bh % s.q_heads, task % blocks, scratch.data());
+      }
+    });
+  });
+}
+
 void forward_cpu(const Operands& o, at::Tensor& output, at::Tensor& logsumexp) {
   const ComputeOperands c(o);
   at::Tensor out = c.q.scalar_type() == output.scalar_type() ? output : at::empty_like(output, c.q.options());
   AT_DISPATCH_FLOATING_TYPES(c.q.scalar_type(), "fastdl_attention", [&] {
     CpuProblem<scalar_t> p = make_problem<scalar_t>(o, c.q, o.mask);
-    const at::Tensor keys_t = pack_tiles<scalar_t>(c.k, p.tiles, true, 0);
-    const at::Tensor values = pack_tiles<scalar_t>(c.v, p.tiles, false, p.dv_pad);
-    p.keys_t = keys_t.const_data_ptr<scalar_t>();
-    p.values = values.const_data_ptr<scalar_t>();
     p.output = out.data_ptr<scalar_t>();
     p.logsumexp = logsumexp.data_ptr<scalar_t>();
-    const Shape& s = o.shape;
-    const int64_t blocks = (s.q_len + kBlockRows - 1) / kBlockRows;
-    with_kernels<scalar_t>([&](auto kernels) {
-      at::parallel_for(0, s.batch * s.q_heads * blocks, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> scratch(forward_scratch_size(p.dv_pad));
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t bh = task / blocks;
-          kernels.forward_block(p, bh / s.q_heads, bh % s.q_heads, task % blocks, scratch.data());
-        }
-      });
-    });
+    if (use_decode_path(o.shape)) {
+      decode_forward<scalar_t>(p, c.k, c.v);
+    } else {
+      tiled_forward<scalar_t>(p, c.k, c.v);
+    }
   });
   if (!out.is_same(output)) output.copy_(out);
 }

@@ -36,8 +36,8 @@ struct CpuProblem {
   uint64_t seed;
   uint32_t drop_threshold;
   T keep_scale;  // 1 / (1 - dropout_p)
-  const T* q;
-  Strides q_strides;
+  const T *q, *k, *v;  // k and v: read in place by the decode path only
+  Strides q_strides, k_strides, v_strides;
   const T* mask;  // additive, or null
   MaskStrides mask_strides;
   const T *keys_t, *values, *keys, *values_t;
@@ -59,9 +59,20 @@ struct CpuProblem {
   }
 };
 
-// Scratch values a thread needs for forward_block / backward_kv_head.
+// The decode path (decode_rows: query rows read K and V in place, no packing) serves
+// calls with at most this many query rows per head, and head dimensions that are
+// whole multiples of every vector width.
+constexpr int64_t kDecodeMaxRows = 4;
+inline bool use_decode_path(const Shape& s) {
+  return s.q_len <= kDecodeMaxRows && s.head_dim % kRowPad == 0 && s.value_dim % kRowPad == 0;
+}
+
+// Scratch values a thread needs for forward_block / backward_kv_head / decode_rows.
 inline int64_t forward_scratch_size(int64_t dv_pad) {
   return kBlockRows * kBlockKeys + kBlockRows * dv_pad + 2 * kBlockRows;
+}
+inline int64_t decode_scratch_size(const Shape& s) {
+  return kDecodeMaxRows * (s.kv_len + s.value_dim);
 }
 inline int64_t backward_scratch_size(int64_t d_pad, int64_t dv_pad) {
   return 3 * kBlockRows * kBlockKeys + 2 * kBlockRows * d_pad + kBlockRows * dv_pad +
@@ -71,12 +82,16 @@ inline int64_t backward_scratch_size(int64_t d_pad, int64_t dv_pad) {
 // forward_block: rows [64 q_block, +64) of query head h of batch b: output and
 // logsumexp rows. backward_kv_head: every query head of kv head `kv_head`'s group:
 // their grad_q rows, and the whole (Nk, Dp) / (Nk, Dvp) accumulators of grad_k /
-// grad_v (zeroed by the caller, 64-row aligned to tiles).
+// grad_v (zeroed by the caller, 64-row aligned to tiles). decode_rows: output and
+// logsumexp of `rows` <= 4 query rows (heads[r], q_rows[r]) of kv head `kv_head`'s group.
 #define FASTDL_ATTENTION_KERNEL_LIST(T)                                                     \
   static void forward_block(const CpuProblem<T>& p, int64_t b, int64_t h, int64_t q_block, \
                             T* scratch);                                                   \
   static void backward_kv_head(const CpuProblem<T>& p, int64_t b, int64_t kv_head,         \
-                               T* scratch, T* grad_k, T* grad_v);
+                               T* scratch, T* grad_k, T* grad_v);                          \
+  static void decode_rows(const CpuProblem<T>& p, int64_t b, int64_t kv_head,              \
+                          const int64_t* heads, const int64_t* q_rows, int64_t rows,       \
+                          T* scratch);
 
 struct ScalarKernels {
   FASTDL_ATTENTION_KERNEL_LIST(float)
@@ -97,6 +112,12 @@ struct Avx512Kernels {
   void Set::backward_kv_head(const CpuProblem<T>& p, int64_t b, int64_t kv_head,           \
                              T* scratch, T* grad_k, T* grad_v) {                           \
     impl::backward_kv_head<T>(p, b, kv_head, scratch, grad_k, grad_v);                     \
+  }                                                                                        \
+  void Set::decode_rows(const CpuProblem<T>& p, int64_t b, int64_t kv_head,                \
+                        const int64_t* heads, const int64_t* q_rows, int64_t rows,         \
+                        T* scratch) {                                                      \
+    impl::decode_rows<T>(p, b, kv_head, heads, q_rows, rows, scratch,                      \
+                         scratch + kDecodeMaxRows * p.shape.kv_len);                       \
   }
 
 }  // namespace fastdl::attention
