@@ -375,6 +375,92 @@ def _xnor_cases() -> list[Case]:
     ]
 
 
+def _attention_case(model: str, batch: int, heads: int, kv_heads: int, q_len: int, kv_len: int,
+                    head_dim: int, causal: bool, backward: bool, *, mask: bool = False,
+                    dropout: float = 0.0, cache: bool = False, default: bool = False,
+                    devices: tuple = ("cpu", "cuda")) -> Case:
+    """Attention heads of real models against F.scaled_dot_product_attention (the backend
+    PyTorch picks: flash on CPU and CUDA where it applies). float32 on CPU, float16 on
+    CUDA. ``mask``: a key-padding mask (the last eighth of the keys of every other
+    sequence masked). ``cache``: keys and values are the first kv_len rows of a longer
+    preallocated KV cache (a strided view, as incremental decoding reads them)."""
+
+    def make_inputs(device):
+        g = torch.Generator().manual_seed(q_len * heads + head_dim)
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        rows = kv_len + (256 if cache else 0)
+        q = torch.randn(batch, heads, q_len, head_dim, generator=g)
+        k, v = (torch.randn(batch, kv_heads, rows, head_dim, generator=g) for _ in range(2))
+        q, k, v = (t.to(device, dtype).requires_grad_(backward) for t in (q, k, v))
+        attn_mask = None
+        if mask:
+            attn_mask = torch.ones(batch, 1, 1, kv_len, dtype=torch.bool, device=device)
+            attn_mask[::2, ..., kv_len - kv_len // 8:] = False
+        grad = torch.randn(batch, heads, q_len, head_dim, generator=g).to(device, dtype)
+        return q, k, v, attn_mask, grad
+
+    def call(attend):
+        def run(q, k, v, attn_mask, grad):
+            keys, values = (k[:, :, :kv_len], v[:, :, :kv_len]) if cache else (k, v)
+            if not backward:
+                with torch.no_grad():
+                    return attend(q, keys, values, attn_mask)
+            out = attend(q, keys, values, attn_mask)
+            return (out, *torch.autograd.grad(out, (q, k, v), grad))
+        return run
+
+    def fastdl_attention(q, k, v, attn_mask):
+        return ops.attention(q, k, v, attn_mask, is_causal=causal, dropout_p=dropout)
+
+    def torch_attention(q, k, v, attn_mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p=dropout,
+                                              is_causal=causal, enable_gqa=kv_heads != heads)
+
+    def same_shapes(actual, expected):  # dropout: the two draw different patterns
+        return all(a.shape == e.shape and bool(torch.isfinite(a).all())
+                   for a, e in zip(actual, expected))
+
+    gqa = f" ({kv_heads} kv heads)" if kv_heads != heads else ""
+    what = ("decode 1 query vs KV cache" if q_len == 1 else
+            f"N {q_len}" + (" causal" if causal else "") + (" key-padding mask" if mask else "")
+            + (f" dropout {dropout}" if dropout else ""))
+    return Case(
+        op="attention",
+        name=(f"{model}: batch {batch}, {heads} heads{gqa}, D {head_dim}, {what}"
+              + (f" of {kv_len}" if q_len == 1 else "") + f", {'fwd+bwd' if backward else 'fwd'}"),
+        reference_name="F.scaled_dot_product_attention",
+        make_inputs=make_inputs,
+        run=call(fastdl_attention),
+        run_reference=call(torch_attention),
+        same=same_shapes if dropout else _outputs_close,
+        default=default,
+        devices=devices,
+    )
+
+
+def _attention_cases() -> list[Case]:
+    cases = []
+    for backward in (False, True):
+        cases += [
+            _attention_case("GPT-2", 4, 12, 12, 1024, 1024, 64, True, backward,
+                            default=not backward),
+            _attention_case("GPT-2", 4, 12, 12, 1024, 1024, 64, False, backward),
+            _attention_case("BERT-base", 8, 12, 12, 512, 512, 64, False, backward, mask=True),
+            _attention_case("GPT-2 medium", 2, 16, 16, 2048, 2048, 64, True, backward),
+            _attention_case("Llama-style GQA", 1, 32, 8, 1024, 1024, 128, True, backward),
+        ]
+    cases += [
+        _attention_case("BERT-base", 8, 12, 12, 512, 512, 64, False, True, mask=True, dropout=0.1),
+        _attention_case("GPT-2 medium", 2, 16, 16, 4096, 4096, 64, True, False),
+        _attention_case("GPT-2 medium", 2, 16, 16, 8192, 8192, 64, True, False, devices=("cuda",)),
+        _attention_case("GPT-2 medium", 2, 16, 16, 8192, 8192, 64, True, True, devices=("cuda",)),
+        _attention_case("GPT-2", 4, 12, 12, 1, 1024, 64, False, False, cache=True),
+        _attention_case("Llama-style", 1, 32, 32, 1, 4096, 128, False, False, cache=True),
+        _attention_case("Llama-style GQA", 4, 32, 8, 1, 4096, 128, False, False, cache=True),
+    ]
+    return cases
+
+
 _SEQUENCE_SHAPES = [  # (name, batch, steps, hidden, layers, backward)
     ("char-LM", 64, 100, 256, 2, False),
     ("char-LM", 64, 100, 256, 2, True),
@@ -400,6 +486,7 @@ CASES = [
       for op in ("lstm", "gru")
       for shape in _SEQUENCE_SHAPES],
     *_xnor_cases(),
+    *_attention_cases(),
 ]
 
 
