@@ -73,5 +73,29 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
                                                   None, s, p, d, g)
             assert torch.equal(out.double(), expected), "xnor_conv2d differs from F.conv2d of the signs"
             out.sum().backward()
+    # attention: tiled forward/backward (tails, D 80 padding, GQA, masks, causal,
+    # dropout) and the split-KV decode path (1 query row vs a strided cache view);
+    # checked against the CPU kernels, which the tests check against SDPA.
+    for (b, hq, hkv, nq, nk, d, dv, causal, mask, p) in [
+            (2, 4, 2, 70, 130, 64, 64, False, None, 0.0), (1, 2, 2, 65, 65, 80, 80, True, None, 0.0),
+            (2, 2, 1, 5, 200, 32, 48, False, "bool", 0.0), (1, 3, 3, 129, 97, 128, 128, True, "add", 0.2),
+            (3, 8, 2, 1, 1000, 128, 128, False, None, 0.0), (1, 1, 1, 1, 1, 256, 256, False, None, 0.0)]:
+        cache = torch.randn(2, b, hkv, nk + 16, max(d, dv), device=device, dtype=dtype)
+        k, v = cache[0, ..., :nk, :d], cache[1, ..., :nk, :dv]
+        q = torch.randn(b, hq, nq, d, device=device, dtype=dtype)
+        attn_mask = {None: None, "bool": torch.rand(b, 1, nq, nk, device=device) > 0.3,
+                     "add": torch.randn(nq, nk, device=device, dtype=dtype)}[mask]
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        out = fastdl.ops.attention(q, k, v, attn_mask, is_causal=causal, dropout_p=p, seed=7)
+        grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+        cpu = [t.detach().cpu().float().requires_grad_() for t in (q, k, v)]
+        cpu_out = fastdl.ops.attention(*cpu, None if attn_mask is None else attn_mask.cpu().float()
+                                       if attn_mask.dtype != torch.bool else attn_mask.cpu(),
+                                       is_causal=causal, dropout_p=p, seed=7)
+        cpu_grads = torch.autograd.grad(cpu_out, cpu, torch.ones_like(cpu_out))
+        tol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+        for name, a, e in zip(("output", "grad_q", "grad_k", "grad_v"), (out, *grads), (cpu_out, *cpu_grads)):
+            assert torch.allclose(a.float().cpu(), e, rtol=tol, atol=tol), \
+                f"attention {name} differs from the CPU kernel ({b, hq, hkv, nq, nk, d, dv, causal, mask, p}, {dtype})"
 torch.cuda.synchronize()
 print("gpu smoke: every kernel ran")
