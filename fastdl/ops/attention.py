@@ -52,8 +52,8 @@ def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | Non
     q, k, v = (_with_heads(t, n) for t, n in ((query, "query"), (key, "key"), (value, "value")))
     if unbatched_heads and attn_mask is not None and attn_mask.dim() == 3:
         attn_mask = attn_mask.unsqueeze(1)  # (B, Nq, Nk) lines up with (B, 1, Nq, Nk)
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.shape[-1])
+    if scale is None:  # D = 0 is refused by the op's own check, with its message
+        scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
     if dropout_p > 0 and seed is None:
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
     output, _ = torch.ops.fastdl.attention.default(q, k, v, attn_mask, is_causal, float(scale),
