@@ -95,12 +95,7 @@ def _fold_sequentials(module: nn.Module) -> None:
 
 # ---- convert ----
 
-FAMILIES = ("depthwise", "batch_norm", "lstm", "gru")
-
-# torch layers that fastdl families will serve but don't yet: reported, not swapped.
-_PLANNED = {
-    nn.MultiheadAttention: "fastdl.nn.MultiheadAttention is not built yet (issue 8)",
-}
+FAMILIES = ("depthwise", "batch_norm", "lstm", "gru", "attention")
 
 _BATCH_NORMS = {
     nn.BatchNorm1d: fastdl_nn.BatchNorm1d,
@@ -150,15 +145,20 @@ def convert(model: nn.Module, families=None, inplace: bool = False, binary: bool
       a chain), a batch norm directly followed by ``ReLU``, ``ReLU6``, ``SiLU`` or
       ``LeakyReLU`` absorbs it (``activation=...``) and the activation module becomes
       ``nn.Identity``. Elsewhere (e.g. ResNet blocks, whose ReLU module is called
-      twice) the activation is left alone.
+      twice) the activation is left alone;
+    - ``nn.MultiheadAttention`` -> :class:`fastdl.nn.MultiheadAttention` (family
+      ``"attention"``), also as the ``self_attn``/``multihead_attn`` of
+      ``nn.TransformerEncoderLayer``/``DecoderLayer``, whose inference fast paths (the
+      fused encoder-layer kernel, and ``nn.TransformerEncoder``'s nested tensors) would
+      bypass it: the encoder layer's is declined by the fastdl layer, the encoder's is
+      turned off (``use_nested_tensor = False``, reported).
 
     Parameters and buffers are shared with the layers they replace (after a deep copy
     of the model unless ``inplace``), so the converted model keeps its weights,
     running statistics, train/eval mode, device and dtype, and gives the same outputs
     to float rounding. ``families``: a subset of ``fastdl.convert.FAMILIES`` (default:
     all). The report lists what was swapped, and what fastdl could serve but did not,
-    with the reason (e.g. a grouped convolution that is not depthwise, a layer whose
-    fastdl version is not built yet).
+    with the reason (e.g. a grouped convolution that is not depthwise).
     """
     families = set(FAMILIES if families is None else families)
     unknown = families - set(FAMILIES)
@@ -233,9 +233,9 @@ def _swap(module: nn.Module, name: str, families: set, report: ConversionReport)
     for family, layers in _RECURRENT.items():
         if family in families and kind in layers:
             return _swap_recurrent(module, layers[kind], name, report)
-    if kind in _PLANNED:
-        report.skipped.append((name, f"nn.{kind.__name__}", _PLANNED[kind]))
-        return None
+    if "attention" in families and kind is nn.MultiheadAttention:
+        report.swapped.append((name, "nn.MultiheadAttention", "fastdl.nn.MultiheadAttention"))
+        return fastdl_nn.MultiheadAttention.from_torch(module)
     children = list(module.named_children())
     for child_name, child in children:
         full = f"{name}.{child_name}" if name else child_name
@@ -244,6 +244,13 @@ def _swap(module: nn.Module, name: str, families: set, report: ConversionReport)
             setattr(module, child_name, replacement)
     if isinstance(module, nn.Sequential):
         _absorb_activations(module, name, report)
+    if isinstance(module, nn.TransformerEncoder) and module.use_nested_tensor and any(
+            isinstance(layer.self_attn, fastdl_nn.MultiheadAttention) for layer in module.layers):
+        # Its nested-tensor path hands the layers a NestedTensor meant for the fused
+        # encoder-layer kernel, which fastdl's self_attn declines.
+        module.use_nested_tensor = False
+        report.swapped.append((name, "nn.TransformerEncoder(enable_nested_tensor=True)",
+                               "use_nested_tensor=False (fastdl self_attn runs instead)"))
     return None
 
 

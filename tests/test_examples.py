@@ -18,6 +18,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     ("xnor_digits.py", "sklearn", "| XNOR (fastdl) |"),
     # nn.LSTM vs fastdl.nn.LSTM on stdlib source; the final table must be there.
     ("char_lstm.py", "torch", "| fastdl.nn.LSTM |"),
+    # Also asserts (inside the script) that KV-cache generation matches recomputation.
+    ("tiny_gpt.py", "torch", "KV cache parity: ok"),
 ])
 def test_example_runs(script, needs, expected):
     pytest.importorskip(needs)

@@ -1,5 +1,6 @@
 """Drop-in ``torch.nn`` layers backed by fastdl kernels."""
 
+from .attention import MultiheadAttention
 from .batch_norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, SyncBatchNorm
 from .depthwise import DepthwiseConv2d
 from .gru import GRU, GRUCell
@@ -7,4 +8,5 @@ from .lstm import LSTM, LSTMCell
 from .xnor import BinaryLinear, XNORConv2d
 
 __all__ = ["DepthwiseConv2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
-           "LSTMCell", "LSTM", "GRUCell", "GRU", "XNORConv2d", "BinaryLinear"]
+           "LSTMCell", "LSTM", "GRUCell", "GRU", "XNORConv2d", "BinaryLinear",
+           "MultiheadAttention"]
