@@ -57,6 +57,8 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kMaxHeadDim = 256;
 constexpr int kDecodeRows = 16;     // query rows per block on the decode path
 constexpr int64_t kMaxSplits = 128;  // key splits of one row tile
+// Dynamic shared memory a block may opt in to on sm_80 (A100), the smallest of our targets.
+constexpr size_t kMaxSharedMemoryBytes = 163 * 1024;
 
 // ---- tile bounds (host and device; /tmp emulation checks them against brute force) ----
 
@@ -71,7 +73,8 @@ FASTDL_HOST_DEVICE RowTile row_tile(int64_t tile, int64_t tile_rows, int64_t q_l
   const int64_t first = tile * tile_rows;
   const int64_t end = first + tile_rows < packed_rows ? first + tile_rows : packed_rows;
   const bool one_head = first / q_len == (end - 1) / q_len;
-  return {first, end - first, one_head ? first % q_len : 0, one_head ? (end - 1) % q_len : q_len - 1};
+  return {first, end - first, one_head ? first % q_len : 0,
+          one_head ? (end - 1) % q_len : q_len - 1};
 }
 
 // Keys [0, end) hold every key some row of the tile sees: later key tiles are skipped.
@@ -136,7 +139,9 @@ __device__ __forceinline__ A neg_inf() {
 }
 template <typename A>
 __device__ __forceinline__ A warp_max(A x) {
-  for (int offset = 16; offset > 0; offset /= 2) x = max(x, __shfl_xor_sync(kFullWarpMask, x, offset));
+  for (int offset = 16; offset > 0; offset /= 2) {
+    x = max(x, __shfl_xor_sync(kFullWarpMask, x, offset));
+  }
   return x;
 }
 template <typename A>
@@ -160,7 +165,7 @@ constexpr int simt_tile(int head_dim) {
 // and +8 halves staggers rows over the banks; SIMT reads columns of K and V, which an
 // odd stride spreads over all banks. Accumulator tiles: 16-byte multiples for wmma.
 template <typename T, int kHeadDim, int kCols>
-struct Strides2d {
+struct TileStrides {
   static constexpr int kTile = kHeadDim + (kTensorCores<T> ? 8 : 1);
   static constexpr int kScores = kCols + (kTensorCores<T> ? 4 : 1);
   static constexpr int kProbs = kCols + (kTensorCores<T> ? 8 : 1);
@@ -236,8 +241,8 @@ __device__ __forceinline__ void load_tile(T* dst, RowSource src, int64_t cols, b
 // C (M x N, row stride ldc) = [C +] A (M x K) B (K x N), all in shared memory, by the
 // whole block. A(m, k) = A[m * lda + k] (A[k * lda + m] if kTransA); B(k, n) =
 // B[k * ldb + n] (B[n * ldb + k] if kTransB). Tensor cores: each warp takes 16x16 tiles
-// of C in turn; SIMT: each thread takes elements of C, a warp sharing a row of A
-// (broadcast) and reading consecutive columns of B.
+// of C in turn; SIMT: each thread takes 2x2 elements of C, a warp sharing one or two rows
+// of A (broadcast) and reading consecutive columns of B.
 template <int M, int N, int K, bool kTransA, bool kTransB, typename T>
 __device__ __forceinline__ void block_gemm(const T* A, int lda, const T* B, int ldb,
                                            acc_type<T>* C, int ldc, bool accumulate) {
@@ -266,14 +271,39 @@ __device__ __forceinline__ void block_gemm(const T* A, int lda, const T* B, int 
       wmma::store_matrix_sync(C + m0 * ldc + n0, c, ldc, wmma::mem_row_major);
     }
   } else {
-    for (int e = threadIdx.x; e < M * N; e += kThreads) {
-      const int m = e / N, n = e % N;
-      T sum = accumulate ? C[m * ldc + n] : T(0);
-#pragma unroll 8
-      for (int k = 0; k < K; ++k) {
-        sum += (kTransA ? A[k * lda + m] : A[m * lda + k]) * (kTransB ? B[n * ldb + k] : B[k * ldb + n]);
+    // Each thread: rows m, m + M/2 by columns n, n + N/2 (4 products per 4 loads).
+    static_assert(M % 2 == 0 && N % 2 == 0, "SIMT tiles are 2x2 per thread");
+    constexpr int kHalfM = M / 2, kHalfN = N / 2;
+    for (int e = threadIdx.x; e < kHalfM * kHalfN; e += kThreads) {
+      const int m = e / kHalfN, n = e % kHalfN;
+      T sum[2][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          sum[i][j] = accumulate ? C[(m + i * kHalfM) * ldc + n + j * kHalfN] : T(0);
+        }
       }
-      C[m * ldc + n] = sum;
+#pragma unroll 4
+      for (int k = 0; k < K; ++k) {
+        T x[2], y[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int row = m + i * kHalfM, col = n + i * kHalfN;
+          x[i] = kTransA ? A[k * lda + row] : A[row * lda + k];
+          y[i] = kTransB ? B[col * ldb + k] : B[k * ldb + col];
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) sum[i][j] += x[i] * y[j];
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) C[(m + i * kHalfM) * ldc + n + j * kHalfN] = sum[i][j];
+      }
     }
   }
 }
@@ -319,7 +349,7 @@ struct ForwardConfig {
                                : kTensorCores<T> ? (kHeadDim <= 64 ? 64 : 32)
                                                  : simt_tile<T>(kHeadDim);
   static constexpr int kCols = kTensorCores<T> ? (kDecode ? 64 : 32) : simt_tile<T>(kHeadDim);
-  using Ld = Strides2d<T, kHeadDim, kCols>;
+  using Ld = TileStrides<T, kHeadDim, kCols>;
   static constexpr size_t kQ = 0;
   static constexpr size_t kK = kQ + align128(sizeof(T) * kRows * Ld::kTile);
   static constexpr size_t kV = kK + align128(sizeof(T) * kCols * Ld::kTile);
@@ -330,6 +360,7 @@ struct ForwardConfig {
   static constexpr size_t kSum = kMax + align128(sizeof(acc_t) * kRows);
   static constexpr size_t kInfo = kSum + align128(sizeof(acc_t) * kRows);
   static constexpr size_t kBytes = kInfo + align128(sizeof(RowInfo) * kRows);
+  static_assert(kBytes <= kMaxSharedMemoryBytes, "forward tiles exceed shared memory");
 };
 
 template <typename T>
@@ -386,8 +417,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const ForwardArgs<typ
   }
   __syncthreads();
   load_tile<kRows, kHeadDim, Ld::kTile>(q_s, [&](int r) -> const T* {
-    return r < rt.rows ? in.q + b * in.qs.batch + info[r].head * in.qs.head + info[r].row * in.qs.row
-                       : nullptr;
+    if (r >= rt.rows) return nullptr;
+    return in.q + b * in.qs.batch + info[r].head * in.qs.head + info[r].row * in.qs.row;
   }, s.head_dim, in.vec_q);
 
   const T* k_head = in.k + b * in.ks.batch + g * in.ks.head;
@@ -520,7 +551,7 @@ struct BackwardConfig {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kRows = kTensorCores<T> ? 32 : simt_tile<T>(kHeadDim);
   static constexpr int kCols = kRows;
-  using Ld = Strides2d<T, kHeadDim, kCols>;
+  using Ld = TileStrides<T, kHeadDim, kCols>;
   static constexpr size_t kQ = 0;
   static constexpr size_t kDo = kQ + align128(sizeof(T) * kRows * Ld::kTile);
   static constexpr size_t kK = kDo + align128(sizeof(T) * kRows * Ld::kTile);
@@ -536,6 +567,7 @@ struct BackwardConfig {
   static constexpr size_t kDelta = kLse + align128(sizeof(acc_t) * kRows);
   static constexpr size_t kInfo = kDelta + align128(sizeof(acc_t) * kRows);
   static constexpr size_t kBytes = kInfo + align128(sizeof(RowInfo) * kRows);
+  static_assert(kBytes <= kMaxSharedMemoryBytes, "backward tiles exceed shared memory");
 };
 
 template <typename T>
@@ -559,7 +591,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= s.batch * s.q_heads * s.q_len) return;
-  const int64_t i = row % s.q_len, h = row / s.q_len % s.q_heads, b = row / (s.q_len * s.q_heads);
+  const int64_t i = row % s.q_len, h = row / s.q_len % s.q_heads;
+  const int64_t b = row / (s.q_len * s.q_heads);
   const T* d = grad_out + b * dos.batch + h * dos.head + i * dos.row;
   const T* o = out + b * os.batch + h * os.head + i * os.row;
   acc_t sum = 0;
@@ -613,12 +646,12 @@ struct BackwardTile {
     const Inputs<T>& in = a.in;
     const RowInfo* rows = info();
     load_tile<kRows, kHeadDim, Ld::kTile>(q_s(), [&](int r) -> const T* {
-      return r < rt.rows ? in.q + b * in.qs.batch + rows[r].head * in.qs.head + rows[r].row * in.qs.row
-                         : nullptr;
+      if (r >= rt.rows) return nullptr;
+      return in.q + b * in.qs.batch + rows[r].head * in.qs.head + rows[r].row * in.qs.row;
     }, in.shape.head_dim, in.vec_q);
     load_tile<kRows, kHeadDim, Ld::kTile>(do_s(), [&](int r) -> const T* {
-      return r < rt.rows ? a.grad_out + b * a.dos.batch + rows[r].head * a.dos.head + rows[r].row * a.dos.row
-                         : nullptr;
+      if (r >= rt.rows) return nullptr;
+      return a.grad_out + b * a.dos.batch + rows[r].head * a.dos.head + rows[r].row * a.dos.row;
     }, in.shape.value_dim, a.vec_do);
   }
 
@@ -648,7 +681,8 @@ struct BackwardTile {
   template <bool kWriteP>
   __device__ void softmax_grad(const RowTile& rt, int64_t k0) const {
     const Inputs<T>& in = a.in;
-    const bool per_element = k0 + kCols > tile_unmasked_key_end(rt, kRows, in.causal, in.shape.kv_len);
+    const bool per_element =
+        k0 + kCols > tile_unmasked_key_end(rt, kRows, in.causal, in.shape.kv_len);
     const int64_t first = first_row(rt);
     for (int e = threadIdx.x; e < kRows * kCols; e += kThreads) {
       const int r = e / kCols, j = e % kCols;
@@ -664,7 +698,8 @@ struct BackwardTile {
       acc_t dp = dp_s()[r * Ld::kScores + j];
       acc_t pz = p;
       if (in.dropout.on && p != acc_t(0)) {
-        const acc_t z = in.dropout.factor(static_cast<uint64_t>(first + r) * in.shape.kv_len + key);
+        const acc_t z =
+            in.dropout.factor(static_cast<uint64_t>(first + r) * in.shape.kv_len + key);
         dp *= z;
         pz *= z;
       }
@@ -683,14 +718,17 @@ struct BackwardTile {
   __device__ void store_grad(int which, T* dst, int64_t rows, int64_t cols, acc_t factor) const {
     for (int e = threadIdx.x; e < kRows * kHeadDim; e += kThreads) {
       const int r = e / kHeadDim, c = e % kHeadDim;
-      if (r < rows && c < cols) dst[r * cols + c] = narrow<T>(factor * grad_s(which)[r * Ld::kAcc + c]);
+      if (r < rows && c < cols) {
+        dst[r * cols + c] = narrow<T>(factor * grad_s(which)[r * Ld::kAcc + c]);
+      }
     }
   }
 };
 
 // dK, dV of one (b, kv head, key tile), over every query tile of the group that sees it.
 template <typename Cfg>
-__global__ void __launch_bounds__(kThreads) backward_key_kernel(const BackwardArgs<typename Cfg::T> a) {
+__global__ void __launch_bounds__(kThreads)
+    backward_key_kernel(const BackwardArgs<typename Cfg::T> a) {
   using Tile = BackwardTile<Cfg>;
   constexpr int kRows = Cfg::kRows, kCols = Cfg::kCols, kHeadDim = Cfg::kHeadDim;
   using Ld = typename Cfg::Ld;
@@ -732,7 +770,8 @@ __global__ void __launch_bounds__(kThreads) backward_key_kernel(const BackwardAr
 
 // dQ of one (b, kv head, packed query tile), over the key tiles its rows see.
 template <typename Cfg>
-__global__ void __launch_bounds__(kThreads) backward_query_kernel(const BackwardArgs<typename Cfg::T> a) {
+__global__ void __launch_bounds__(kThreads)
+    backward_query_kernel(const BackwardArgs<typename Cfg::T> a) {
   using Tile = BackwardTile<Cfg>;
   constexpr int kRows = Cfg::kRows, kCols = Cfg::kCols, kHeadDim = Cfg::kHeadDim;
   using Ld = typename Cfg::Ld;
@@ -767,10 +806,12 @@ __global__ void __launch_bounds__(kThreads) backward_query_kernel(const Backward
 // ---- host side ----
 
 void check_head_dims(const char* op, const Shape& s) {
-  TORCH_CHECK_VALUE(s.head_dim <= kMaxHeadDim, "fastdl.", op, ": query and key head dimension D must be at most ",
-                    kMaxHeadDim, " on CUDA, got D = ", s.head_dim);
-  TORCH_CHECK_VALUE(s.value_dim <= kMaxHeadDim, "fastdl.", op, ": value head dimension Dv must be at most ",
-                    kMaxHeadDim, " on CUDA, got Dv = ", s.value_dim);
+  TORCH_CHECK_VALUE(s.head_dim <= kMaxHeadDim, "fastdl.", op,
+                    ": query and key head dimension D must be at most ", kMaxHeadDim,
+                    " on CUDA, got D = ", s.head_dim);
+  TORCH_CHECK_VALUE(s.value_dim <= kMaxHeadDim, "fastdl.", op,
+                    ": value head dimension Dv must be at most ", kMaxHeadDim,
+                    " on CUDA, got Dv = ", s.value_dim);
 }
 
 // fn(integral_constant<int, bucket>) for the smallest head-dimension bucket >= d.
@@ -785,7 +826,9 @@ void with_head_dim(int64_t d, Fn&& fn) {
 // Whether every row of t can be read with 16-byte loads.
 bool rows_vectorizable(const at::Tensor& t) {
   const int64_t elem = t.element_size();
-  if (reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 != 0 || t.size(3) * elem % 16 != 0) return false;
+  if (reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 != 0 || t.size(3) * elem % 16 != 0) {
+    return false;
+  }
   for (int d = 0; d < 3; ++d) {
     if (t.size(d) > 1 && t.stride(d) * elem % 16 != 0) return false;
   }
@@ -818,8 +861,9 @@ Inputs<T> inputs_of(const Operands& o) {
 template <typename Kernel>
 void allow_shared_memory(Kernel kernel, size_t bytes) {
   const auto* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(bytes <= prop->sharedMemPerBlockOptin, "fastdl.attention: the CUDA kernel needs ", bytes,
-              " bytes of shared memory per block, ", prop->name, " allows ", prop->sharedMemPerBlockOptin);
+  TORCH_CHECK(bytes <= prop->sharedMemPerBlockOptin, "fastdl.attention: the CUDA kernel needs ",
+              bytes, " bytes of shared memory per block, ", prop->name, " allows ",
+              prop->sharedMemPerBlockOptin);
   if (bytes > cuda::kDefaultSharedMemoryBytes) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(bytes)));
@@ -848,7 +892,8 @@ void launch_forward(const Operands& o, at::Tensor& output, at::Tensor& logsumexp
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   int64_t splits = 1;
   if (blocks < 2 * sms) {
-    splits = std::max<int64_t>(1, std::min({ceil_div<int64_t>(4 * sms, blocks), key_tiles / 2, kMaxSplits}));
+    splits = std::min({ceil_div<int64_t>(4 * sms, blocks), key_tiles / 2, kMaxSplits});
+    splits = std::max<int64_t>(splits, 1);
   }
   a.key_tiles_per_split = ceil_div(key_tiles, splits);
   a.splits = ceil_div(key_tiles, a.key_tiles_per_split);
@@ -869,8 +914,9 @@ void launch_forward(const Operands& o, at::Tensor& output, at::Tensor& logsumexp
   forward_kernel<Cfg><<<grid_of(blocks * a.splits), kThreads, Cfg::kBytes, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (a.splits > 1) {
-    combine_splits_kernel<T, acc_t><<<grid_of(ceil_div<int64_t>(rows, kWarps)), kThreads, 0, stream>>>(
-        a.part_out, a.part_max, a.part_sum, rows, a.splits, s.value_dim, a.out, a.lse);
+    combine_splits_kernel<T, acc_t>
+        <<<grid_of(ceil_div<int64_t>(rows, kWarps)), kThreads, 0, stream>>>(
+            a.part_out, a.part_max, a.part_sum, rows, a.splits, s.value_dim, a.out, a.lse);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
@@ -879,7 +925,8 @@ void forward_cuda(const Operands& o, at::Tensor& output, at::Tensor& logsumexp) 
   const Shape& s = o.shape;
   check_head_dims("attention", s);
   const c10::cuda::CUDAGuard guard(o.q.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, o.q.scalar_type(), "fastdl_attention_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, o.q.scalar_type(),
+                                  "fastdl_attention_cuda", [&] {
     using T = typename DeviceType<scalar_t>::type;
     with_head_dim(std::max(s.head_dim, s.value_dim), [&](auto head_dim) {
       if (s.group() * s.q_len <= kDecodeRows) {
@@ -919,12 +966,14 @@ void launch_backward(const Operands& o, const at::Tensor& grad_output, const at:
                           reinterpret_cast<T*>(grad_v.data_ptr())};
   const int64_t heads = s.batch * s.kv_heads;
   allow_shared_memory(backward_key_kernel<KeyCfg>, KeyCfg::kBytes);
-  backward_key_kernel<KeyCfg><<<grid_of(heads * ceil_div<int64_t>(s.kv_len, KeyCfg::kCols)), kThreads,
-                                KeyCfg::kBytes, stream>>>(a);
+  const int64_t key_tiles = ceil_div<int64_t>(s.kv_len, KeyCfg::kCols);
+  backward_key_kernel<KeyCfg>
+      <<<grid_of(heads * key_tiles), kThreads, KeyCfg::kBytes, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   allow_shared_memory(backward_query_kernel<QueryCfg>, QueryCfg::kBytes);
-  backward_query_kernel<QueryCfg><<<grid_of(heads * ceil_div<int64_t>(s.group() * s.q_len, QueryCfg::kRows)),
-                                    kThreads, QueryCfg::kBytes, stream>>>(a);
+  const int64_t row_tiles = ceil_div<int64_t>(s.group() * s.q_len, QueryCfg::kRows);
+  backward_query_kernel<QueryCfg>
+      <<<grid_of(heads * row_tiles), kThreads, QueryCfg::kBytes, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -934,10 +983,12 @@ void backward_cuda(const Operands& o, const at::Tensor& grad_output, const at::T
   const Shape& s = o.shape;
   check_head_dims("attention_backward", s);
   const c10::cuda::CUDAGuard guard(o.q.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, o.q.scalar_type(), "fastdl_attention_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, o.q.scalar_type(),
+                                  "fastdl_attention_backward_cuda", [&] {
     using T = typename DeviceType<scalar_t>::type;
     with_head_dim(std::max(s.head_dim, s.value_dim), [&](auto head_dim) {
-      launch_backward<T, decltype(head_dim)::value>(o, grad_output, output, logsumexp, grad_q, grad_k, grad_v);
+      launch_backward<T, decltype(head_dim)::value>(o, grad_output, output, logsumexp, grad_q,
+                                                    grad_k, grad_v);
     });
   });
 }
