@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"causal self-attention fwd+bwd, batch 1, {args.heads} heads, D 64, float32; "
           "peak extra MiB")
-    print("| N | inputs + grads MiB | fastdl | SDPA flash (CPU) | SDPA math |")
+    print("| N | size of q, k, v, grad_out and 3 grads, MiB (for scale) | fastdl | SDPA flash (CPU) | SDPA math |")
     print("|---:|---:|---:|---:|---:|")
     for n in args.sizes:
         tensors = 7 * args.heads * n * 64 * 4 / 2**20  # q k v grad_out and 3 gradients
