@@ -3,6 +3,7 @@
 from .attention import attention
 from .batch_norm import batch_norm
 from .depthwise_conv2d import depthwise_conv2d
+from .dilated_conv import dilated_conv1d, dilated_conv2d
 from .gru import gru_cell, gru_layer
 from .lstm import lstm_layer
 from .lstm_cell import lstm_cell
@@ -11,4 +12,5 @@ from .xnor_conv2d import pack_signs, xnor_conv2d, xnor_conv2d_packed, xnor_cpu_k
 
 __all__ = ["nms", "batched_nms", "depthwise_conv2d", "batch_norm", "lstm_cell",
            "lstm_layer", "gru_cell", "gru_layer", "pack_signs", "xnor_conv2d",
-           "xnor_conv2d_packed", "xnor_cpu_kernel_path", "attention"]
+           "xnor_conv2d_packed", "xnor_cpu_kernel_path", "attention", "dilated_conv2d",
+           "dilated_conv1d"]

@@ -1,0 +1,198 @@
+// CPU dilated convolution: the parallel loops around the kernels of
+// dilated_conv_cpu_kernels.inc (per ISA). Forward: tasks of (image, group, output row,
+// column chunk, 4 output channels), ordered so that consecutive tasks reuse the same
+// input rows from cache. grad_input: the forward kernel on grad_output with the
+// weights flipped and transposed. grad_weight: tasks of (group, 4 output channels,
+// 4 input channels, tap), each summing over the whole batch in a fixed order. No task
+// writes what another reads or writes, so results do not depend on the thread count.
+// float16/bfloat16 run the float32 kernels on float32 copies.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "common/cpu_isa.h"
+#include "common/reduced_precision.h"
+#include "dilated_conv/dilated_conv.h"
+#include "dilated_conv/dilated_conv_cpu_kernels.h"
+
+namespace fastdl::dilated_conv {
+namespace {
+
+// Output columns per task: long 1-D rows (WaveNet) still split across threads.
+constexpr int64_t kColumnsPerTask = 1024;
+
+template <typename T, typename Fn>
+void with_kernels(Fn&& fn) {
+  with_isa_kernels<T, ScalarKernels, Avx2Kernels, Avx512Kernels>(fn);
+}
+
+int64_t tiles_of(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
+
+template <typename T>
+void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                   const at::Tensor& bias, at::Tensor& output) {
+  const int64_t og = g.out_per_group(), cg = g.in_per_group();
+  const int64_t channel_tiles = tiles_of(og, kChannelsPerTile);
+  const int64_t column_chunks = tiles_of(g.out_w, kColumnsPerTask);
+  const int64_t rows = g.batch * g.groups * g.out_h;
+  const T* in = input.const_data_ptr<T>();
+  const T* w = weight.const_data_ptr<T>();
+  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  T* out = output.data_ptr<T>();
+  const int64_t in_image = g.in_channels * g.in_h * g.in_w;
+  const int64_t out_image = g.out_channels * g.out_h * g.out_w;
+  with_kernels<T>([&](auto kernels) {
+    at::parallel_for(0, rows * column_chunks * channel_tiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t tile = task % channel_tiles, chunk = task / channel_tiles % column_chunks;
+        const int64_t row = task / (channel_tiles * column_chunks);
+        const int64_t y = row % g.out_h, grp = row / g.out_h % g.groups, n = row / (g.out_h * g.groups);
+        const int64_t o0 = grp * og + tile * kChannelsPerTile;
+        const int64_t x0 = chunk * kColumnsPerTask;
+        kernels.conv_row_block(g, in + n * in_image + grp * cg * g.in_h * g.in_w, w,
+                               b, o0, std::min(kChannelsPerTile, grp * og + og - o0), y, x0,
+                               std::min(g.out_w, x0 + kColumnsPerTask), out + n * out_image);
+      }
+    });
+  });
+}
+
+// The weights of the convolution that maps grad_output to grad_input (stride 1):
+// (C, O / groups, kH, kW), w_t[c][o][kh][kw] = w[o][c][kH - 1 - kh][kW - 1 - kw] per group.
+template <typename T>
+at::Tensor flipped_transposed(const Geometry& g, const at::Tensor& weight) {
+  const int64_t og = g.out_per_group(), cg = g.in_per_group();
+  const int64_t kh = g.kernel_h, kw = g.kernel_w, taps = kh * kw;
+  at::Tensor out = at::empty({g.in_channels, og, kh, kw}, weight.options());
+  const T* w = weight.const_data_ptr<T>();
+  T* t = out.data_ptr<T>();
+  for (int64_t grp = 0; grp < g.groups; ++grp)
+    for (int64_t o = 0; o < og; ++o)
+      for (int64_t c = 0; c < cg; ++c)
+        for (int64_t tap = 0; tap < taps; ++tap)
+          t[((grp * cg + c) * og + o) * taps + (taps - 1 - tap)] =
+              w[((grp * og + o) * cg + c) * taps + tap];
+  return out;
+}
+
+// grad_output on the stride-1 grid: value (y, x) at (y * stride_h, x * stride_w),
+// zeros between (only when a stride is > 1).
+template <typename T>
+at::Tensor spread(const Geometry& g, const at::Tensor& grad_output) {
+  if (g.stride_h == 1 && g.stride_w == 1) return grad_output;
+  const int64_t h = (g.out_h - 1) * g.stride_h + 1, w = (g.out_w - 1) * g.stride_w + 1;
+  at::Tensor out = at::zeros({g.batch, g.out_channels, h, w}, grad_output.options());
+  const T* src = grad_output.const_data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  at::parallel_for(0, g.batch * g.out_channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane)
+      for (int64_t y = 0; y < g.out_h; ++y)
+        for (int64_t x = 0; x < g.out_w; ++x)
+          dst[(plane * h + y * g.stride_h) * w + x * g.stride_w] = src[(plane * g.out_h + y) * g.out_w + x];
+  });
+  return out;
+}
+
+template <typename T>
+void backward_input_typed(const Geometry& g, const at::Tensor& grad_output,
+                          const at::Tensor& weight, at::Tensor& grad_input) {
+  const at::Tensor grad = spread<T>(g, grad_output);
+  Geometry t = g;  // grad_input = conv(grad, flipped weights), stride 1
+  t.in_channels = g.out_channels;
+  t.out_channels = g.in_channels;
+  t.in_h = grad.size(2);
+  t.in_w = grad.size(3);
+  t.out_h = g.in_h;
+  t.out_w = g.in_w;
+  t.stride_h = t.stride_w = 1;
+  t.pad_top = (g.kernel_h - 1) * g.dilation_h - g.pad_top;  // may be negative: an offset
+  t.pad_left = (g.kernel_w - 1) * g.dilation_w - g.pad_left;
+  forward_typed<T>(t, grad, flipped_transposed<T>(g, weight), at::Tensor(), grad_input);
+}
+
+template <typename T>
+void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
+                           const at::Tensor& input, at::Tensor& grad_weight,
+                           at::Tensor& grad_bias) {
+  const int64_t og = g.out_per_group(), cg = g.in_per_group(), taps = g.kernel_h * g.kernel_w;
+  const int64_t o_tiles = tiles_of(og, kChannelsPerTile), c_tiles = tiles_of(cg, kChannelsPerTile);
+  const T* go = grad_output.const_data_ptr<T>();
+  const T* in = input.const_data_ptr<T>();
+  T* gw = grad_weight.data_ptr<T>();
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  with_kernels<T>([&](auto kernels) {
+    at::parallel_for(0, g.groups * o_tiles * c_tiles * taps, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t tap = task % taps, ct = task / taps % c_tiles;
+        const int64_t ot = task / (taps * c_tiles) % o_tiles, grp = task / (taps * c_tiles * o_tiles);
+        const int64_t o0 = ot * kChannelsPerTile, c0 = ct * kChannelsPerTile;
+        kernels.weight_grad_tile(g, go + grp * og * out_plane, in + grp * cg * in_plane, o0,
+                                 std::min(kChannelsPerTile, og - o0), c0,
+                                 std::min(kChannelsPerTile, cg - c0), tap / g.kernel_w,
+                                 tap % g.kernel_w, gw + ((grp * og + o0) * cg + c0) * taps + tap,
+                                 cg * taps, taps);
+      }
+    });
+    if (grad_bias.defined()) {
+      T* gb = grad_bias.data_ptr<T>();
+      at::parallel_for(0, g.out_channels, 1, [&](int64_t begin, int64_t end) {
+        kernels.bias_grad(g, go, begin, end - begin, gb);
+      });
+    }
+  });
+}
+
+// float16/bfloat16 through float32 copies; results copied back into `out`.
+void into(at::Tensor& out, const at::Tensor& computed) {
+  if (!computed.is_same(out)) out.copy_(computed);
+}
+
+at::Tensor compute_buffer(const at::Tensor& out) {
+  return is_16bit_float(out) ? at::empty(out.sizes(), out.options().dtype(at::kFloat)) : out;
+}
+
+void forward_cpu(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                 const at::Tensor& bias, at::Tensor& output) {
+  at::Tensor out = compute_buffer(output);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fastdl_dilated_conv", [&] {
+    forward_typed<scalar_t>(g, widened_to_float32(input), widened_to_float32(weight),
+                            widened_to_float32(bias), out);
+  });
+  into(output, out);
+}
+
+void backward_input_cpu(const Geometry& g, const at::Tensor& grad_output,
+                        const at::Tensor& weight, at::Tensor& grad_input) {
+  at::Tensor out = compute_buffer(grad_input);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "fastdl_dilated_conv_backward_input", [&] {
+    backward_input_typed<scalar_t>(g, widened_to_float32(grad_output), widened_to_float32(weight),
+                                   out);
+  });
+  into(grad_input, out);
+}
+
+void backward_weight_cpu(const Geometry& g, const at::Tensor& grad_output,
+                         const at::Tensor& input, at::Tensor& grad_weight,
+                         at::Tensor& grad_bias) {
+  at::Tensor gw = compute_buffer(grad_weight);
+  at::Tensor gb = grad_bias.defined() ? compute_buffer(grad_bias) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(gw.scalar_type(), "fastdl_dilated_conv_backward_weight", [&] {
+    backward_weight_typed<scalar_t>(g, widened_to_float32(grad_output), widened_to_float32(input),
+                                    gw, gb);
+  });
+  into(grad_weight, gw);
+  if (gb.defined()) into(grad_bias, gb);
+}
+
+const DeviceKernels kCpuKernels{&forward_cpu, &backward_input_cpu, &backward_weight_cpu};
+
+}  // namespace
+}  // namespace fastdl::dilated_conv
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+  fastdl::dilated_conv::register_ops<fastdl::dilated_conv::kCpuKernels>(m);
+}
