@@ -67,8 +67,8 @@ CpuProblem<T> make_problem(const Operands& o, const at::Tensor& q, const at::Ten
   CpuProblem<T> p{};
   p.shape = s;
   p.tiles = (s.kv_len + kBlockKeys - 1) / kBlockKeys;
-  p.d_pad = padded(s.head_dim, kRowPad);
-  p.dv_pad = padded(s.value_dim, kRowPad);
+  p.d_pad = round_up(s.head_dim, kRowPad);
+  p.dv_pad = round_up(s.value_dim, kRowPad);
   p.causal = o.options.causal;
   p.scale = static_cast<T>(o.options.scale);
   p.dropout = o.options.dropout_p > 0;

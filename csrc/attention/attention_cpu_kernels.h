@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "attention/attention.h"
+#include "common/int_math.h"
 
 namespace fastdl::attention {
 
@@ -17,8 +18,6 @@ constexpr int64_t kBlockRows = 64;
 // Rows of the packed operands are padded to this many values (a multiple of every
 // ISA's vector width), so the kernels never need partial vectors.
 constexpr int64_t kRowPad = 16;
-
-inline int64_t padded(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
 
 // One call as the kernels see it: plain pointers, compute dtype T (float or double).
 // Packed per (batch, kv head), tile t of key rows [64 t, 64 t + 64), zero past Nk:

@@ -1,7 +1,7 @@
 // CPU dilated convolution: the parallel loops around the kernels of
 // dilated_conv_cpu_kernels.inc (per ISA). Forward: tasks of (image, group, output row,
-// column chunk, 4 output channels), ordered so that consecutive tasks reuse the same
-// input rows from cache. grad_input: the forward kernel on grad_output with the
+// column chunk), each copying the input rows it reads into a zero-padded window once
+// and running every output channel of the group over it. grad_input: the forward kernel on grad_output with the
 // weights flipped and transposed. grad_weight: tasks of (group, 4 output channels,
 // 4 input channels, tap), each summing over the whole batch in a fixed order. No task
 // writes what another reads or writes, so results do not depend on the thread count.
@@ -13,6 +13,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
+#include <vector>
 
 #include "common/cpu_isa.h"
 #include "common/reduced_precision.h"
@@ -30,32 +32,56 @@ void with_kernels(Fn&& fn) {
   with_isa_kernels<T, ScalarKernels, Avx2Kernels, Avx512Kernels>(fn);
 }
 
-int64_t tiles_of(int64_t n, int64_t tile) { return (n + tile - 1) / tile; }
+template <typename T>
+std::pair<at::Tensor, at::Tensor> pack_weight_tiles(const Geometry& g, const at::Tensor& weight,
+                                                    const at::Tensor& bias) {
+  const int64_t og = g.out_per_group(), cg = g.in_per_group(), taps = g.kernel_h * g.kernel_w;
+  const int64_t tiles = g.groups * tiles_to_cover(og, kChannelsPerTile);
+  at::Tensor packed = at::zeros({tiles, cg * taps, kChannelsPerTile}, weight.options());
+  at::Tensor packed_bias = at::zeros({tiles, kChannelsPerTile}, weight.options());
+  const T* w = weight.const_data_ptr<T>();
+  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  T* p = packed.data_ptr<T>();
+  T* pb = packed_bias.data_ptr<T>();
+  const int64_t per_group = tiles / g.groups;
+  for (int64_t t = 0; t < tiles; ++t) {
+    for (int64_t r = 0; r < kChannelsPerTile; ++r) {
+      const int64_t local = (t % per_group) * kChannelsPerTile + r;
+      if (local >= og) break;
+      const int64_t o = (t / per_group) * og + local;
+      for (int64_t k = 0; k < cg * taps; ++k) p[(t * cg * taps + k) * kChannelsPerTile + r] = w[o * cg * taps + k];
+      if (b != nullptr) pb[t * kChannelsPerTile + r] = b[o];
+    }
+  }
+  return {packed, packed_bias};
+}
 
 template <typename T>
 void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                    const at::Tensor& bias, at::Tensor& output) {
   const int64_t og = g.out_per_group(), cg = g.in_per_group();
-  const int64_t channel_tiles = tiles_of(og, kChannelsPerTile);
-  const int64_t column_chunks = tiles_of(g.out_w, kColumnsPerTask);
-  const int64_t rows = g.batch * g.groups * g.out_h;
+  const int64_t column_chunks = tiles_to_cover(g.out_w, kColumnsPerTask);
+  const int64_t group_tiles = tiles_to_cover(og, kChannelsPerTile);
+  const std::pair<at::Tensor, at::Tensor> packs = pack_weight_tiles<T>(g, weight, bias);
+  const at::Tensor &packed = packs.first, &packed_bias = packs.second;
   const T* in = input.const_data_ptr<T>();
-  const T* w = weight.const_data_ptr<T>();
-  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  const T* pw = packed.const_data_ptr<T>();
+  const T* pb = packed_bias.const_data_ptr<T>();
   T* out = output.data_ptr<T>();
   const int64_t in_image = g.in_channels * g.in_h * g.in_w;
   const int64_t out_image = g.out_channels * g.out_h * g.out_w;
   with_kernels<T>([&](auto kernels) {
-    at::parallel_for(0, rows * column_chunks * channel_tiles, 1, [&](int64_t begin, int64_t end) {
+    const int64_t columns = std::min(g.out_w, kColumnsPerTask);
+    at::parallel_for(0, g.batch * g.groups * g.out_h * column_chunks, 1,
+                     [&](int64_t begin, int64_t end) {
+      std::vector<T> rows(kernels.row_buffer_size(g, columns, T(0)));
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t tile = task % channel_tiles, chunk = task / channel_tiles % column_chunks;
-        const int64_t row = task / (channel_tiles * column_chunks);
+        const int64_t chunk = task % column_chunks, row = task / column_chunks;
         const int64_t y = row % g.out_h, grp = row / g.out_h % g.groups, n = row / (g.out_h * g.groups);
-        const int64_t o0 = grp * og + tile * kChannelsPerTile;
         const int64_t x0 = chunk * kColumnsPerTask;
-        kernels.conv_row_block(g, in + n * in_image + grp * cg * g.in_h * g.in_w, w,
-                               b, o0, std::min(kChannelsPerTile, grp * og + og - o0), y, x0,
-                               std::min(g.out_w, x0 + kColumnsPerTask), out + n * out_image);
+        kernels.conv_row(g, in + n * in_image + grp * cg * g.in_h * g.in_w, pw, pb,
+                         grp * group_tiles, grp * og, grp * og + og, y, x0,
+                         std::min(g.out_w, x0 + kColumnsPerTask), rows.data(), out + n * out_image);
       }
     });
   });
@@ -119,7 +145,7 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
                            const at::Tensor& input, at::Tensor& grad_weight,
                            at::Tensor& grad_bias) {
   const int64_t og = g.out_per_group(), cg = g.in_per_group(), taps = g.kernel_h * g.kernel_w;
-  const int64_t o_tiles = tiles_of(og, kChannelsPerTile), c_tiles = tiles_of(cg, kChannelsPerTile);
+  const int64_t o_tiles = tiles_to_cover(og, kChannelsPerTile), c_tiles = tiles_to_cover(cg, kChannelsPerTile);
   const T* go = grad_output.const_data_ptr<T>();
   const T* in = input.const_data_ptr<T>();
   T* gw = grad_weight.data_ptr<T>();

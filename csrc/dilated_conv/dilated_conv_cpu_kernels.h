@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "common/int_math.h"
 #include "dilated_conv/dilated_conv.h"
 
 namespace fastdl::dilated_conv {
@@ -13,10 +14,17 @@ namespace fastdl::dilated_conv {
 // Output channels per register tile (and input channels per grad_weight tile).
 constexpr int64_t kChannelsPerTile = 4;
 
+// The forward's weights, packed per tile of 4 output channels of a group (tiles of
+// group grp are grp * tiles_to_cover(O / groups, 4) + t), so the kernel reads one
+// contiguous run per tile: tile[(c * kH * kW + tap) * 4 + r] = w[o0 + r][c][tap],
+// zero for channels past the group's last; bias alike ([tile][4]).
+
 #define FASTDL_DILATED_CONV_KERNEL_LIST(T)                                                  \
-  static void conv_row_block(const Geometry& g, const T* input, const T* weight,            \
-                             const T* bias, int64_t o0, int64_t channels, int64_t y,         \
-                             int64_t x_begin, int64_t x_end, T* output);                     \
+  static int64_t row_buffer_size(const Geometry& g, int64_t columns, T);                    \
+  static void conv_row(const Geometry& g, const T* input, const T* packed_weights,          \
+                       const T* packed_bias, int64_t first_tile, int64_t o_begin,           \
+                       int64_t o_end, int64_t y, int64_t x_begin, int64_t x_end, T* rows,   \
+                       T* output);                                                          \
   static void weight_grad_tile(const Geometry& g, const T* grad_output, const T* input,     \
                                int64_t o0, int64_t o_count, int64_t c0, int64_t c_count,     \
                                int64_t kh, int64_t kw, T* out, int64_t o_stride,             \
@@ -36,10 +44,14 @@ struct Avx512Kernels {
 };
 
 #define FASTDL_DILATED_CONV_DEFINE_KERNELS(Set, impl, T)                                    \
-  void Set::conv_row_block(const Geometry& g, const T* input, const T* weight, const T* bias, \
-                           int64_t o0, int64_t channels, int64_t y, int64_t x_begin,         \
-                           int64_t x_end, T* output) {                                       \
-    impl::conv_row_block<T>(g, input, weight, bias, o0, channels, y, x_begin, x_end, output); \
+  int64_t Set::row_buffer_size(const Geometry& g, int64_t columns, T) {                     \
+    return impl::row_buffer_size<T>(g, columns);                                             \
+  }                                                                                          \
+  void Set::conv_row(const Geometry& g, const T* input, const T* packed_weights,            \
+                     const T* packed_bias, int64_t first_tile, int64_t o_begin, int64_t o_end, \
+                     int64_t y, int64_t x_begin, int64_t x_end, T* rows, T* output) {       \
+    impl::conv_row<T>(g, input, packed_weights, packed_bias, first_tile, o_begin, o_end, y,  \
+                      x_begin, x_end, rows, output);                                         \
   }                                                                                          \
   void Set::weight_grad_tile(const Geometry& g, const T* grad_output, const T* input,       \
                              int64_t o0, int64_t o_count, int64_t c0, int64_t c_count,       \
