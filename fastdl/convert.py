@@ -95,7 +95,7 @@ def _fold_sequentials(module: nn.Module) -> None:
 
 # ---- convert ----
 
-FAMILIES = ("depthwise", "batch_norm", "lstm", "gru", "attention")
+FAMILIES = ("depthwise", "dilated", "batch_norm", "lstm", "gru", "attention")
 
 _BATCH_NORMS = {
     nn.BatchNorm1d: fastdl_nn.BatchNorm1d,
@@ -135,6 +135,12 @@ def convert(model: nn.Module, families=None, inplace: bool = False, binary: bool
 
     - ``nn.Conv2d`` with ``groups == in_channels`` (depthwise, any multiplier) ->
       :class:`fastdl.nn.DepthwiseConv2d` (family ``"depthwise"``);
+    - ``nn.Conv2d`` and ``nn.Conv1d`` with a dilation above 1 (any groups, stride,
+      padding, padding mode) -> :class:`fastdl.nn.DilatedConv2d` /
+      :class:`fastdl.nn.DilatedConv1d` (family ``"dilated"``; ``causal`` stays False: a
+      model's own ``F.pad`` before the convolution is kept). A dilated depthwise
+      convolution goes to ``DepthwiseConv2d`` while the ``"depthwise"`` family is on;
+      ``families=["dilated"]`` sends it to ``DilatedConv2d``;
     - ``nn.LSTM`` and ``nn.LSTMCell`` -> :class:`fastdl.nn.LSTM` /
       :class:`fastdl.nn.LSTMCell` (family ``"lstm"``);
     - ``nn.GRU`` and ``nn.GRUCell`` -> :class:`fastdl.nn.GRU` /
@@ -218,14 +224,8 @@ def _swap(module: nn.Module, name: str, families: set, report: ConversionReport)
     """The fastdl layer for ``module`` (recording it), or None after converting its
     children in place."""
     kind = type(module)
-    if "depthwise" in families and kind is nn.Conv2d and module.groups > 1:
-        if module.groups == module.in_channels and module.out_channels % module.in_channels == 0:
-            layer = fastdl_nn.DepthwiseConv2d.from_conv2d(module)
-            report.swapped.append((name, "nn.Conv2d(groups=C)", "fastdl.nn.DepthwiseConv2d"))
-            return layer
-        report.skipped.append((name, "nn.Conv2d", f"grouped ({module.groups} groups) but not "
-                               "depthwise: dilated/grouped convolution is issue 5"))
-        return None
+    if kind in (nn.Conv1d, nn.Conv2d):
+        return _swap_conv(module, name, families, report)
     if "batch_norm" in families and kind in _BATCH_NORMS:
         layer = _BATCH_NORMS[kind].from_batch_norm(module)
         report.swapped.append((name, f"nn.{kind.__name__}", f"fastdl.nn.{kind.__name__}"))
@@ -251,6 +251,32 @@ def _swap(module: nn.Module, name: str, families: set, report: ConversionReport)
         module.use_nested_tensor = False
         report.swapped.append((name, "nn.TransformerEncoder(enable_nested_tensor=True)",
                                "use_nested_tensor=False (fastdl self_attn runs instead)"))
+    return None
+
+
+def _swap_conv(conv: nn.Module, name: str, families: set, report: ConversionReport):
+    """nn.Conv2d / nn.Conv1d -> DepthwiseConv2d (first: its kernel is the one made for
+    groups == C, dilated or not), else DilatedConv2d/1d for dilation > 1 (any groups),
+    else None (dense convolutions without dilation stay torch's)."""
+    kind = type(conv).__name__
+    depthwise = (kind == "Conv2d" and conv.groups > 1 and conv.groups == conv.in_channels
+                 and conv.out_channels % conv.in_channels == 0)
+    dilated = any(d > 1 for d in conv.dilation)
+    if "depthwise" in families and depthwise:
+        report.swapped.append((name, "nn.Conv2d(groups=C)", "fastdl.nn.DepthwiseConv2d"))
+        return fastdl_nn.DepthwiseConv2d.from_conv2d(conv)
+    if "dilated" in families and dilated:
+        dilation = conv.dilation[0] if kind == "Conv1d" else conv.dilation
+        report.swapped.append((name, f"nn.{kind}(dilation={dilation})",
+                               f"fastdl.nn.Dilated{kind}"))
+        if kind == "Conv1d":
+            return fastdl_nn.DilatedConv1d.from_conv1d(conv)
+        return fastdl_nn.DilatedConv2d.from_conv2d(conv)
+    if conv.groups > 1 and not depthwise and families & {"depthwise", "dilated"}:
+        why = ("the 'dilated' family, which serves it, is off" if dilated
+               else "and not dilated: left to torch")
+        report.skipped.append((name, f"nn.{kind}", f"grouped ({conv.groups} groups) but not "
+                               f"depthwise, {why}"))
     return None
 
 

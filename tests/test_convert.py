@@ -89,8 +89,8 @@ def test_families_and_inplace():
     assert same is model and type(model[0]) is nn.Conv2d
     assert isinstance(model[1], fastdl.nn.BatchNorm2d) and model[1].activation == "relu"
     assert isinstance(model[2], nn.Identity)
-    with pytest.raises(ValueError, match="unknown families \\['dilated'\\]"):
-        fastdl.convert(model, families=["dilated"])
+    with pytest.raises(ValueError, match="unknown families \\['transposed'\\]"):
+        fastdl.convert(model, families=["transposed"])
     with pytest.raises(TypeError, match="the model itself is a single layer"):
         fastdl.convert(nn.BatchNorm2d(3))
 

@@ -20,6 +20,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     ("char_lstm.py", "torch", "| fastdl.nn.LSTM |"),
     # Also asserts (inside the script) that KV-cache generation matches recomputation.
     ("tiny_gpt.py", "torch", "KV cache parity: ok"),
+    # Also asserts (inside the script) that queue generation matches the naive recompute.
+    ("wavenet.py", "torch", "queue parity: ok"),
 ])
 def test_example_runs(script, needs, expected):
     pytest.importorskip(needs)

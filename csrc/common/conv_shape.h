@@ -18,6 +18,17 @@ FASTDL_HOST_DEVICE int64_t conv_output_size(int64_t input, int64_t kernel, int64
   return (input + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1;
 }
 
+// The output position o whose tap k reads input position i (the transposed
+// convolution's gather), if there is one: i + pad - k * dilation must be a
+// non-negative multiple of the stride, and o inside the output.
+FASTDL_HOST_DEVICE bool output_reading(int64_t i, int64_t k, int64_t stride, int64_t pad,
+                                       int64_t dilation, int64_t out_size, int64_t& o) {
+  const int64_t y = i + pad - k * dilation;
+  if (y < 0 || y % stride != 0) return false;
+  o = y / stride;
+  return o < out_size;
+}
+
 #ifndef __CUDA_ARCH__
 // stride / padding / dilation: exactly 2 values, each >= min.
 inline void check_conv_pair(const char* op, const char* arg, c10::IntArrayRef values, int64_t min) {

@@ -14,17 +14,6 @@
 
 namespace fastdl::depthwise {
 
-// The output position o whose tap k reads input position i (the transposed
-// convolution's gather), if there is one: i + pad - k * dilation must be a
-// non-negative multiple of the stride, and o inside the output.
-FASTDL_HOST_DEVICE bool output_reading(int64_t i, int64_t k, int64_t stride, int64_t pad,
-                                       int64_t dilation, int64_t out_size, int64_t& o) {
-  const int64_t y = i + pad - k * dilation;
-  if (y < 0 || y % stride != 0) return false;
-  o = y / stride;
-  return o < out_size;
-}
-
 struct Geometry {
   int64_t batch, channels, multiplier;  // out_channels = channels * multiplier
   int64_t in_h, in_w, out_h, out_w;

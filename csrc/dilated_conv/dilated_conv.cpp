@@ -15,21 +15,32 @@ namespace {
 constexpr std::initializer_list<c10::ScalarType> kDtypes = {at::kFloat, at::kDouble, at::kHalf,
                                                             at::kBFloat16};
 
-int64_t output_size(const char* op, const char* dim, int64_t in, int64_t kernel, int64_t stride,
-                    int64_t pad_begin, int64_t pad_end, int64_t dilation) {
+// How the op was called: 2-D, or 1-D on (N, C, 1, L) views, whose messages must name
+// the 1-D op, its arguments and the shapes the caller passed.
+struct Call {
+  const char* op;
+  bool one_d;
+  c10::IntArrayRef input_sizes, weight_sizes;
+};
+
+int64_t output_size(const Call& call, const char* dim, int64_t in, int64_t kernel,
+                    int64_t stride, int64_t pad_begin, int64_t pad_end, int64_t dilation) {
   const int64_t span = in + pad_begin + pad_end - dilation * (kernel - 1);
-  TORCH_CHECK_VALUE(span > 0, "fastdl.", op, ": input ", dim, " ", in, " with padding (",
+  TORCH_CHECK_VALUE(span > 0, "fastdl.", call.op, ": input ", dim, " ", in, " with padding (",
                     pad_begin, ", ", pad_end, ") is too small for kernel size ", kernel,
                     " with dilation ", dilation);
   return (span - 1) / stride + 1;
 }
 
-Geometry check_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
+Geometry check_args(const Call& call, const at::Tensor& input, const at::Tensor& weight,
                     const at::Tensor* bias, c10::IntArrayRef stride,
                     c10::IntArrayRef padding_begin, c10::IntArrayRef padding_end,
                     c10::IntArrayRef dilation, int64_t groups) {
-  check_shape(op, "input", input, {-1, -1, -1, -1}, "(N, C, H, W)");
-  check_shape(op, "weight", weight, {-1, -1, -1, -1}, "(out_channels, C / groups, kH, kW)");
+  const char* op = call.op;
+  if (!call.one_d) {  // the 1-D ops check their ranks and scalar arguments themselves
+    check_shape(op, "input", input, {-1, -1, -1, -1}, "(N, C, H, W)");
+    check_shape(op, "weight", weight, {-1, -1, -1, -1}, "(out_channels, C / groups, kH, kW)");
+  }
   check_dtype(op, "input", input, kDtypes);
   check_same_dtype(op, "input", input, "weight", weight);
   check_same_device(op, "input", input, "weight", weight);
@@ -40,14 +51,15 @@ Geometry check_args(const char* op, const at::Tensor& input, const at::Tensor& w
                     ", got ", channels);
   TORCH_CHECK_VALUE(out_channels > 0 && out_channels % groups == 0, "fastdl.", op,
                     ": weight's out_channels must be a positive multiple of groups = ", groups,
-                    ", got ", format_shape(weight.sizes()));
+                    ", got ", format_shape(call.weight_sizes));
   TORCH_CHECK_VALUE(weight.size(1) == channels / groups, "fastdl.", op,
                     ": weight must have shape (out_channels, C / groups = ", channels / groups,
-                    ", kH, kW) for input ", format_shape(input.sizes()), " and groups ", groups,
-                    ", got ", format_shape(weight.sizes()));
+                    call.one_d ? ", k)" : ", kH, kW)", " for input ",
+                    format_shape(call.input_sizes), " and groups ", groups, ", got ",
+                    format_shape(call.weight_sizes));
   TORCH_CHECK_VALUE(weight.size(2) > 0 && weight.size(3) > 0, "fastdl.", op,
                     ": weight's kernel size must be at least 1, got ",
-                    format_shape(weight.sizes()));
+                    format_shape(call.weight_sizes));
   if (bias != nullptr) {
     check_shape(op, "bias", *bias, {out_channels}, "(out_channels,)");
     check_same_dtype(op, "input", input, "bias", *bias);
@@ -72,10 +84,10 @@ Geometry check_args(const char* op, const at::Tensor& input, const at::Tensor& w
   g.dilation_w = dilation[1];
   g.pad_top = padding_begin[0];
   g.pad_left = padding_begin[1];
-  g.out_h = output_size(op, "height", g.in_h, g.kernel_h, g.stride_h, padding_begin[0],
+  g.out_h = output_size(call, "height", g.in_h, g.kernel_h, g.stride_h, padding_begin[0],
                         padding_end[0], g.dilation_h);
-  g.out_w = output_size(op, "width", g.in_w, g.kernel_w, g.stride_w, padding_begin[1],
-                        padding_end[1], g.dilation_w);
+  g.out_w = output_size(call, call.one_d ? "length" : "width", g.in_w, g.kernel_w, g.stride_w,
+                        padding_begin[1], padding_end[1], g.dilation_w);
   return g;
 }
 
@@ -88,38 +100,28 @@ at::Tensor in_input_layout(const at::Tensor& t, const at::Tensor& input) {
   return channels_last(input) ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
 }
 
-// 1-D tensors as (N, C, 1, L) views, 2-D results back as (N, C, L).
-at::Tensor as_2d(const at::Tensor& t) { return t.defined() ? t.unsqueeze(2) : t; }
-at::Tensor as_1d(const at::Tensor& t) { return t.defined() ? t.squeeze(2) : t; }
-
-void check_1d(const char* op, const at::Tensor& input, const at::Tensor& weight) {
-  check_shape(op, "input", input, {-1, -1, -1}, "(N, C, L)");
-  check_shape(op, "weight", weight, {-1, -1, -1}, "(out_channels, C / groups, k)");
-}
-
-}  // namespace
-
-at::Tensor conv2d_op(const DeviceKernels& k, const at::Tensor& input, const at::Tensor& weight,
-                     const OptionalTensor& bias, c10::IntArrayRef stride,
-                     c10::IntArrayRef padding_begin, c10::IntArrayRef padding_end,
-                     c10::IntArrayRef dilation, int64_t groups) {
-  const Geometry g = check_args("dilated_conv2d", input, weight, bias ? &*bias : nullptr, stride,
+// The kernels' outputs, NCHW (the callers pick the layout).
+at::Tensor forward(const DeviceKernels& k, const Call& call, const at::Tensor& input,
+                   const at::Tensor& weight, const OptionalTensor& bias, c10::IntArrayRef stride,
+                   c10::IntArrayRef padding_begin, c10::IntArrayRef padding_end,
+                   c10::IntArrayRef dilation, int64_t groups) {
+  const Geometry g = check_args(call, input, weight, bias ? &*bias : nullptr, stride,
                                 padding_begin, padding_end, dilation, groups);
   at::Tensor output = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options());
   if (g.batch > 0) {
     k.forward(g, input.contiguous(), weight.contiguous(),
               bias ? bias->contiguous() : at::Tensor(), output);
   }
-  return in_input_layout(output, input);
+  return output;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_op(
-    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
-    const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding_begin,
-    c10::IntArrayRef padding_end, c10::IntArrayRef dilation, int64_t groups,
-    std::array<bool, 3> output_mask) {
-  const char* op = "dilated_conv2d_backward";
-  const Geometry g = check_args(op, input, weight, nullptr, stride, padding_begin, padding_end,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+    const DeviceKernels& k, const Call& call, const at::Tensor& grad_output,
+    const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
+    c10::IntArrayRef padding_begin, c10::IntArrayRef padding_end, c10::IntArrayRef dilation,
+    int64_t groups, std::array<bool, 3> output_mask) {
+  const char* op = call.op;
+  const Geometry g = check_args(call, input, weight, nullptr, stride, padding_begin, padding_end,
                                 dilation, groups);
   check_shape(op, "grad_output", grad_output, {g.batch, g.out_channels, g.out_h, g.out_w},
               "(N, out_channels, out_H, out_W) of the forward output");
@@ -130,7 +132,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_op(
   if (output_mask[0]) {
     grad_input = at::empty(input.sizes(), input.options());
     if (g.batch > 0) k.backward_input(g, grad, weight.contiguous(), grad_input);
-    grad_input = in_input_layout(grad_input, input);
   }
   if (output_mask[2]) grad_bias = at::empty({g.out_channels}, weight.options());
   if (output_mask[1] || output_mask[2]) {
@@ -146,26 +147,73 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_op(
   return {grad_input, grad_weight, grad_bias};
 }
 
+// 1-D tensors as (N, C, 1, L) views, 2-D results back as (N, C, L).
+at::Tensor as_2d(const at::Tensor& t) { return t.defined() ? t.unsqueeze(2) : t; }
+at::Tensor as_1d(const at::Tensor& t) { return t.defined() ? t.squeeze(2) : t; }
+
+void check_1d(const char* op, const at::Tensor& input, const at::Tensor& weight, int64_t stride,
+              int64_t padding_left, int64_t padding_right, int64_t dilation) {
+  check_shape(op, "input", input, {-1, -1, -1}, "(N, C, L)");
+  check_shape(op, "weight", weight, {-1, -1, -1}, "(out_channels, C / groups, k)");
+  TORCH_CHECK_VALUE(stride >= 1, "fastdl.", op, ": stride must be >= 1, got ", stride);
+  TORCH_CHECK_VALUE(padding_left >= 0, "fastdl.", op, ": padding_left must be >= 0, got ",
+                    padding_left);
+  TORCH_CHECK_VALUE(padding_right >= 0, "fastdl.", op, ": padding_right must be >= 0, got ",
+                    padding_right);
+  TORCH_CHECK_VALUE(dilation >= 1, "fastdl.", op, ": dilation must be >= 1, got ", dilation);
+}
+
+}  // namespace
+
+at::Tensor conv2d_op(const DeviceKernels& k, const at::Tensor& input, const at::Tensor& weight,
+                     const OptionalTensor& bias, c10::IntArrayRef stride,
+                     c10::IntArrayRef padding_begin, c10::IntArrayRef padding_end,
+                     c10::IntArrayRef dilation, int64_t groups) {
+  const Call call{"dilated_conv2d", false, input.sizes(), weight.sizes()};
+  return in_input_layout(forward(k, call, input, weight, bias, stride, padding_begin,
+                                 padding_end, dilation, groups),
+                         input);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_op(
+    const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding_begin,
+    c10::IntArrayRef padding_end, c10::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const Call call{"dilated_conv2d_backward", false, input.sizes(), weight.sizes()};
+  auto [grad_input, grad_weight, grad_bias] =
+      backward(k, call, grad_output, input, weight, stride, padding_begin, padding_end, dilation,
+               groups, output_mask);
+  if (grad_input.defined()) grad_input = in_input_layout(grad_input, input);
+  return {grad_input, grad_weight, grad_bias};
+}
+
 at::Tensor conv1d_op(const DeviceKernels& k, const at::Tensor& input, const at::Tensor& weight,
                      const OptionalTensor& bias, int64_t stride, int64_t padding_left,
                      int64_t padding_right, int64_t dilation, int64_t groups) {
-  check_1d("dilated_conv1d", input, weight);
+  const char* op = "dilated_conv1d";
+  check_1d(op, input, weight, stride, padding_left, padding_right, dilation);
+  const Call call{op, true, input.sizes(), weight.sizes()};
   const int64_t s[2] = {1, stride}, b[2] = {0, padding_left}, e[2] = {0, padding_right},
                 d[2] = {1, dilation};
-  return as_1d(conv2d_op(k, as_2d(input), as_2d(weight), bias, s, b, e, d, groups));
+  return as_1d(forward(k, call, as_2d(input), as_2d(weight), bias, s, b, e, d, groups));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv1d_backward_op(
     const DeviceKernels& k, const at::Tensor& grad_output, const at::Tensor& input,
     const at::Tensor& weight, int64_t stride, int64_t padding_left, int64_t padding_right,
     int64_t dilation, int64_t groups, std::array<bool, 3> output_mask) {
-  check_1d("dilated_conv1d_backward", input, weight);
-  check_shape("dilated_conv1d_backward", "grad_output", grad_output, {-1, -1, -1},
-              "(N, out_channels, out_L)");
+  const char* op = "dilated_conv1d_backward";
+  check_1d(op, input, weight, stride, padding_left, padding_right, dilation);
+  check_shape(op, "grad_output", grad_output, {-1, -1, -1}, "(N, out_channels, out_L)");
+  const Call call{op, true, input.sizes(), weight.sizes()};
   const int64_t s[2] = {1, stride}, b[2] = {0, padding_left}, e[2] = {0, padding_right},
                 d[2] = {1, dilation};
-  auto [gi, gw, gb] = conv2d_backward_op(k, as_2d(grad_output), as_2d(input), as_2d(weight), s,
-                                         b, e, d, groups, output_mask);
+  const Geometry g = check_args(call, as_2d(input), as_2d(weight), nullptr, s, b, e, d, groups);
+  check_shape(op, "grad_output", grad_output, {g.batch, g.out_channels, g.out_w},
+              "(N, out_channels, out_L) of the forward output");
+  auto [gi, gw, gb] = backward(k, call, as_2d(grad_output), as_2d(input), as_2d(weight), s, b,
+                               e, d, groups, output_mask);
   return {as_1d(gi), as_1d(gw), gb};
 }
 

@@ -37,7 +37,8 @@ def check_device(op: str, **tensors: torch.Tensor) -> None:
 
 def pair(op: str, name: str, value) -> list[int]:
     """An int or a pair of ints as a two-element list (the ops' int[2] arguments)."""
-    values = [value, value] if isinstance(value, int) else list(value)
-    if len(values) != 2 or not all(isinstance(v, int) for v in values):
+    values = [value, value] if isinstance(value, int) else (
+        list(value) if isinstance(value, (list, tuple, torch.Size)) else None)
+    if values is None or len(values) != 2 or not all(isinstance(v, int) for v in values):
         raise ValueError(f"fastdl.{op}: {name} must be an int or a pair of ints, got {value!r}")
     return values

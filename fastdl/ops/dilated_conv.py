@@ -26,11 +26,17 @@ def _side_padding(op: str, padding, kernel: int, dilation: int) -> tuple[int, in
         return total // 2, total - total // 2
     if isinstance(padding, int):
         return padding, padding
-    sides = tuple(padding)
+    sides = tuple(padding) if isinstance(padding, (list, tuple)) else ()
     if len(sides) != 2 or not all(isinstance(p, int) for p in sides):
         raise ValueError(f"fastdl.{op}: padding must be an int, a (begin, end) pair, 'same' or "
                          f"'valid', got {padding!r}")
     return sides
+
+
+def _refuse_strided_same(op: str, padding, stride) -> None:
+    if padding == "same" and any(s != 1 for s in stride):
+        raise ValueError(f"fastdl.{op}: padding='same' is not supported for strided convolutions "
+                         f"(as F.conv2d), got stride {tuple(stride)}")
 
 
 def dilated_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
@@ -46,10 +52,11 @@ def dilated_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, st
     if weight.dim() != 4:
         raise ValueError(f"fastdl.{op}: weight must have shape (out_channels, C / groups, kH, kW), "
                          f"got {tuple(weight.shape)}")
-    if isinstance(padding, str) or isinstance(padding, int):
+    _refuse_strided_same(op, padding, stride)
+    if isinstance(padding, (str, int)):
         per_dim = [padding, padding]
     else:
-        per_dim = list(padding)
+        per_dim = list(padding) if isinstance(padding, (list, tuple)) else []
         if len(per_dim) != 2:
             raise ValueError(f"fastdl.{op}: padding must be an int, a pair, 'same', 'valid' or "
                              f"((top, bottom), (left, right)), got {padding!r}")
@@ -77,6 +84,7 @@ def dilated_conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, st
                              f"got {padding!r}")
         left, right = dilation * (weight.shape[2] - 1), 0
     else:
+        _refuse_strided_same(op, padding, [stride])
         left, right = _side_padding(op, padding, weight.shape[2], dilation)
     return torch.ops.fastdl.dilated_conv1d.default(input, weight, bias, stride, left, right,
                                                    dilation, groups)

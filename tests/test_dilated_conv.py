@@ -1,0 +1,918 @@
+"""fastdl.ops.dilated_conv2d / dilated_conv1d: parity with F.conv2d / F.conv1d (float64
+reference) for the output and every gradient over dilations (ASPP's 6/12/18, WaveNet's
+1..512), strides, even and non-square kernels, groups (dense, grouped, depthwise),
+paddings (int, pair, 'same' with odd and even dilated extents, 'valid', per side),
+causal 1-D, layouts (channels_last, slices), odd sizes and tails of the vector and
+register tiles; 16-bit dtypes; backward output_mask subsets; gradcheck; opcheck;
+empty batch; torch.compile; thread-count independence; every bad-input check."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastdl
+from conftest import TOLERANCES_VS_FLOAT64, requires_cuda
+from parity import assert_close
+
+# F.conv2d's own warning for 'same' with an even dilated extent (the reference's copy).
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
+
+OP2D = torch.ops.fastdl.dilated_conv2d.default
+BACKWARD2D = torch.ops.fastdl.dilated_conv2d_backward.default
+OP1D = torch.ops.fastdl.dilated_conv1d.default
+BACKWARD1D = torch.ops.fastdl.dilated_conv1d_backward.default
+
+# 16-bit inputs against the float64 reference on the same (upcast) values. CPU computes
+# in float32 and rounds the results once; CUDA may round more often.
+LOW_PRECISION = {
+    ("cpu", torch.bfloat16): dict(rtol=2e-2, atol=2e-2),
+    ("cpu", torch.float16): dict(rtol=2e-3, atol=2e-3),
+    ("cuda", torch.bfloat16): dict(rtol=4e-2, atol=4e-2),
+    ("cuda", torch.float16): dict(rtol=1e-2, atol=1e-2),
+}
+
+
+@pytest.fixture(params=[pytest.param("cpu", id="cpu"),
+                        pytest.param("cuda", id="cuda", marks=requires_cuda)])
+def plain_device(request):
+    """A device without the per-ISA repetition: for tests of the schema, fake kernels and
+    compile, which no vector path changes."""
+    return torch.device(request.param)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(shape, dtype, device, g):
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype)
+
+
+def exact_cudnn():
+    """The CUDA reference in full precision: cuDNN may otherwise pick TF32 engines."""
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False,
+                                      allow_tf32=False)
+
+
+def side_padding(padding, kernel, dilation):
+    """(begin, end) per dimension, the contract of fastdl.ops.dilated_conv*."""
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        total = dilation * (kernel - 1)
+        return total // 2, total - total // 2
+    if isinstance(padding, int):
+        return padding, padding
+    return tuple(padding)
+
+
+def _pads_through_f_pad(padding):
+    return not (isinstance(padding, (int, str)) or all(isinstance(p, int) for p in padding))
+
+
+def reference_conv2d(x, w, b, stride, padding, dilation, groups):
+    """F.conv2d; 'same' / 'valid' passed straight to F.conv2d (it takes them at stride 1),
+    per-side padding through F.pad."""
+    if not _pads_through_f_pad(padding):
+        return F.conv2d(x, w, b, stride, padding, dilation, groups)
+    (top, bottom), (left, right) = (side_padding(p, k, d) for p, k, d in
+                                    zip(padding, w.shape[2:], _pair(dilation)))
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), w, b, stride, 0, dilation, groups)
+
+
+def reference_conv1d(x, w, b, stride, padding, dilation, groups, causal):
+    if causal:
+        return F.conv1d(F.pad(x, (dilation * (w.shape[2] - 1), 0)), w, b, stride, 0, dilation, groups)
+    if isinstance(padding, (int, str)):
+        return F.conv1d(x, w, b, stride, padding, dilation, groups)
+    return F.conv1d(F.pad(x, tuple(padding)), w, b, stride, 0, dilation, groups)
+
+
+def outputs_and_grads(fn, tensors, grad_out):
+    """fn(*tensors) and the gradients of sum(fn(*tensors) * grad_out) for every tensor."""
+    tensors = [t.detach().requires_grad_() for t in tensors]
+    out = fn(*tensors)
+    return [out, *torch.autograd.grad(out, tensors, grad_out)]
+
+
+def skip_redundant_float64(device, dtype):
+    """float64 has only the scalar CPU kernels: the avx2 / avx512 runs would repeat it."""
+    if device.type == "cpu" and dtype == torch.float64 and fastdl._C.cpu_isa() != "scalar":
+        pytest.skip("float64 runs the scalar kernels whatever the ISA")
+
+
+# The float64 references of a case, shared by its runs on the ISA paths (the same
+# inputs, so the same reference): F.conv2d in float64 with large dilations is most of
+# this file's time otherwise.
+_REFERENCES = {}
+
+
+def check_parity(ours, reference, tensors, out_shape, seed, tolerance=None, key=None):
+    """ours(*tensors) (dtype of tensors) against reference(*float64 copies): output and
+    every gradient. Returns (ours' results, the reference's). `key` (hashable, naming
+    the case and dtype) caches the reference across ISA paths."""
+    dtype, device = tensors[0].dtype, tensors[0].device
+    grad_out = _randn(out_shape, dtype, device, _generator(seed))
+    actual = outputs_and_grads(ours, tensors, grad_out)
+    key = None if key is None else (key, dtype, str(device), seed)
+    expected = _REFERENCES.get(key) if key is not None else None
+    if expected is None:
+        with exact_cudnn():
+            expected = outputs_and_grads(reference, [t.double() for t in tensors], grad_out.double())
+        expected = [t.detach() for t in expected]
+        if key is not None:
+            _REFERENCES[key] = expected
+    tolerance = tolerance or TOLERANCES_VS_FLOAT64[dtype]
+    names = ["output", "grad_input", "grad_weight", "grad_bias"]
+    for name, a, e, given in zip(names, actual, expected, [grad_out, *tensors]):
+        assert a.dtype == dtype and a.shape == given.shape and a.device == device, name
+        torch.testing.assert_close(a.double(), e, **tolerance, msg=lambda m, name=name: f"{name}: {m}")
+    return actual, expected
+
+
+# ---------------------------------------------------------------- 2-D configurations
+
+# (batch, channels, out_channels, groups, H, W, kernel, stride, padding, dilation, layout)
+# layout: "nchw", "cl" (channels_last), "slice" (a non-contiguous view).
+DENSE_2D = (2, 5, 6, 1, 13, 11, 3, 1, 1, 1, "nchw")
+ASPP6_2D = (1, 8, 8, 1, 9, 11, 3, 1, 6, 6, "nchw")
+ASPP12_2D = (1, 6, 7, 1, 9, 10, 3, 1, 12, 12, "cl")
+WIDE_CL_2D = (2, 5, 5, 1, 3, 133, (1, 5), 1, (0, 4), (1, 2), "cl")
+GROUPED_2D = (2, 6, 6, 2, 11, 13, (3, 5), (1, 2), (1, 2), (2, 1), "nchw")
+EVEN_CL_2D = (1, 8, 12, 2, 12, 12, 2, 2, 0, 3, "cl")
+DEPTHWISE_CL_2D = (2, 5, 10, 5, 9, 9, 5, 3, 4, 2, "cl")
+SIDES_2D = (2, 3, 4, 1, 9, 8, 3, 2, ((2, 0), (1, 3)), (1, 2), "nchw")
+EXPLICIT_2D = [
+    DENSE_2D,
+    ASPP6_2D,  # ASPP: padding = dilation
+    ASPP12_2D,
+    (3, 4, 5, 1, 7, 9, 3, 1, 18, 18, "nchw"),  # every tap but the centre in the padding
+    (1, 4, 4, 1, 40, 41, 3, 1, 18, 18, "slice"),
+    (1, 3, 9, 1, 5, 71, 3, 1, 1, 2, "nchw"),  # out_w 71: one full 64-column tile and a tail
+    WIDE_CL_2D,  # out_w 133: two tiles + 5
+    (1, 7, 6, 1, 4, 64, (2, 3), 1, (0, 2), (1, 2), "nchw"),  # out_w exactly 64
+    # Row tails past 3 vectors: out_w 58 = 3 x 16 + 10 (avx512), 32 + 26 (avx2); 29 = 3 x 8 + 5
+    (1, 3, 5, 1, 3, 58, 3, 1, 1, 1, "nchw"),
+    (2, 5, 6, 1, 5, 29, 3, 1, 1, 2, "cl"),
+    (1, 7, 6, 1, 4, 17, (2, 3), 1, "same", (1, 2), "nchw"),  # 17 = 16 + 1
+    GROUPED_2D,  # grouped, non-square
+    EVEN_CL_2D,  # even kernel, stride 2, grouped
+    (1, 6, 6, 6, 15, 14, 3, 1, 2, 2, "nchw"),  # depthwise-like
+    DEPTHWISE_CL_2D,  # depthwise, multiplier 2, stride 3
+    (1, 4, 3, 1, 8, 10, 4, 1, "same", 1, "nchw"),  # even extent: padding (1, 2)
+    (1, 4, 3, 1, 8, 10, (2, 4), 1, "same", (3, 2), "slice"),  # extents 3 and 6: asymmetric
+    (1, 4, 3, 1, 8, 10, 3, 1, "same", 5, "cl"),
+    (3, 3, 5, 1, 9, 8, 7, 1, "valid", 1, "nchw"),  # 7x7, 3x2 output
+    (1, 3, 5, 1, 7, 7, 7, 1, "valid", 1, "nchw"),  # 1x1 output
+    (1, 3, 4, 1, 13, 13, 3, 1, "valid", 6, "cl"),  # 1x1 output from a dilated kernel
+    SIDES_2D,  # per-side padding
+    (1, 5, 4, 1, 6, 9, (2, 2), 1, ((0, 1), (1, 0)), 1, "cl"),  # (2, 2) kernel, causal-like 2-D
+    (1, 4, 4, 2, 5, 6, 3, 3, ((7, 0), (0, 5)), 3, "nchw"),  # padding past the kernel's reach
+    (2, 9, 6, 3, 7, 7, 1, 2, 0, 1, "slice"),  # 1x1 kernel, stride 2
+    (1, 2, 3, 1, 1, 1, 3, 1, 1, 1, "nchw"),  # 1x1 image
+    (1, 4, 4, 1, 5, 5, 3, 1, 3, 1, "nchw"),  # padding >= kernel extent
+]
+
+
+def _sampled_2d(count, seed):
+    rng = random.Random(seed)
+    configs = []
+    while len(configs) < count:
+        kernel = rng.choice([1, 2, 3, 5, 7, (3, 5), (2, 2), (1, 3), (4, 1)])
+        kh, kw = _pair(kernel)
+        dilation = rng.choice([1, 2, 3, 4, 6, 12, 18, (2, 5), (1, 7)])
+        dh, dw = _pair(dilation)
+        stride = rng.choice([1, 1, 2, 3, (1, 2), (3, 1)])
+        kind = rng.choice(["int", "pair", "same", "valid", "sides", "aspp"])
+        if kind == "same" and stride != 1:
+            kind = "sides"
+        padding = {
+            "int": rng.randint(0, 4), "pair": (rng.randint(0, 3), rng.randint(0, 5)),
+            "same": "same", "valid": "valid", "aspp": dilation,
+            "sides": ((rng.randint(0, 4), rng.randint(0, 4)), (rng.randint(0, 6), rng.randint(0, 2))),
+        }[kind]
+        groups_kind = rng.choice(["dense", "dense", "grouped", "depthwise"])
+        groups = {"dense": 1, "grouped": 2, "depthwise": rng.choice([3, 5, 6])}[groups_kind]
+        channels = groups * (1 if groups_kind == "depthwise" else rng.choice([1, 2, 3, 5]))
+        out_channels = groups * rng.choice([1, 2, 3] if groups > 2 else [1, 2, 3, 5])
+        h, w = rng.randint(1, 15), rng.randint(1, 40)
+        (pt, pb), (pl, pr) = (side_padding(p, k, d) for p, k, d in zip(
+            padding if isinstance(padding, tuple) and not all(isinstance(p, int) for p in padding) else
+            [padding[0], padding[1]] if isinstance(padding, tuple) else [padding, padding],
+            (kh, kw), (dh, dw)))
+        if h + pt + pb - dh * (kh - 1) < 1 or w + pl + pr - dw * (kw - 1) < 1:
+            continue
+        configs.append((rng.choice([1, 2, 3]), channels, out_channels, groups, h, w, kernel, stride,
+                        padding, dilation, rng.choice(["nchw", "nchw", "cl", "slice"])))
+    return configs
+
+
+CONFIGS_2D = EXPLICIT_2D + _sampled_2d(24, seed=0)
+
+
+def make_2d(config, dtype, device, bias=True, seed=0):
+    n, c, o, groups, h, w, kernel, stride, padding, dilation, layout = config
+    g = _generator(seed)
+    kh, kw = _pair(kernel)
+    if layout == "slice":  # every other channel, and a window of the columns
+        x = _randn((n, 2 * c, h, w + 5), dtype, device, g)[:, ::2, :, 2:w + 2]
+        assert not x.is_contiguous()
+    else:
+        x = _randn((n, c, h, w), dtype, device, g)
+        if layout == "cl":
+            x = x.contiguous(memory_format=torch.channels_last)
+    weight = _randn((o, c // groups, kh, kw), dtype, device, g)
+    b = _randn((o,), dtype, device, g) if bias else None
+    return x, weight, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def _out_shape_2d(x, weight, args):
+    (pt, pb), (pl, pr) = _sides_2d(weight, args)
+    (sh, sw), (dh, dw) = _pair(args["stride"]), _pair(args["dilation"])
+    kh, kw = weight.shape[2:]
+    return (x.shape[0], weight.shape[0], (x.shape[2] + pt + pb - dh * (kh - 1) - 1) // sh + 1,
+            (x.shape[3] + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
+def _sides_2d(weight, args):
+    padding = args["padding"]
+    if isinstance(padding, (int, str)):
+        per_dim = [padding, padding]
+    else:
+        per_dim = list(padding)
+    return [side_padding(p, k, d) for p, k, d in zip(per_dim, weight.shape[2:], _pair(args["dilation"]))]
+
+
+def _config_id(config):
+    return "-".join(str(v).replace(" ", "") for v in config)
+
+
+def _check_layout(actual, expected, x, padding):
+    """Output and grad_input take the layout F.conv2d gives for this input (channels_last
+    in, channels_last out), except that PyTorch's CUDA conv drops channels_last for
+    float64, where fastdl keeps it. (Where the reference pads through F.pad, its
+    grad_input is a slice, so only the output's layout is compared.)"""
+    (out, grad_input), (ref, ref_grad) = actual[:2], expected[:2]
+    if x.is_cuda and x.dtype == torch.float64:
+        x_cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        fmt = torch.channels_last if x_cl else torch.contiguous_format
+        assert out.is_contiguous(memory_format=fmt) and grad_input.is_contiguous(memory_format=fmt)
+        return
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        assert out.is_contiguous(memory_format=fmt) == ref.is_contiguous(memory_format=fmt), fmt
+        if not _pads_through_f_pad(padding):
+            assert grad_input.is_contiguous(memory_format=fmt) == ref_grad.is_contiguous(memory_format=fmt), fmt
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("config", CONFIGS_2D, ids=[_config_id(c) for c in CONFIGS_2D])
+def test_conv2d_matches_f_conv2d(device, dtype, config):
+    skip_redundant_float64(device, dtype)
+    x, weight, bias, args = make_2d(config, dtype, device)
+    actual, expected = check_parity(
+        lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args),
+        lambda x, w, b: reference_conv2d(x, w, b, **args),
+        [x, weight, bias], _out_shape_2d(x, weight, args), seed=1, key=("2d", config))
+    _check_layout(actual, expected, x, args["padding"])
+
+
+@pytest.mark.parametrize("config", [DENSE_2D, ASPP12_2D, GROUPED_2D, DEPTHWISE_CL_2D, SIDES_2D], ids=str)
+def test_conv2d_without_bias(device, config):
+    skip_redundant_float64(device, torch.float64)
+    x, weight, _, args = make_2d(config, torch.float64, device, bias=False)
+    check_parity(lambda x, w: fastdl.ops.dilated_conv2d(x, w, None, **args),
+                 lambda x, w: reference_conv2d(x, w, None, **args),
+                 [x, weight], _out_shape_2d(x, weight, args), seed=2)
+
+
+def test_conv2d_padding_forms_agree(device):
+    """int == (p, p) == ((p, p), (p, p)); 'valid' == 0; 'same' == its per-side padding."""
+    x, weight, bias, _ = make_2d((1, 4, 3, 1, 9, 10, (2, 3), 1, 0, 1, "nchw"), torch.float64, device)
+    conv = lambda padding, dilation=1: fastdl.ops.dilated_conv2d(x, weight, bias, 1, padding, dilation)
+    assert torch.equal(conv(2), conv((2, 2)))
+    assert torch.equal(conv(2), conv(((2, 2), (2, 2))))
+    assert torch.equal(conv("valid"), conv(0))
+    # extents (2 - 1) * 3 = 3 and (3 - 1) * 2 = 4: the odd one puts the extra zero at the end
+    assert torch.equal(conv("same", (3, 2)), conv(((1, 2), (2, 2)), (3, 2)))
+    assert conv("same", (3, 2)).shape[2:] == x.shape[2:]
+    # mixed per dimension
+    assert torch.equal(conv(("same", (0, 1)), (3, 1)), conv(((1, 2), (0, 1)), (3, 1)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("config", [ASPP6_2D, WIDE_CL_2D, EVEN_CL_2D, DEPTHWISE_CL_2D, SIDES_2D], ids=str)
+def test_conv2d_half_precision(device, dtype, config):
+    x, weight, bias, args = make_2d(config, dtype, device)
+    (out, grad_input, *_), _ = check_parity(
+        lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args),
+        lambda x, w, b: reference_conv2d(x, w, b, **args),
+        [x, weight, bias], _out_shape_2d(x, weight, args), seed=3,
+        tolerance=LOW_PRECISION[device.type, dtype], key=("2d", config))
+    if config[-1] == "cl":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert grad_input.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------- 1-D
+
+# (batch, channels, out_channels, groups, L, k, stride, padding, dilation, causal, layout)
+# layout: "contiguous" or "slice" (every other channel, a window of the sequence).
+BASIC_1D = (2, 3, 5, 1, 37, 3, 1, 1, 1, False, "contiguous")
+GROUPED_1D = (3, 4, 6, 2, 65, 3, 2, (3, 0), 2, False, "slice")
+DEPTHWISE_1D = (1, 6, 6, 6, 131, 5, 1, "same", 4, False, "contiguous")
+CAUSAL_1D = (1, 4, 4, 2, 47, 2, 2, 0, 8, True, "slice")
+LONG_CAUSAL_1D = (1, 5, 7, 1, 1100, 3, 1, 0, 3, True, "contiguous")
+EXPLICIT_1D = [
+    BASIC_1D,
+    (1, 5, 4, 1, 70, 2, 1, "same", 3, False, "contiguous"),  # extent 3: padding (1, 2)
+    (1, 4, 5, 1, 123, 3, 1, 1, 2, False, "contiguous"),  # out 121 = 64 + 57 = 3 x 32 + 25
+    GROUPED_1D,
+    DEPTHWISE_1D,  # depthwise
+    (2, 4, 8, 4, 33, 3, 3, 2, 5, False, "slice"),
+    (1, 3, 3, 1, 9, 7, 1, "valid", 1, False, "contiguous"),  # output length 3
+    (1, 3, 2, 1, 9, 5, 1, "valid", 2, False, "contiguous"),  # output length 1
+    (2, 3, 5, 1, 1, 3, 1, 1, 1, False, "contiguous"),  # length 1
+    (2, 3, 5, 1, 50, 3, 1, 0, 4, True, "contiguous"),
+    CAUSAL_1D,  # causal, stride 2, grouped
+    (3, 2, 3, 1, 5, 3, 1, 0, 6, True, "contiguous"),  # receptive field > length
+    LONG_CAUSAL_1D,  # > 1024 columns: several tasks
+    (1, 4, 6, 2, 2049, 2, 1, (5, 9), 7, False, "contiguous"),
+]
+
+
+def make_1d(config, dtype, device, bias=True, seed=0):
+    n, c, o, groups, length, k, stride, padding, dilation, causal, layout = config
+    g = _generator(seed)
+    if layout == "slice":
+        x = _randn((n, 2 * c, length + 4), dtype, device, g)[:, ::2, 3:length + 3]
+    else:
+        x = _randn((n, c, length), dtype, device, g)
+    weight = _randn((o, c // groups, k), dtype, device, g)
+    b = _randn((o,), dtype, device, g) if bias else None
+    return x, weight, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                              causal=causal)
+
+
+def _out_shape_1d(x, weight, args):
+    k, d = weight.shape[2], args["dilation"]
+    left, right = (d * (k - 1), 0) if args["causal"] else side_padding(args["padding"], k, d)
+    return (x.shape[0], weight.shape[0], (x.shape[2] + left + right - d * (k - 1) - 1) // args["stride"] + 1)
+
+
+def check_parity_1d(config, dtype, device, tolerance=None, bias=True, seed=4):
+    skip_redundant_float64(device, dtype)
+    x, weight, b, args = make_1d(config, dtype, device, bias=bias)
+    tensors = [x, weight] + ([b] if bias else [])
+    ours = lambda x, w, b=None: fastdl.ops.dilated_conv1d(x, w, b, **args)
+    reference = lambda x, w, b=None: reference_conv1d(x, w, b, **args)
+    (out, *_), _ = check_parity(ours, reference, tensors, _out_shape_1d(x, weight, args), seed, tolerance,
+                                key=("1d", config, bias))
+    assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("config", EXPLICIT_1D, ids=[_config_id(c) for c in EXPLICIT_1D])
+def test_conv1d_matches_f_conv1d(device, dtype, config):
+    check_parity_1d(config, dtype, device)
+
+
+@pytest.mark.parametrize("dilation", [2 ** i for i in range(10)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_conv1d_wavenet_causal_dilations(device, dtype, dilation):
+    """WaveNet's stack: causal, k = 2 and 3, dilation 1 .. 512, sequences longer than the
+    receptive field and shorter than it."""
+    for k in (2, 3):
+        length = 600 + 7 * dilation % 500
+        check_parity_1d((1, 3, 4, 1, length, k, 1, 0, dilation, True, "contiguous"), dtype, device)
+    check_parity_1d((2, 2, 3, 1, 77, 2, 1, 0, dilation, True, "contiguous"), dtype, device, bias=False)
+
+
+def test_conv1d_causal_equals_left_padding(device):
+    x, weight, b, _ = make_1d(BASIC_1D, torch.float64, device)
+    for dilation, k in ((1, 3), (4, 3), (16, 2)):
+        w = weight[..., :k]
+        causal = fastdl.ops.dilated_conv1d(x, w, b, dilation=dilation, causal=True)
+        assert torch.equal(causal, fastdl.ops.dilated_conv1d(x, w, b, padding=(dilation * (k - 1), 0),
+                                                             dilation=dilation))
+        assert causal.shape == (x.shape[0], w.shape[0], x.shape[2])
+
+
+@pytest.mark.parametrize("dilation, k", [(1, 2), (4, 3), (16, 2), (64, 3)])
+def test_conv1d_causal_output_sees_only_the_past(device, dilation, k):
+    """Output t does not change when inputs after t change, and grad_output at <= t
+    reaches no input after t."""
+    x, weight, b, _ = make_1d((2, 3, 4, 1, 150, k, 1, 0, dilation, True, "contiguous"), torch.float32, device)
+    out = fastdl.ops.dilated_conv1d(x, weight, b, dilation=dilation, causal=True)
+    for t in (0, 1, 17, 70, 148):
+        perturbed = x.clone()
+        perturbed[..., t + 1:] = torch.randn_like(perturbed[..., t + 1:]) * 100
+        changed = fastdl.ops.dilated_conv1d(perturbed, weight, b, dilation=dilation, causal=True)
+        assert torch.equal(changed[..., :t + 1], out[..., :t + 1]), t
+        assert not torch.equal(changed[..., t + 1:], out[..., t + 1:]), t
+        grad_out = torch.zeros_like(out)
+        grad_out[..., :t + 1] = 1
+        grad_input, _, _ = BACKWARD1D(grad_out, x, weight, 1, dilation * (k - 1), 0, dilation, 1,
+                                      [True, False, False])
+        assert torch.equal(grad_input[..., t + 1:], torch.zeros_like(grad_input[..., t + 1:])), t
+        assert grad_input[..., max(0, t - dilation * (k - 1)):t + 1].abs().sum() > 0, t
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("config", [GROUPED_1D, DEPTHWISE_1D, CAUSAL_1D, LONG_CAUSAL_1D], ids=str)
+def test_conv1d_half_precision(device, dtype, config):
+    check_parity_1d(config, dtype, device, LOW_PRECISION[device.type, dtype])
+
+
+def test_conv1d_output_layout_matches_conv1d(plain_device):
+    """A (N, L, C) sequence transposed to (N, C, L) (as after a linear layer): F.conv1d
+    returns a contiguous output; fastdl's fake kernel says contiguous too, so the real
+    kernel must agree (and grad_input keep the input's shape)."""
+    g = _generator(5)
+    x = _randn((2, 19, 4), torch.float64, plain_device, g).transpose(1, 2)
+    weight = _randn((6, 4, 3), torch.float64, plain_device, g)
+    out = fastdl.ops.dilated_conv1d(x, weight, None, padding=2, dilation=2)
+    ref = F.conv1d(x, weight, None, padding=2, dilation=2)
+    assert_close(out, ref)
+    assert out.stride() == ref.stride(), (out.stride(), ref.stride())
+
+
+# ---------------------------------------------------------------- backward output_mask
+
+
+MASKS = [[True, False, False], [False, True, False], [False, False, True], [True, True, False],
+         [False, True, True], [True, False, True]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_output_mask_subsets(device, dtype):
+    """Each gradient alone (and in pairs) equals the all-true run bitwise; None where
+    the mask is False."""
+    for config in (GROUPED_2D, WIDE_CL_2D):  # grouped NCHW and channels_last
+        x, weight, _, args = make_2d(config, dtype, device)
+        (pt, pb), (pl, pr) = _sides_2d(weight, args)
+        conv_args = [list(_pair(args["stride"])), [pt, pl], [pb, pr], list(_pair(args["dilation"])),
+                     args["groups"]]
+        grad_out = _randn(_out_shape_2d(x, weight, args), dtype, device, _generator(6))
+        full = BACKWARD2D(grad_out, x, weight, *conv_args, [True, True, True])
+        assert all(t is not None for t in full)
+        for mask in MASKS:
+            partial = BACKWARD2D(grad_out, x, weight, *conv_args, mask)
+            for wanted, got, expected in zip(mask, partial, full):
+                assert (got is None) != wanted
+                if wanted:
+                    assert torch.equal(got, expected) and got.stride() == expected.stride()
+    x, weight, _, args = make_1d(CAUSAL_1D, dtype, device)
+    k, d = weight.shape[2], args["dilation"]
+    conv_args = [args["stride"], d * (k - 1), 0, d, args["groups"]]
+    grad_out = _randn(_out_shape_1d(x, weight, args), dtype, device, _generator(7))
+    full = BACKWARD1D(grad_out, x, weight, *conv_args, [True, True, True])
+    for mask in MASKS:
+        partial = BACKWARD1D(grad_out, x, weight, *conv_args, mask)
+        for wanted, got, expected in zip(mask, partial, full):
+            assert (got is None) != wanted
+            if wanted:
+                assert torch.equal(got, expected)
+
+
+def test_autograd_with_some_inputs_not_requiring_grad(device):
+    """Only the weight, or only the input, requires grad (the backward's mask then asks
+    for a subset): the gradients still match F.conv2d's."""
+    x, weight, bias, args = make_2d(GROUPED_2D, torch.float64, device)
+    grad_out = _randn(_out_shape_2d(x, weight, args), torch.float64, device, _generator(12))
+    for wants in ((False, True, False), (True, False, False), (False, False, True)):
+        tensors = [t.detach().requires_grad_(w) for t, w in zip((x, weight, bias), wants)]
+        ours = fastdl.ops.dilated_conv2d(*tensors, **args)
+        ref = reference_conv2d(*tensors, **args)
+        needed = [t for t in tensors if t.requires_grad]
+        for a, e in zip(torch.autograd.grad(ours, needed, grad_out), torch.autograd.grad(ref, needed, grad_out)):
+            assert_close(a, e)
+
+
+# ---------------------------------------------------------------- gradcheck, opcheck
+
+
+def test_gradcheck_conv2d(plain_device):
+    device = plain_device  # float64: the scalar kernels on every ISA
+    for layout in ("nchw", "cl"):
+        x, weight, bias, args = make_2d((1, 4, 4, 2, 6, 7, (3, 2), 2, ((1, 2), (0, 1)), 2, layout),
+                                        torch.float64, device)
+        inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
+        assert torch.autograd.gradcheck(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), inputs)
+
+
+def test_gradcheck_conv1d(plain_device):
+    device = plain_device
+    for causal, padding, stride in ((True, 0, 1), (False, (2, 1), 2)):
+        x, weight, bias, args = make_1d((2, 2, 4, 2, 9, 3, stride, padding, 2, causal, "contiguous"),
+                                        torch.float64, device)
+        inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
+        assert torch.autograd.gradcheck(lambda x, w, b: fastdl.ops.dilated_conv1d(x, w, b, **args), inputs)
+
+
+def _raw_args_2d(config, device, bias=True, dtype=torch.float32):
+    x, weight, b, args = make_2d(config, dtype, device, bias=bias)
+    (pt, pb), (pl, pr) = _sides_2d(weight, args)
+    return x, weight, b, [list(_pair(args["stride"])), [pt, pl], [pb, pr], list(_pair(args["dilation"])),
+                          args["groups"]]
+
+
+# (config, bias): NCHW grouped and channels_last depthwise with a bias, one without.
+@pytest.mark.parametrize("config, bias", [(GROUPED_2D, True), (DEPTHWISE_CL_2D, True), (GROUPED_2D, False)],
+                         ids=["grouped-bias", "depthwise_cl-bias", "grouped-no_bias"])
+def test_opcheck_conv2d(plain_device, config, bias):
+    x, weight, b, conv_args = _raw_args_2d(config, plain_device, bias)
+    torch.library.opcheck(OP2D, (x, weight, b, *conv_args))
+    grads = [t.clone().requires_grad_() if t is not None else None for t in (x, weight, b)]
+    torch.library.opcheck(OP2D, (*grads, *conv_args))
+    grad_out = OP2D(x, weight, b, *conv_args).detach().clone()
+    for mask in ([True, True, bias], [True, False, False], [False, False, True]):
+        torch.library.opcheck(BACKWARD2D, (grad_out, x, weight, *conv_args, mask))
+
+
+@pytest.mark.parametrize("config, bias", [(GROUPED_1D, True), (CAUSAL_1D, True), (CAUSAL_1D, False)],
+                         ids=["grouped-bias", "causal-bias", "causal-no_bias"])
+def test_opcheck_conv1d(plain_device, config, bias):
+    x, weight, b, args = make_1d(config, torch.float32, plain_device, bias=bias)
+    k, d = weight.shape[2], args["dilation"]
+    left, right = (d * (k - 1), 0) if args["causal"] else side_padding(args["padding"], k, d)
+    conv_args = [args["stride"], left, right, d, args["groups"]]
+    torch.library.opcheck(OP1D, (x, weight, b, *conv_args))
+    grads = [t.clone().requires_grad_() if t is not None else None for t in (x, weight, b)]
+    torch.library.opcheck(OP1D, (*grads, *conv_args))
+    grad_out = OP1D(x, weight, b, *conv_args).detach().clone()
+    for mask in ([True, True, bias], [True, False, False], [False, False, True]):
+        torch.library.opcheck(BACKWARD1D, (grad_out, x, weight, *conv_args, mask))
+
+
+def test_opcheck_conv1d_transposed_input(plain_device):
+    """The fake kernel's strides must match the real output's for a (N, L, C) sequence
+    transposed to (N, C, L)."""
+    x = torch.randn(2, 19, 4, device=plain_device).transpose(1, 2)
+    weight = torch.randn(6, 4, 3, device=plain_device)
+    torch.library.opcheck(OP1D, (x, weight, None, 1, 2, 2, 2, 1))
+    grad_out = torch.randn(2, 6, 19, device=plain_device)
+    torch.library.opcheck(BACKWARD1D, (grad_out, x, weight, 1, 2, 2, 2, 1, [True, True, False]))
+
+
+def test_fake_kernels_on_meta():
+    x = torch.empty(2, 6, 9, 11, device="meta").contiguous(memory_format=torch.channels_last)
+    out = fastdl.ops.dilated_conv2d(x, torch.empty(4, 3, 3, 2, device="meta"), None, 2, "valid", 2, 2)
+    assert out.shape == (2, 4, 3, 5) and out.device.type == "meta"
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    out = fastdl.ops.dilated_conv1d(torch.empty(3, 4, 50, device="meta"), torch.empty(8, 4, 2, device="meta"),
+                                    dilation=16, causal=True)
+    assert out.shape == (3, 8, 50)
+
+
+# ---------------------------------------------------------------- empty and too small
+
+
+def test_empty_batch(device):
+    x = torch.empty(0, 4, 8, 9, device=device, requires_grad=True)
+    weight = torch.randn(6, 2, 3, 3, device=device, requires_grad=True)
+    bias = torch.randn(6, device=device, requires_grad=True)
+    out = fastdl.ops.dilated_conv2d(x, weight, bias, 2, 2, 2, 2)
+    assert out.shape == F.conv2d(x, weight, bias, 2, 2, 2, 2).shape == (0, 6, 4, 5)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(weight.grad, torch.zeros_like(weight)) and torch.equal(bias.grad, torch.zeros_like(bias))
+    x_cl = torch.empty(0, 4, 8, 9, device=device).contiguous(memory_format=torch.channels_last)
+    grads = BACKWARD2D(torch.empty(0, 6, 4, 5, device=device), x_cl, weight.detach(), [2, 2], [2, 2], [2, 2],
+                       [2, 2], 2, [True, True, True])
+    assert grads[0].shape == x_cl.shape
+    assert torch.equal(grads[1], torch.zeros_like(weight)) and torch.equal(grads[2], torch.zeros(6, device=device))
+
+    x1 = torch.empty(0, 3, 20, device=device, requires_grad=True)
+    w1 = torch.randn(5, 3, 2, device=device, requires_grad=True)
+    out = fastdl.ops.dilated_conv1d(x1, w1, None, dilation=8, causal=True)
+    assert out.shape == (0, 5, 20)
+    out.sum().backward()
+    assert x1.grad.shape == x1.shape and torch.equal(w1.grad, torch.zeros_like(w1))
+
+
+def test_input_too_small():
+    x, weight = torch.randn(2, 4, 5, 9), torch.randn(3, 4, 3, 3)
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv2d: input height 5 with padding \(0, 0\) is "
+                       r"too small for kernel size 3 with dilation 3"):
+        fastdl.ops.dilated_conv2d(x, weight, dilation=3)
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv2d: input width 9 with padding \(1, 0\) is "
+                       r"too small for kernel size 3 with dilation 5"):
+        fastdl.ops.dilated_conv2d(x, weight, padding=((0, 0), (1, 0)), dilation=(1, 5))
+    # One more zero makes it fit: a 1-wide output.
+    assert fastdl.ops.dilated_conv2d(x, weight, padding=((0, 0), (1, 1)), dilation=(1, 5)).shape == (2, 3, 3, 1)
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv2d: input height 0"):
+        fastdl.ops.dilated_conv2d(torch.randn(1, 4, 0, 9), torch.randn(3, 4, 1, 1))
+
+
+# ---------------------------------------------------------------- torch.compile, threads
+
+
+def _block(x, seq, w2, b2, w1, b1):
+    y = torch.relu(fastdl.ops.dilated_conv2d(x, w2, b2, padding="same", dilation=(2, 3), groups=2))
+    z = torch.tanh(fastdl.ops.dilated_conv1d(seq * 2, w1, b1, dilation=4, causal=True))
+    return y.sum(dim=(1, 2)) + z.sum(dim=1)[:, :y.shape[3]]
+
+
+def _block_inputs(device):
+    g = _generator(8)
+    return [_randn(s, torch.float32, device, g) for s in
+            ((2, 4, 9, 10), (2, 3, 30), (6, 2, 3, 2), (6,), (5, 3, 2), (5,))]
+
+
+def test_under_torch_compile(plain_device):
+    inputs = _block_inputs(plain_device)
+    compiled = torch.compile(_block, fullgraph=True, backend="aot_eager")
+    grad_out = torch.randn(2, 10, device=plain_device)
+    ours = outputs_and_grads(compiled, inputs, grad_out)
+    eager = outputs_and_grads(_block, inputs, grad_out)
+    for a, e in zip(ours, eager):
+        assert_close(a, e)
+
+
+def test_under_inductor():
+    inputs = _block_inputs("cpu")
+    compiled = torch.compile(_block, fullgraph=True)
+    assert_close(compiled(*inputs), _block(*inputs))
+
+
+def _everything(dtype, device):
+    results = []
+    x, weight, bias, args = make_2d((3, 6, 9, 1, 11, 70, 3, 1, 2, 2, "nchw"), dtype, device)
+    results += outputs_and_grads(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), [x, weight, bias],
+                                 _randn(_out_shape_2d(x, weight, args), dtype, device, _generator(9)))
+    x, weight, bias, args = make_2d((2, 6, 6, 2, 9, 13, (3, 5), 2, ((1, 2), (3, 0)), (2, 1), "cl"), dtype, device)
+    results += outputs_and_grads(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), [x, weight, bias],
+                                 _randn(_out_shape_2d(x, weight, args), dtype, device, _generator(10)))
+    x, weight, bias, args = make_1d((2, 5, 6, 1, 2100, 2, 1, 0, 32, True, "contiguous"), dtype, device)
+    results += outputs_and_grads(lambda x, w, b: fastdl.ops.dilated_conv1d(x, w, b, **args), [x, weight, bias],
+                                 _randn(_out_shape_1d(x, weight, args), dtype, device, _generator(11)))
+    return results
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_results_do_not_depend_on_thread_count(device, dtype):
+    skip_redundant_float64(device, dtype)
+    previous = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(_everything(dtype, device))
+    finally:
+        torch.set_num_threads(previous)
+    for i, (a, e) in enumerate(zip(*runs)):
+        assert torch.equal(a, e), i
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _valid2d():
+    return torch.randn(2, 4, 8, 8), torch.randn(6, 2, 3, 3), torch.randn(6)
+
+
+@pytest.mark.parametrize(
+    "mutate, kwargs, error, message",
+    [
+        (lambda x, w, b: (x[0], w, b), {}, ValueError,
+         r"fastdl.dilated_conv2d: input must have shape \(N, C, H, W\), got \(4, 8, 8\)"),
+        (lambda x, w, b: (x[..., None], w, b), {}, ValueError,
+         r"fastdl.dilated_conv2d: input must have shape \(N, C, H, W\), got \(2, 4, 8, 8, 1\)"),
+        (lambda x, w, b: (x, w[0], b), {}, ValueError,
+         r"fastdl.dilated_conv2d: weight must have shape \(out_channels, C / groups, kH, kW\), got \(2, 3, 3\)"),
+        (lambda x, w, b: (x.long(), w.long(), b.long()), {}, TypeError,
+         r"fastdl.dilated_conv2d: input must be torch.float32, torch.float64, torch.float16 or "
+         r"torch.bfloat16, got torch.int64"),
+        (lambda x, w, b: (x, w.double(), b), {}, TypeError,
+         r"fastdl.dilated_conv2d: input and weight must have the same dtype, got torch.float32 and torch.float64"),
+        (lambda x, w, b: (x, w, b.double()), {}, TypeError,
+         r"fastdl.dilated_conv2d: input and bias must have the same dtype, got torch.float32 and torch.float64"),
+        (lambda x, w, b: (x, w, b[:5]), {}, ValueError,
+         r"fastdl.dilated_conv2d: bias must have shape \(out_channels,\), got \(5,\)"),
+        (lambda x, w, b: (x, w, b[None]), {}, ValueError,
+         r"fastdl.dilated_conv2d: bias must have shape \(out_channels,\), got \(1, 6\)"),
+        (lambda x, w, b: (x, w, b), dict(groups=0), ValueError,
+         r"fastdl.dilated_conv2d: groups must be >= 1, got 0"),
+        (lambda x, w, b: (x, w, b), dict(groups=-2), ValueError,
+         r"fastdl.dilated_conv2d: groups must be >= 1, got -2"),
+        (lambda x, w, b: (x, w, b), dict(groups=3), ValueError,
+         r"fastdl.dilated_conv2d: input channels must be a positive multiple of groups = 3, got 4"),
+        (lambda x, w, b: (x[:, :0], w, b), {}, ValueError,
+         r"fastdl.dilated_conv2d: input channels must be a positive multiple of groups = 2, got 0"),
+        (lambda x, w, b: (x, w[:5], b[:5]), dict(groups=2), ValueError,
+         r"fastdl.dilated_conv2d: weight's out_channels must be a positive multiple of groups = 2, "
+         r"got \(5, 2, 3, 3\)"),
+        (lambda x, w, b: (x, w[:0], b[:0]), {}, ValueError,
+         r"fastdl.dilated_conv2d: weight's out_channels must be a positive multiple of groups = 2, "
+         r"got \(0, 2, 3, 3\)"),
+        (lambda x, w, b: (x, torch.randn(6, 4, 3, 3), b), {}, ValueError,
+         r"fastdl.dilated_conv2d: weight must have shape \(out_channels, C / groups = 2, kH, kW\) for input "
+         r"\(2, 4, 8, 8\) and groups 2, got \(6, 4, 3, 3\)"),
+        (lambda x, w, b: (x, w[:, :, :0], b), {}, ValueError,
+         r"fastdl.dilated_conv2d: weight's kernel size must be at least 1, got \(6, 2, 0, 3\)"),
+        (lambda x, w, b: (x, w[:, :, :, :0], b), {}, ValueError,
+         r"fastdl.dilated_conv2d: weight's kernel size must be at least 1, got \(6, 2, 3, 0\)"),
+        (lambda x, w, b: (x, w, b), dict(stride=0), ValueError,
+         r"fastdl.dilated_conv2d: stride must be >= 1, got \(0, 0\)"),
+        (lambda x, w, b: (x, w, b), dict(stride=(1, -1)), ValueError,
+         r"fastdl.dilated_conv2d: stride must be >= 1, got \(1, -1\)"),
+        (lambda x, w, b: (x, w, b), dict(dilation=(0, 1)), ValueError,
+         r"fastdl.dilated_conv2d: dilation must be >= 1, got \(0, 1\)"),
+        (lambda x, w, b: (x, w, b), dict(padding=-1), ValueError,
+         r"fastdl.dilated_conv2d: padding_begin must be >= 0, got \(-1, -1\)"),
+        (lambda x, w, b: (x, w, b), dict(padding=((0, -2), (1, 1))), ValueError,
+         r"fastdl.dilated_conv2d: padding_end must be >= 0, got \(-2, 1\)"),
+        (lambda x, w, b: (x, w, b), dict(stride=(1, 1, 1)), ValueError,
+         r"fastdl.dilated_conv2d: stride must be an int or a pair of ints, got \(1, 1, 1\)"),
+        (lambda x, w, b: (x, w, b), dict(dilation=1.5), ValueError,
+         r"fastdl.dilated_conv2d: dilation must be an int or a pair of ints, got 1.5"),
+        (lambda x, w, b: (x, w, b), dict(padding=(1, 1, 1)), ValueError,
+         r"fastdl.dilated_conv2d: padding must be an int, a pair, 'same', 'valid' or "
+         r"\(\(top, bottom\), \(left, right\)\), got \(1, 1, 1\)"),
+        (lambda x, w, b: (x, w, b), dict(padding="full"), ValueError,
+         r"fastdl.dilated_conv2d: padding must be an int, a \(begin, end\) pair, 'same' or 'valid', got 'full'"),
+        (lambda x, w, b: (x, w, b), dict(padding=((1, 2, 3), 0)), ValueError,
+         r"fastdl.dilated_conv2d: padding must be an int, a \(begin, end\) pair, 'same' or 'valid', "
+         r"got \(1, 2, 3\)"),
+        (lambda x, w, b: (x, w, b), dict(padding=((1, "a"), 0)), ValueError,
+         r"fastdl.dilated_conv2d: padding must be an int, a \(begin, end\) pair, 'same' or 'valid', "
+         r"got \(1, 'a'\)"),
+        (lambda x, w, b: (x[:, :, :2], w, b), dict(dilation=2), ValueError,
+         r"fastdl.dilated_conv2d: input height 2 with padding \(0, 0\) is too small for kernel size 3 "
+         r"with dilation 2"),
+    ],
+)
+def test_conv2d_bad_input(mutate, kwargs, error, message):
+    x, w, b = mutate(*_valid2d())
+    with pytest.raises(error, match=message):
+        fastdl.ops.dilated_conv2d(x, w, b, **(dict(groups=2) | kwargs))
+
+
+def test_conv2d_non_int_padding_is_a_clear_error():
+    """A float padding is refused with a message naming the op and the argument (not a
+    bare "'float' object is not iterable")."""
+    x, w, b = _valid2d()
+    for padding in (1.5, (1.5, 1), None):
+        with pytest.raises(ValueError, match=r"fastdl.dilated_conv2d: padding must be"):
+            fastdl.ops.dilated_conv2d(x, w, b, padding=padding, groups=2)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (([1], [0, 0], [0, 0], [1, 1]), r"fastdl.dilated_conv2d: stride must have 2 values, got 1"),
+        (([1, 1], [0, 0, 0], [0, 0], [1, 1]), r"fastdl.dilated_conv2d: padding_begin must have 2 values, got 3"),
+        (([1, 1], [0, 0], [0], [1, 1]), r"fastdl.dilated_conv2d: padding_end must have 2 values, got 1"),
+        (([1, 1], [0, 0], [0, 0], [1, 1, 1]), r"fastdl.dilated_conv2d: dilation must have 2 values, got 3"),
+        (([1, 1], [0, -1], [0, 0], [1, 1]), r"fastdl.dilated_conv2d: padding_begin must be >= 0, got \(0, -1\)"),
+    ],
+)
+def test_conv2d_raw_op_argument_counts(args, message):
+    x, w, b = _valid2d()
+    with pytest.raises(ValueError, match=message):
+        OP2D(x, w, b, *args, 2)
+
+
+def test_conv2d_raw_op_weight_dims():
+    x, w, b = _valid2d()
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv2d: weight must have shape "
+                       r"\(out_channels, C / groups, kH, kW\), got \(6, 2, 3\)"):
+        OP2D(x, w[..., 0], b, [1, 1], [0, 0], [0, 0], [1, 1], 2)
+
+
+def test_bad_device():
+    x, w, b = _valid2d()
+    with pytest.raises(RuntimeError, match="fastdl.dilated_conv2d: input and weight must be on the same "
+                       "device, got cpu and meta"):
+        fastdl.ops.dilated_conv2d(x, w.to("meta"), b, groups=2)
+    with pytest.raises(RuntimeError, match="fastdl.dilated_conv2d: input and bias must be on the same "
+                       "device, got cpu and meta"):
+        fastdl.ops.dilated_conv2d(x, w, b.to("meta"), groups=2)
+    with pytest.raises(RuntimeError, match="fastdl.dilated_conv1d: input and weight must be on the same "
+                       "device, got cpu and meta"):
+        fastdl.ops.dilated_conv1d(x[:, :, 0], w[..., 0].to("meta"), groups=2)
+
+
+@requires_cuda
+def test_bad_device_in_the_raw_ops():
+    x, w, b = _valid2d()
+    with pytest.raises(RuntimeError, match="fastdl.dilated_conv2d: input and weight must be on the same device"):
+        OP2D(x.cuda(), w, None, [1, 1], [0, 0], [0, 0], [1, 1], 2)
+    with pytest.raises(RuntimeError, match="fastdl.dilated_conv2d: input and bias must be on the same device"):
+        OP2D(x.cuda(), w.cuda(), b, [1, 1], [0, 0], [0, 0], [1, 1], 2)
+    with pytest.raises(RuntimeError, match="fastdl.dilated_conv2d_backward: input and grad_output must be on "
+                       "the same device"):
+        BACKWARD2D(torch.randn(2, 6, 6, 6), x.cuda(), w.cuda(), [1, 1], [0, 0], [0, 0], [1, 1], 2,
+                   [True, True, True])
+
+
+def _valid1d():
+    return torch.randn(2, 4, 20), torch.randn(6, 2, 3), torch.randn(6)
+
+
+@pytest.mark.parametrize(
+    "mutate, kwargs, error, message",
+    [
+        (lambda x, w, b: (x[0], w, b), {}, ValueError,
+         r"fastdl.dilated_conv1d: input must have shape \(N, C, L\), got \(4, 20\)"),
+        (lambda x, w, b: (x[..., None], w, b), {}, ValueError,
+         r"fastdl.dilated_conv1d: input must have shape \(N, C, L\), got \(2, 4, 20, 1\)"),
+        (lambda x, w, b: (x, w[..., None], b), {}, ValueError,
+         r"fastdl.dilated_conv1d: weight must have shape \(out_channels, C / groups, k\), got \(6, 2, 3, 1\)"),
+        (lambda x, w, b: (x, w, b), dict(causal=True, padding=1), ValueError,
+         r"fastdl.dilated_conv1d: causal=True sets the padding itself; padding must be 0, got 1"),
+        (lambda x, w, b: (x, w, b), dict(causal=True, padding="same"), ValueError,
+         r"fastdl.dilated_conv1d: causal=True sets the padding itself; padding must be 0, got 'same'"),
+        (lambda x, w, b: (x, w, b), dict(padding="causal"), ValueError,
+         r"fastdl.dilated_conv1d: padding must be an int, a \(begin, end\) pair, 'same' or 'valid', got 'causal'"),
+        (lambda x, w, b: (x, w, b), dict(padding=(1, 2, 3)), ValueError,
+         r"fastdl.dilated_conv1d: padding must be an int, a \(begin, end\) pair, 'same' or 'valid', "
+         r"got \(1, 2, 3\)"),
+    ],
+)
+def test_conv1d_bad_input(mutate, kwargs, error, message):
+    x, w, b = mutate(*_valid1d())
+    with pytest.raises(error, match=message):
+        fastdl.ops.dilated_conv1d(x, w, b, **(dict(groups=2) | kwargs))
+
+
+@pytest.mark.parametrize(
+    "mutate, kwargs, error, message",
+    [
+        (lambda x, w, b: (x.long(), w.long(), b.long()), {}, TypeError,
+         r"input must be torch.float32, torch.float64, torch.float16 or torch.bfloat16, got torch.int64"),
+        (lambda x, w, b: (x, w.double(), b), {}, TypeError,
+         r"input and weight must have the same dtype, got torch.float32 and torch.float64"),
+        (lambda x, w, b: (x, w, b.double()), {}, TypeError,
+         r"input and bias must have the same dtype, got torch.float32 and torch.float64"),
+        (lambda x, w, b: (x, w, b[:5]), {}, ValueError, r"bias must have shape \(out_channels,\), got \(5,\)"),
+        (lambda x, w, b: (x, w, b), dict(groups=0), ValueError, r"groups must be >= 1, got 0"),
+        (lambda x, w, b: (x, w, b), dict(groups=3), ValueError,
+         r"input channels must be a positive multiple of groups = 3, got 4"),
+        (lambda x, w, b: (x, w[:5], b[:5]), {}, ValueError,
+         r"weight's out_channels must be a positive multiple of groups = 2, got \(5, 2, 3\)"),
+        (lambda x, w, b: (x, torch.randn(6, 3, 3), b), {}, ValueError,
+         r"weight must have shape \(out_channels, C / groups = 2, k\) for input \(2, 4, 20\) and groups 2, "
+         r"got \(6, 3, 3\)"),
+        (lambda x, w, b: (x, w[..., :0], b), {}, ValueError,
+         r"weight's kernel size must be at least 1, got \(6, 2, 0\)"),
+        (lambda x, w, b: (x, w, b), dict(stride=0), ValueError, r"stride must be >= 1, got 0"),
+        (lambda x, w, b: (x, w, b), dict(dilation=0), ValueError, r"dilation must be >= 1, got 0"),
+        (lambda x, w, b: (x, w, b), dict(padding=(-1, 0)), ValueError, r"padding_left must be >= 0, got -1"),
+        (lambda x, w, b: (x, w, b), dict(padding=(0, -3)), ValueError, r"padding_right must be >= 0, got -3"),
+        (lambda x, w, b: (x, w, b), dict(dilation=10), ValueError,
+         r"input length 20 with padding \(0, 0\) is too small for kernel size 3 with dilation 10"),
+    ],
+)
+def test_conv1d_checks_name_the_1d_op(mutate, kwargs, error, message):
+    """The 1-D op runs the 2-D front end on (N, C, 1, L) views; its messages must still
+    name fastdl.dilated_conv1d, its arguments and the shapes the caller passed."""
+    x, w, b = mutate(*_valid1d())
+    with pytest.raises(error, match="fastdl.dilated_conv1d: " + message):
+        fastdl.ops.dilated_conv1d(x, w, b, **(dict(groups=2) | kwargs))
+
+
+def test_conv1d_raw_op_weight_dims():
+    x, w, b = _valid1d()
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv1d: weight must have shape "
+                       r"\(out_channels, C / groups, k\), got \(6, 2\)"):
+        OP1D(x, w[..., 0], b, 1, 0, 0, 1, 2)
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv1d_backward: input must have shape \(N, C, L\), "
+                       r"got \(2, 4, 20, 1\)"):
+        BACKWARD1D(torch.randn(2, 6, 18), x[..., None], w, 1, 0, 0, 1, 2, [True, True, True])
+
+
+def test_conv2d_backward_checks():
+    x, w, _ = _valid2d()
+    args = ([1, 1], [0, 0], [0, 0], [1, 1], 2, [True, True, True])
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv2d_backward: grad_output must have shape "
+                       r"\(N, out_channels, out_H, out_W\) of the forward output, got \(2, 6, 5, 6\)"):
+        BACKWARD2D(torch.randn(2, 6, 5, 6), x, w, *args)
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv2d_backward: grad_output must have shape "
+                       r"\(N, out_channels, out_H, out_W\) of the forward output, got \(6, 6, 6\)"):
+        BACKWARD2D(torch.randn(6, 6, 6), x, w, *args)
+    with pytest.raises(TypeError, match=r"fastdl.dilated_conv2d_backward: input and grad_output must have the "
+                       r"same dtype, got torch.float32 and torch.float64"):
+        BACKWARD2D(torch.randn(2, 6, 6, 6, dtype=torch.float64), x, w, *args)
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv2d_backward: groups must be >= 1, got 0"):
+        BACKWARD2D(torch.randn(2, 6, 6, 6), x, w, *args[:4], 0, args[5])
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv2d_backward: input must have shape"):
+        BACKWARD2D(torch.randn(2, 6, 6, 6), x[0], w, *args)
+
+
+def test_conv1d_backward_checks():
+    x, w, _ = _valid1d()
+    args = (1, 0, 0, 1, 2, [True, True, True])
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv1d_backward: grad_output must have shape "
+                       r"\(N, out_channels, out_L\), got \(2, 6, 1, 18\)"):
+        BACKWARD1D(torch.randn(2, 6, 1, 18), x, w, *args)
+    # The right rank but the wrong length: the message names the 1-D op and its shapes.
+    with pytest.raises(ValueError, match=r"fastdl.dilated_conv1d_backward: grad_output must have shape "
+                       r"\(N, out_channels, out_L\).*got \(2, 6, 17\)"):
+        BACKWARD1D(torch.randn(2, 6, 17), x, w, *args)
