@@ -1,10 +1,11 @@
 // CPU dilated convolution: the parallel loops around the kernels of
 // dilated_conv_cpu_kernels.inc (per ISA). Forward: tasks of (image, group, output row,
 // column chunk), each copying the input rows it reads into a zero-padded window once
-// and running every output channel of the group over it. grad_input: the forward kernel on grad_output with the
-// weights flipped and transposed. grad_weight: tasks of (group, 4 output channels,
-// 4 input channels, tap), each summing over the whole batch in a fixed order. No task
-// writes what another reads or writes, so results do not depend on the thread count.
+// and running every output channel of the group over it. grad_input: the forward
+// kernel on grad_output with the weights flipped and transposed. grad_weight: tasks of
+// (group, tap, chunk of input channels) over a pixel-major copy of the input, each
+// summing over the whole batch in a fixed order. No task writes what another reads or
+// writes, so results do not depend on the thread count.
 // float16/bfloat16 run the float32 kernels on float32 copies.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -140,27 +141,49 @@ void backward_input_typed(const Geometry& g, const at::Tensor& grad_output,
   forward_typed<T>(t, grad, flipped_transposed<T>(g, weight), at::Tensor(), grad_input);
 }
 
+// input (N, C, H, W) pixel-major: (N, H, W, pixel_stride), channels contiguous; the
+// stride leaves room for a whole chunk of vector loads past the last channel.
+template <typename T>
+at::Tensor pixel_major(const Geometry& g, const at::Tensor& input, int64_t pixel_stride) {
+  at::Tensor out = at::zeros({g.batch, g.in_h, g.in_w, pixel_stride}, input.options());
+  const T* src = input.const_data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  const int64_t plane = g.in_h * g.in_w;
+  at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.in_h, y = row % g.in_h;
+      for (int64_t c = 0; c < g.in_channels; ++c) {
+        const T* s = src + (n * g.in_channels + c) * plane + y * g.in_w;
+        for (int64_t x = 0; x < g.in_w; ++x) dst[(row * g.in_w + x) * pixel_stride + c] = s[x];
+      }
+    }
+  });
+  return out;
+}
+
 template <typename T>
 void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
                            const at::Tensor& input, at::Tensor& grad_weight,
                            at::Tensor& grad_bias) {
   const int64_t og = g.out_per_group(), cg = g.in_per_group(), taps = g.kernel_h * g.kernel_w;
-  const int64_t o_tiles = tiles_to_cover(og, kChannelsPerTile), c_tiles = tiles_to_cover(cg, kChannelsPerTile);
   const T* go = grad_output.const_data_ptr<T>();
-  const T* in = input.const_data_ptr<T>();
   T* gw = grad_weight.data_ptr<T>();
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const int64_t out_plane = g.out_h * g.out_w;
   with_kernels<T>([&](auto kernels) {
-    at::parallel_for(0, g.groups * o_tiles * c_tiles * taps, 1, [&](int64_t begin, int64_t end) {
+    const int64_t chunk = kernels.weight_grad_chunk_width(T(0));
+    const int64_t chunks = tiles_to_cover(cg, chunk), pixel_stride = g.in_channels + chunk;
+    const at::Tensor pixels = pixel_major<T>(g, input, pixel_stride);
+    const T* px = pixels.const_data_ptr<T>();
+    at::parallel_for(0, g.groups * taps * chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> acc(og * chunk);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t tap = task % taps, ct = task / taps % c_tiles;
-        const int64_t ot = task / (taps * c_tiles) % o_tiles, grp = task / (taps * c_tiles * o_tiles);
-        const int64_t o0 = ot * kChannelsPerTile, c0 = ct * kChannelsPerTile;
-        kernels.weight_grad_tile(g, go + grp * og * out_plane, in + grp * cg * in_plane, o0,
-                                 std::min(kChannelsPerTile, og - o0), c0,
-                                 std::min(kChannelsPerTile, cg - c0), tap / g.kernel_w,
-                                 tap % g.kernel_w, gw + ((grp * og + o0) * cg + c0) * taps + tap,
-                                 cg * taps, taps);
+        const int64_t c_chunk = task % chunks, tap = task / chunks % taps, grp = task / (chunks * taps);
+        const int64_t c0 = c_chunk * chunk, count = std::min(chunk, cg - c0);
+        kernels.weight_grad_chunk(g, go + grp * og * out_plane, px + grp * cg + c0, pixel_stride,
+                                  tap / g.kernel_w, tap % g.kernel_w, acc.data());
+        for (int64_t o = 0; o < og; ++o)
+          for (int64_t c = 0; c < count; ++c)
+            gw[((grp * og + o) * cg + c0 + c) * taps + tap] = acc[o * chunk + c];
       }
     });
     if (grad_bias.defined()) {

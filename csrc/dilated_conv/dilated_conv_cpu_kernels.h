@@ -25,10 +25,9 @@ constexpr int64_t kChannelsPerTile = 4;
                        const T* packed_bias, int64_t first_tile, int64_t o_begin,           \
                        int64_t o_end, int64_t y, int64_t x_begin, int64_t x_end, T* rows,   \
                        T* output);                                                          \
-  static void weight_grad_tile(const Geometry& g, const T* grad_output, const T* input,     \
-                               int64_t o0, int64_t o_count, int64_t c0, int64_t c_count,     \
-                               int64_t kh, int64_t kw, T* out, int64_t o_stride,             \
-                               int64_t c_stride);                                            \
+  static int64_t weight_grad_chunk_width(T);                                                \
+  static void weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,   \
+                                int64_t pixel_stride, int64_t kh, int64_t kw, T* acc);      \
   static void bias_grad(const Geometry& g, const T* grad_output, int64_t o0, int64_t count,  \
                         T* out);
 
@@ -53,12 +52,10 @@ struct Avx512Kernels {
     impl::conv_row<T>(g, input, packed_weights, packed_bias, first_tile, o_begin, o_end, y,  \
                       x_begin, x_end, rows, output);                                         \
   }                                                                                          \
-  void Set::weight_grad_tile(const Geometry& g, const T* grad_output, const T* input,       \
-                             int64_t o0, int64_t o_count, int64_t c0, int64_t c_count,       \
-                             int64_t kh, int64_t kw, T* out, int64_t o_stride,               \
-                             int64_t c_stride) {                                             \
-    impl::weight_grad_tile<T>(g, grad_output, input, o0, o_count, c0, c_count, kh, kw, out,  \
-                              o_stride, c_stride);                                           \
+  int64_t Set::weight_grad_chunk_width(T) { return impl::weight_grad_chunk_width<T>(); }    \
+  void Set::weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,     \
+                              int64_t pixel_stride, int64_t kh, int64_t kw, T* acc) {       \
+    impl::weight_grad_chunk<T>(g, grad_output, pixels, pixel_stride, kh, kw, acc);           \
   }                                                                                          \
   void Set::bias_grad(const Geometry& g, const T* grad_output, int64_t o0, int64_t count,    \
                       T* out) {                                                              \
