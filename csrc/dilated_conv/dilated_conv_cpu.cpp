@@ -141,20 +141,23 @@ void backward_input_typed(const Geometry& g, const at::Tensor& grad_output,
   forward_typed<T>(t, grad, flipped_transposed<T>(g, weight), at::Tensor(), grad_input);
 }
 
-// input (N, C, H, W) pixel-major: (N, H, W, pixel_stride), channels contiguous; the
-// stride leaves room for a whole chunk of vector loads past the last channel.
+// input (N, C, H, W) pixel-major: (N, H, W, pixel_stride), channels contiguous, zeros
+// past the last channel.
 template <typename T>
 at::Tensor pixel_major(const Geometry& g, const at::Tensor& input, int64_t pixel_stride) {
   at::Tensor out = at::zeros({g.batch, g.in_h, g.in_w, pixel_stride}, input.options());
   const T* src = input.const_data_ptr<T>();
   T* dst = out.data_ptr<T>();
   const int64_t plane = g.in_h * g.in_w;
-  at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.in_h, y = row % g.in_h;
+  constexpr int64_t kBlock = 64;  // pixels per block: their rows of dst stay in L1
+  const int64_t blocks = tiles_to_cover(g.in_w, kBlock);
+  at::parallel_for(0, g.batch * g.in_h * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / blocks, x0 = task % blocks * kBlock;
+      const int64_t n = row / g.in_h, y = row % g.in_h, x1 = std::min(g.in_w, x0 + kBlock);
       for (int64_t c = 0; c < g.in_channels; ++c) {
         const T* s = src + (n * g.in_channels + c) * plane + y * g.in_w;
-        for (int64_t x = 0; x < g.in_w; ++x) dst[(row * g.in_w + x) * pixel_stride + c] = s[x];
+        for (int64_t x = x0; x < x1; ++x) dst[(row * g.in_w + x) * pixel_stride + c] = s[x];
       }
     }
   });
@@ -171,7 +174,10 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
   const int64_t out_plane = g.out_h * g.out_w;
   with_kernels<T>([&](auto kernels) {
     const int64_t chunk = kernels.weight_grad_chunk_width(T(0));
-    const int64_t chunks = tiles_to_cover(cg, chunk), pixel_stride = g.in_channels + chunk;
+    // A chunk's loads reach up to chunk - 1 channels past its group's last channel: into
+    // the next group, or for the last group into the padding.
+    const int64_t chunks = tiles_to_cover(cg, chunk);
+    const int64_t pixel_stride = g.groups == 1 ? round_up(cg, chunk) : g.in_channels + chunk;
     const at::Tensor pixels = pixel_major<T>(g, input, pixel_stride);
     const T* px = pixels.const_data_ptr<T>();
     at::parallel_for(0, g.groups * taps * chunks, 1, [&](int64_t begin, int64_t end) {
