@@ -35,23 +35,23 @@ void with_kernels(Fn&& fn) {
 
 template <typename T>
 std::pair<at::Tensor, at::Tensor> pack_weight_tiles(const Geometry& g, const at::Tensor& weight,
-                                                    const at::Tensor& bias) {
+                                                    const at::Tensor& bias, int64_t tile) {
   const int64_t og = g.out_per_group(), cg = g.in_per_group(), taps = g.kernel_h * g.kernel_w;
-  const int64_t tiles = g.groups * tiles_to_cover(og, kChannelsPerTile);
-  at::Tensor packed = at::zeros({tiles, cg * taps, kChannelsPerTile}, weight.options());
-  at::Tensor packed_bias = at::zeros({tiles, kChannelsPerTile}, weight.options());
+  const int64_t tiles = g.groups * tiles_to_cover(og, tile);
+  at::Tensor packed = at::zeros({tiles, cg * taps, tile}, weight.options());
+  at::Tensor packed_bias = at::zeros({tiles, tile}, weight.options());
   const T* w = weight.const_data_ptr<T>();
   const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
   T* p = packed.data_ptr<T>();
   T* pb = packed_bias.data_ptr<T>();
   const int64_t per_group = tiles / g.groups;
   for (int64_t t = 0; t < tiles; ++t) {
-    for (int64_t r = 0; r < kChannelsPerTile; ++r) {
-      const int64_t local = (t % per_group) * kChannelsPerTile + r;
+    for (int64_t r = 0; r < tile; ++r) {
+      const int64_t local = (t % per_group) * tile + r;
       if (local >= og) break;
       const int64_t o = (t / per_group) * og + local;
-      for (int64_t k = 0; k < cg * taps; ++k) p[(t * cg * taps + k) * kChannelsPerTile + r] = w[o * cg * taps + k];
-      if (b != nullptr) pb[t * kChannelsPerTile + r] = b[o];
+      for (int64_t k = 0; k < cg * taps; ++k) p[(t * cg * taps + k) * tile + r] = w[o * cg * taps + k];
+      if (b != nullptr) pb[t * tile + r] = b[o];
     }
   }
   return {packed, packed_bias};
@@ -62,16 +62,15 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
                    const at::Tensor& bias, at::Tensor& output) {
   const int64_t og = g.out_per_group(), cg = g.in_per_group();
   const int64_t column_chunks = tiles_to_cover(g.out_w, kColumnsPerTask);
-  const int64_t group_tiles = tiles_to_cover(og, kChannelsPerTile);
-  const std::pair<at::Tensor, at::Tensor> packs = pack_weight_tiles<T>(g, weight, bias);
-  const at::Tensor &packed = packs.first, &packed_bias = packs.second;
   const T* in = input.const_data_ptr<T>();
-  const T* pw = packed.const_data_ptr<T>();
-  const T* pb = packed_bias.const_data_ptr<T>();
   T* out = output.data_ptr<T>();
   const int64_t in_image = g.in_channels * g.in_h * g.in_w;
   const int64_t out_image = g.out_channels * g.out_h * g.out_w;
   with_kernels<T>([&](auto kernels) {
+    const int64_t tile = kernels.channel_tile(T(0)), group_tiles = tiles_to_cover(og, tile);
+    const std::pair<at::Tensor, at::Tensor> packs = pack_weight_tiles<T>(g, weight, bias, tile);
+    const T* pw = packs.first.const_data_ptr<T>();
+    const T* pb = packs.second.const_data_ptr<T>();
     const int64_t columns = std::min(g.out_w, kColumnsPerTask);
     at::parallel_for(0, g.batch * g.groups * g.out_h * column_chunks, 1,
                      [&](int64_t begin, int64_t end) {

@@ -11,15 +11,14 @@
 
 namespace fastdl::dilated_conv {
 
-// Output channels per register tile (and input channels per grad_weight tile).
-constexpr int64_t kChannelsPerTile = 4;
-
-// The forward's weights, packed per tile of 4 output channels of a group (tiles of
-// group grp are grp * tiles_to_cover(O / groups, 4) + t), so the kernel reads one
-// contiguous run per tile: tile[(c * kH * kW + tap) * 4 + r] = w[o0 + r][c][tap],
-// zero for channels past the group's last; bias alike ([tile][4]).
+// The forward's weights are packed per tile of channel_tile() output channels of a
+// group (R, the ISA's register tile; tiles of group grp are grp * tiles_to_cover(O /
+// groups, R) + t), so the kernel reads one contiguous run per tile:
+// tile[(c * kH * kW + tap) * R + r] = w[o0 + r][c][tap], zero for channels past the
+// group's last; bias alike ([tile][R]).
 
 #define FASTDL_DILATED_CONV_KERNEL_LIST(T)                                                  \
+  static int64_t channel_tile(T);                                                           \
   static int64_t row_buffer_size(const Geometry& g, int64_t columns, T);                    \
   static void conv_row(const Geometry& g, const T* input, const T* packed_weights,          \
                        const T* packed_bias, int64_t first_tile, int64_t o_begin,           \
@@ -43,6 +42,7 @@ struct Avx512Kernels {
 };
 
 #define FASTDL_DILATED_CONV_DEFINE_KERNELS(Set, impl, T)                                    \
+  int64_t Set::channel_tile(T) { return impl::channel_tile<T>(); }                          \
   int64_t Set::row_buffer_size(const Geometry& g, int64_t columns, T) {                     \
     return impl::row_buffer_size<T>(g, columns);                                             \
   }                                                                                          \
