@@ -461,6 +461,102 @@ def _attention_cases() -> list[Case]:
     return cases
 
 
+
+def _dilated_conv2d_case(model: str, batch: int, channels: int, size: int, dilation: int,
+                         backward: bool, default: bool = False) -> Case:
+    """A 3x3 dilated convolution with padding = dilation (DeepLab's ASPP branches)
+    against F.conv2d (oneDNN on CPU, cuDNN on CUDA) on the same inputs; float32 on CPU,
+    float16 on CUDA."""
+
+    def make_inputs(device):
+        g = torch.Generator().manual_seed(size * dilation)
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        x = torch.randn(batch, channels, size, size, generator=g)
+        weight = torch.randn(channels, channels, 3, 3, generator=g) / (3 * channels ** 0.5)
+        bias = torch.randn(channels, generator=g)
+        return tuple(t.to(device, dtype).requires_grad_(backward) for t in (x, weight, bias))
+
+    def call(conv):
+        def run(x, weight, bias):
+            if not backward:
+                with torch.no_grad():
+                    return conv(x, weight, bias, 1, dilation, dilation)
+            out = conv(x, weight, bias, 1, dilation, dilation)
+            return (out, *torch.autograd.grad(out, (x, weight, bias), torch.ones_like(out)))
+        return run
+
+    return Case(
+        op="dilated_conv2d",
+        name=(f"{model} {channels}x{size}x{size} 3x3 d={dilation}, batch {batch}, "
+              f"{'fwd+bwd' if backward else 'fwd'}"),
+        reference_name="F.conv2d(dilation=d)",
+        make_inputs=make_inputs,
+        run=call(ops.dilated_conv2d),
+        run_reference=call(F.conv2d),
+        same=_outputs_close,
+        default=default,
+    )
+
+
+def _causal_stack_case(channels: int, length: int, dilations: tuple, backward: bool,
+                       default: bool = False) -> Case:
+    """A WaveNet-style stack of causal k=2 convolutions with residual adds: fastdl's
+    causal dilated_conv1d (no padded copy) against F.pad + F.conv1d, the way PyTorch
+    code writes a causal convolution."""
+
+    def make_inputs(device):
+        g = torch.Generator().manual_seed(length + len(dilations))
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        x = torch.randn(1, channels, length, generator=g)
+        weights = [torch.randn(channels, channels, 2, generator=g) / (2 * channels) ** 0.5
+                   for _ in dilations]
+        return tuple(t.to(device, dtype).requires_grad_(backward) for t in (x, *weights))
+
+    def fastdl_layer(x, weight, d):
+        return ops.dilated_conv1d(x, weight, dilation=d, causal=True)
+
+    def torch_layer(x, weight, d):
+        return F.conv1d(F.pad(x, (d, 0)), weight, dilation=d)
+
+    def call(layer):
+        def run(x, *weights):
+            def forward():
+                h = x
+                for weight, d in zip(weights, dilations):
+                    h = h + layer(h, weight, d)
+                return h
+            if not backward:
+                with torch.no_grad():
+                    return forward()
+            out = forward()
+            return (out, *torch.autograd.grad(out, (x, *weights), torch.ones_like(out)))
+        return run
+
+    span = f"d={dilations[0]}" if len(dilations) == 1 else f"{len(dilations)} layers d={dilations[0]}..{dilations[-1]}"
+    return Case(
+        op="dilated_conv1d",
+        name=f"WaveNet causal k=2, {channels} ch, length {length}, {span}, {'fwd+bwd' if backward else 'fwd'}",
+        reference_name="F.pad + F.conv1d(dilation=d)",
+        make_inputs=make_inputs,
+        run=call(fastdl_layer),
+        run_reference=call(torch_layer),
+        same=_outputs_close,
+        default=default,
+    )
+
+
+def _dilated_cases() -> list[Case]:
+    wavenet = tuple(2 ** i for i in range(10))
+    return [
+        *[_dilated_conv2d_case("ASPP", 1, 256, 65, d, backward, default=(d, backward) == (12, False))
+          for backward in (False, True) for d in (6, 12, 18)],
+        *[_causal_stack_case(64, 16000, (d,), backward) for backward in (False, True)
+          for d in (1, 64, 512)],
+        *[_causal_stack_case(64, 16000, wavenet, backward, default=not backward)
+          for backward in (False, True)],
+    ]
+
+
 _SEQUENCE_SHAPES = [  # (name, batch, steps, hidden, layers, backward)
     ("char-LM", 64, 100, 256, 2, False),
     ("char-LM", 64, 100, 256, 2, True),
@@ -487,6 +583,7 @@ CASES = [
       for shape in _SEQUENCE_SHAPES],
     *_xnor_cases(),
     *_attention_cases(),
+    *_dilated_cases(),
 ]
 
 
