@@ -1,7 +1,8 @@
 """fastdl: hand-written C++/CUDA kernels for PyTorch layers that stock PyTorch runs slowly.
 
 Ops live in :mod:`fastdl.ops` (``nms``, ``batched_nms``, ``depthwise_conv2d``,
-``batch_norm``, ``lstm_cell``, ``lstm_layer``, ``pack_signs``, ``xnor_conv2d``,
+``dilated_conv2d``, ``dilated_conv1d``, ``batch_norm``, ``lstm_cell``, ``lstm_layer``,
+``gru_cell``, ``gru_layer``, ``attention``, ``pack_signs``, ``xnor_conv2d``,
 ``xnor_conv2d_packed``), layers in :mod:`fastdl.nn`; the ops are
 registered with the dispatcher as ``torch.ops.fastdl.*``, so they work with autograd,
 ``torch.compile`` and ``torch.library.opcheck``. ``python -m fastdl`` prints what this
