@@ -19,7 +19,6 @@ time per token of each and the speedup.
 """
 
 import argparse
-import importlib
 import time
 
 import torch
@@ -27,21 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastdl
-
-MODULES = ("textwrap", "argparse", "functools", "inspect", "dataclasses", "collections")
-
-
-def corpus(max_chars: int) -> str:
-    """The source files of MODULES, concatenated, cut at ``max_chars``."""
-    parts, total = [], 0
-    for name in MODULES:
-        with open(importlib.import_module(name).__file__, encoding="utf-8") as f:
-            parts.append(f.read())
-        total += len(parts[-1])
-        if total >= max_chars:
-            break
-    return "".join(parts)[:max_chars]
-
+from char_lstm import corpus  # the same stdlib text (examples/ is on sys.path)
 
 def fastdl_attention(q, k, v, is_causal):
     return fastdl.ops.attention(q, k, v, is_causal=is_causal)
@@ -151,7 +136,7 @@ def main() -> None:
     chars = sorted(set(text))
     index = {ch: i for i, ch in enumerate(chars)}
     data = torch.tensor([index[ch] for ch in text])
-    print(f"corpus: {len(text)} characters from {', '.join(MODULES)} (cut), vocabulary {len(chars)}")
+    print(f"corpus: {len(text)} characters of standard-library source, vocabulary {len(chars)}")
     print(f"model: {layers} blocks x width {width}, {heads} heads of {width // heads}, context "
           f"{seq_len}; batch {batch} x {seq_len}, {steps} steps, {torch.get_num_threads()} threads\n")
 
