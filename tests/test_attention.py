@@ -593,3 +593,19 @@ def test_backward_op_checks_options_and_mask():
         q, k, v = _valid(torch.float64)
         out, _ = OP(q, k, v, None, False, 0.5, 0.0, 0)
         BACKWARD_OP(out, q, k, v, out, torch.zeros(2, 4, 5), None, False, 0.5, 0.0, 0)
+
+
+@pytest.mark.parametrize("nq", [1, 8])  # the decode path and the tiled path
+def test_nan_scores_propagate_as_in_sdpa(device, nq):
+    """A NaN score (here from a NaN key) or a +inf mask entry makes its row NaN, as in
+    SDPA; it is not dropped like a masked key."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 1, n, 16, generator=g, dtype=torch.float64).to(device)
+               for n in (nq, 5, 5))
+    k[0, 0, 2, 0] = float("nan")
+    assert fastdl.ops.attention(q, k, v).isnan().all()
+    mask = torch.zeros(nq, 5, dtype=torch.float64, device=device)
+    mask[0, 1] = float("inf")
+    out = fastdl.ops.attention(q, torch.randn_like(k), v, attn_mask=mask)
+    expected = reference(q, torch.zeros_like(k), v, attn_mask=mask)
+    assert torch.equal(out.isnan(), expected.isnan()) and out[0, 0, 0].isnan().all()

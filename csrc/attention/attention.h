@@ -67,7 +67,7 @@ FASTDL_HOST_DEVICE uint64_t dropout_hash(uint64_t seed, uint64_t index) {
   return z ^ (z >> 31);
 }
 
-// The hash's top 24 bits are compared with round(p * 2^24): p is honoured to 6e-8.
+// The hash's top 24 bits are compared with round(p * 2^24): p is honoured to 3e-8.
 constexpr int kDropoutBits = 24;
 FASTDL_HOST_DEVICE uint32_t dropout_threshold(double p) {
   return static_cast<uint32_t>(p * double(1u << kDropoutBits) + 0.5);
@@ -91,7 +91,8 @@ struct Operands {
 // output (B, Hq, Nq, Dv) and logsumexp (B, Hq, Nq) are contiguous, in q's dtype and
 // in float32 (float64 for float64 q); grad_output and output arrive with a contiguous
 // last dimension; grad_q, grad_k, grad_v are contiguous, shaped and typed as q, k, v,
-// grad_k and grad_v zeroed (grad_q uninitialised). The backward computes its softmax
+// grad_k and grad_v zeroed (the CUDA kernels accumulate into them; the CPU ones
+// overwrite them), grad_q uninitialised. The backward computes its softmax
 // correction rowsum(grad_output * output) itself. Kernels run only for non-empty
 // problems (B, Hq, Nq, Nk all > 0); the front end fills the empty ones.
 struct DeviceKernels {

@@ -4,9 +4,12 @@
 // even dilated extent need no padded copy: taps that fall outside the input read 0.
 //
 // Algorithm (CPU; see dilated_conv_cpu.cpp): an implicit GEMM per output row. A
-// register tile of 4 output channels x 64 output columns accumulates, for every input
-// channel and tap, a broadcast weight times a shifted run of the input row; the shift
-// is kw * dilation, so dilation costs nothing (no space-to-batch, no im2col buffer).
+// register tile of output channels x vectors of output columns (5 x 5 vectors on
+// AVX-512, 4 x 4 on AVX2 and scalar) accumulates, for every input channel and tap, a
+// broadcast weight times a shifted run of the input row; the shift is kw * dilation,
+// so dilation costs nothing (no space-to-batch, no im2col buffer). Taps that fall on
+// zero-padding rows are skipped, not multiplied: a non-finite weight there does not
+// turn the output into NaN as F.conv2d's 0 * inf does.
 // grad_input is the same kernel on grad_output with the weights flipped and
 // transposed (stride 1; larger strides first spread grad_output onto the stride-1
 // grid); grad_weight is a reduction over (batch, rows, columns) per (output channel,
