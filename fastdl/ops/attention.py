@@ -14,7 +14,9 @@ The backward recomputes the weights from the saved log-sum-exp.
   ``j <= i`` (top-left aligned, as SDPA). Rows with every key masked give 0.
 - ``dropout_p``: dropout on the attention weights, from a counter-based hash of
   ``seed`` (drawn from torch's default generator when not given), regenerated in
-  the backward; the same seed gives the same result on CPU and CUDA.
+  the backward; the same seed gives the same result on CPU and CUDA. Drawing the seed
+  reads a value to the host, so under ``torch.compile(fullgraph=True)`` pass ``seed``
+  when ``dropout_p > 0``.
 - dtypes: float32 and float64 on CPU and CUDA; float16 and bfloat16 on CUDA (tensor
   cores) and on CPU (computed in float32).
 """
