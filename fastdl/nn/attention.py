@@ -72,7 +72,8 @@ class MultiheadAttention(nn.MultiheadAttention):
       the kernel's causal path runs instead of reading the mask.
     - A query whose keys are all masked gets output 0 (torch gives NaN).
     - float32, float64 (and float16 / bfloat16 as ``fastdl.ops.attention``), CPU and
-      CUDA; ``torch.compile(fullgraph=True)`` works with ``need_weights=False``.
+      CUDA; ``torch.compile(fullgraph=True)`` works with ``need_weights=False`` (in
+      training with ``dropout > 0``, drawing the dropout seed on the host breaks the graph).
 
     Inside an ``nn.TransformerEncoderLayer``, whose inference fast path bypasses
     ``self_attn.forward``, this layer carries a no-op forward pre-hook so that the
