@@ -14,11 +14,12 @@ def rows_from_pytest_benchmark(data: dict) -> list[Row]:
     pairs: dict[tuple, dict] = {}
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
-        key = (info["op"], info["case"], info["device"], info["reference"])
+        key = (info["op"], info["case"], info["device"], info["reference"], info.get("flops", 0.0))
         pairs.setdefault(key, {})[info["impl"]] = bench["stats"]["median"] * 1e3
     rows = []
-    for (op, case, device, reference), times in pairs.items():
-        rows.append(Row(op, case, device, reference, "ok", times.get("fastdl"), times.get("reference")))
+    for (op, case, device, reference, flops), times in pairs.items():
+        rows.append(Row(op, case, device, reference, "ok", times.get("fastdl"), times.get("reference"),
+                        flops))
     return rows
 
 

@@ -20,7 +20,7 @@ from .bench.timing import time_pair
 
 
 def run_case(case, device: torch.device, *, repeats: int) -> Row:
-    row = Row(case.op, case.name, str(device), case.reference_name, "ok", None, None)
+    row = Row(case.op, case.name, str(device), case.reference_name, "ok", None, None, case.flops)
     try:
         inputs = case.make_inputs(device)
         if not case.same(case.run(*inputs), case.run_reference(*inputs)):

@@ -27,6 +27,7 @@ class Case:
     same: Callable = torch.equal  # do the two outputs agree?
     default: bool = False  # shown by plain `python -m fastdl`
     devices: tuple = field(default=("cpu", "cuda"))
+    flops: float = 0.0  # arithmetic per call (0: not stated), for the GFLOP/s column
 
     @property
     def title(self) -> str:
@@ -420,6 +421,10 @@ def _attention_case(model: str, batch: int, heads: int, kv_heads: int, q_len: in
         return all(a.shape == e.shape and bool(torch.isfinite(a).all())
                    for a, e in zip(actual, expected))
 
+    # FlashAttention's count: 2 products of 2 * Nq * Nk * D each forward (half the pairs
+    # when causal and square), 2.5x that again for the backward.
+    pairs = q_len * kv_len / (2 if causal and q_len == kv_len else 1)
+    flops = 4 * batch * heads * pairs * head_dim * (3.5 if backward else 1.0)
     gqa = f" ({kv_heads} kv heads)" if kv_heads != heads else ""
     what = ("decode 1 query vs KV cache" if q_len == 1 else
             f"N {q_len}" + (" causal" if causal else "") + (" key-padding mask" if mask else "")
@@ -435,6 +440,7 @@ def _attention_case(model: str, batch: int, heads: int, kv_heads: int, q_len: in
         same=same_shapes if dropout else _outputs_close,
         default=default,
         devices=devices,
+        flops=flops,
     )
 
 
@@ -495,6 +501,8 @@ def _dilated_conv2d_case(model: str, batch: int, channels: int, size: int, dilat
         run_reference=call(F.conv2d),
         same=_outputs_close,
         default=default,
+        # every tap, padding included; the backward's two products are twice the forward
+        flops=2 * batch * channels * channels * 9 * size * size * (3 if backward else 1),
     )
 
 
@@ -542,6 +550,7 @@ def _causal_stack_case(channels: int, length: int, dilations: tuple, backward: b
         run_reference=call(torch_layer),
         same=_outputs_close,
         default=default,
+        flops=2 * channels * channels * 2 * length * len(dilations) * (3 if backward else 1),
     )
 
 

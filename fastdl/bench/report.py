@@ -20,6 +20,13 @@ class Row:
     parity: str  # "ok", "MISMATCH" or the error raised
     fastdl_ms: Optional[float]
     reference_ms: Optional[float]
+    flops: float = 0.0  # arithmetic per call, when the case states it
+
+    @property
+    def fastdl_gflops(self) -> Optional[float]:
+        if not self.flops or not self.fastdl_ms:
+            return None
+        return self.flops / (self.fastdl_ms * 1e-3) / 1e9
 
     @property
     def speedup(self) -> Optional[float]:
@@ -28,7 +35,7 @@ class Row:
         return self.reference_ms / self.fastdl_ms
 
     def as_dict(self) -> dict:
-        return dict(asdict(self), speedup=self.speedup)
+        return dict(asdict(self), speedup=self.speedup, fastdl_gflops=self.fastdl_gflops)
 
 
 def cpu_model() -> str:
@@ -70,15 +77,20 @@ def _ms(value: Optional[float]) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    """A Markdown table; speedup = reference time / fastdl time (higher is better)."""
+    """A Markdown table; speedup = reference time / fastdl time (higher is better). A
+    fastdl GFLOP/s column is added when some case states its arithmetic."""
+    rates = any(r.flops for r in rows)
     lines = [
-        "| op | case | device | reference | parity | fastdl ms | reference ms | speedup |",
-        "|---|---|---|---|---|---:|---:|---:|",
+        "| op | case | device | reference | parity | fastdl ms | reference ms | speedup |"
+        + (" fastdl GFLOP/s |" if rates else ""),
+        "|---|---|---|---|---|---:|---:|---:|" + ("---:|" if rates else ""),
     ]
     for r in rows:
         speedup = "-" if r.speedup is None else f"**{r.speedup:.2f}x**"
+        rate = "-" if r.fastdl_gflops is None else f"{r.fastdl_gflops:.0f}"
         lines.append(
             f"| {r.op} | {r.case} | {r.device} | {r.reference} | {r.parity} | "
             f"{_ms(r.fastdl_ms)} | {_ms(r.reference_ms)} | {speedup} |"
+            + (f" {rate} |" if rates else "")
         )
     return "\n".join(lines)

@@ -13,7 +13,7 @@ def benchmark_case(benchmark, case, device: torch.device, impl: str) -> None:
     assert case.same(case.run(*inputs), case.run_reference(*inputs)), f"{case.title}: parity failed"
     benchmark.group = f"{case.title} [{device}]"
     benchmark.extra_info.update(op=case.op, case=case.name, device=str(device), impl=impl,
-                                reference=case.reference_name)
+                                reference=case.reference_name, flops=case.flops)
 
     def call():  # synchronised, so a CUDA call is timed to its end
         out = fn(*inputs)
