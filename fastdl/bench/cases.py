@@ -98,6 +98,17 @@ def _forward_and_backward(conv):
     return run
 
 
+def _output_and_grads(forward: Callable, wrt, backward: bool, grad_output=None):
+    """forward() under no_grad, or (with backward) forward()'s output and the gradients of
+    ``wrt`` for ``grad_output`` (default ones), as one timed call."""
+    if not backward:
+        with torch.no_grad():
+            return forward()
+    out = forward()
+    grad = torch.ones_like(out) if grad_output is None else grad_output
+    return (out, *torch.autograd.grad(out, wrt, grad))
+
+
 def _depthwise_case(model: str, batch: int, channels: int, size: int, kernel: int, stride: int,
                     channels_last: bool, backward: bool, default: bool = False) -> Case:
     padding = kernel // 2
@@ -305,11 +316,7 @@ def _sequence_case(op: str, name: str, batch: int, steps: int, hidden: int, laye
     def run(layer_index):
         def call(x, ours, theirs):
             layer = (ours, theirs)[layer_index]
-            if not backward:
-                with torch.no_grad():
-                    return layer(x)[0]
-            out = layer(x)[0]
-            return (out, *torch.autograd.grad(out.sum(), (x, *layer.parameters())))
+            return _output_and_grads(lambda: layer(x)[0], (x, *layer.parameters()), backward)
         return call
 
     return Case(
@@ -403,11 +410,8 @@ def _attention_case(model: str, batch: int, heads: int, kv_heads: int, q_len: in
     def call(attend):
         def run(q, k, v, attn_mask, grad):
             keys, values = (k[:, :, :kv_len], v[:, :, :kv_len]) if cache else (k, v)
-            if not backward:
-                with torch.no_grad():
-                    return attend(q, keys, values, attn_mask)
-            out = attend(q, keys, values, attn_mask)
-            return (out, *torch.autograd.grad(out, (q, k, v), grad))
+            return _output_and_grads(lambda: attend(q, keys, values, attn_mask), (q, k, v),
+                                     backward, grad)
         return run
 
     def fastdl_attention(q, k, v, attn_mask):
@@ -484,11 +488,8 @@ def _dilated_conv2d_case(model: str, batch: int, channels: int, size: int, dilat
 
     def call(conv):
         def run(x, weight, bias):
-            if not backward:
-                with torch.no_grad():
-                    return conv(x, weight, bias, 1, dilation, dilation)
-            out = conv(x, weight, bias, 1, dilation, dilation)
-            return (out, *torch.autograd.grad(out, (x, weight, bias), torch.ones_like(out)))
+            return _output_and_grads(lambda: conv(x, weight, bias, 1, dilation, dilation),
+                                     (x, weight, bias), backward)
         return run
 
     return Case(
@@ -533,11 +534,7 @@ def _causal_stack_case(channels: int, length: int, dilations: tuple, backward: b
                 for weight, d in zip(weights, dilations):
                     h = h + layer(h, weight, d)
                 return h
-            if not backward:
-                with torch.no_grad():
-                    return forward()
-            out = forward()
-            return (out, *torch.autograd.grad(out, (x, *weights), torch.ones_like(out)))
+            return _output_and_grads(forward, (x, *weights), backward)
         return run
 
     span = f"d={dilations[0]}" if len(dilations) == 1 else f"{len(dilations)} layers d={dilations[0]}..{dilations[-1]}"
