@@ -50,6 +50,7 @@ namespace fastdl::attention {
 namespace {
 
 using cuda::ceil_div;
+using cuda::DeviceType;
 using cuda::kFullWarpMask;
 
 constexpr int kThreads = 128;  // every attention kernel: 4 warps
@@ -96,20 +97,6 @@ template <typename T>
 constexpr bool kTensorCores = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
 template <typename T>
 using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
-// torch's scalar types as the kernels see them (same bits).
-template <typename scalar_t>
-struct DeviceType {
-  using type = scalar_t;
-};
-template <>
-struct DeviceType<at::Half> {
-  using type = __half;
-};
-template <>
-struct DeviceType<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
 
 // Explicit conversions: torch builds with the implicit half conversions disabled.
 template <typename T>

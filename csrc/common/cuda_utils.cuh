@@ -1,13 +1,32 @@
 // Small helpers shared by the CUDA kernels.
 #pragma once
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 
 namespace fastdl::cuda {
+
+// torch's scalar types as device code (CUDA's intrinsics, wmma) sees them: the same
+// bits; at::Half and at::BFloat16 become __half and __nv_bfloat16.
+template <typename scalar_t>
+struct DeviceType {
+  using type = scalar_t;
+};
+template <>
+struct DeviceType<at::Half> {
+  using type = __half;
+};
+template <>
+struct DeviceType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
 
 // Default block size for one-thread-per-element kernels.
 constexpr int kThreadsPerBlock = 256;

@@ -141,22 +141,10 @@ struct SimtProduct {
   }
 };
 
-// torch's 16-bit types as wmma sees them (same bits).
-template <typename T>
-struct WmmaType;
-template <>
-struct WmmaType<at::Half> {
-  using type = __half;
-};
-template <>
-struct WmmaType<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
-
 // Tensor cores: warp w holds C[16 (w % 4) + 16][32 (w / 4) + 32] as two 16x16 fragments.
 template <typename T>
 struct TensorCoreProduct {
-  using W = typename WmmaType<T>::type;
+  using W = typename cuda::DeviceType<T>::type;  // wmma's 16-bit types
   nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> c[2];
 
   __device__ __forceinline__ TensorCoreProduct() {
