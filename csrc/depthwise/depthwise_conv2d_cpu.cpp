@@ -28,6 +28,7 @@
 
 #include "common/checks.h"
 #include "common/cpu_isa.h"
+#include "common/int_math.h"
 #include "depthwise/depthwise_conv2d.h"
 #include "depthwise/depthwise_conv2d_cpu_kernels.h"
 
@@ -179,23 +180,32 @@ void forward_nchw(const Geometry& g, const at::Tensor& input, const at::Tensor& 
   });
 }
 
-// Channels-last convolution of `batch` images with weights (taps, C): one task
-// per output row. Small images instead go one task per image through a
-// zero-padded copy, so that every pixel takes the unrolled interior kernel: on a
-// 7x7 image the border pixels are over half of the work.
+// Channels-last convolution of `batch` images with weights (taps, C), in tasks of
+// a block of output rows of one image: whole images when there are enough of them
+// to keep every thread busy, fewer rows (a multiple of the 3-row register tiles)
+// when not, as at batch 1. Shapes the register tiles do not cover take, on small
+// images, one task per image through a zero-padded copy instead, so that every
+// pixel takes the unrolled interior kernel: on a 7x7 image the border pixels are
+// over half of the work.
 template <typename T>
 void convolve_channels_last(const ChannelsLastConv& conv, int64_t batch, const T* in, const T* w,
                             const T* b, T* out) {
   const int64_t in_image = conv.in_h * conv.in_w * conv.channels;
   const int64_t out_image = conv.out_h * conv.out_w * conv.channels;
-  const bool padded_copy = conv.pad_h >= 0 && conv.pad_w >= 0 && conv.pad_h + conv.pad_w > 0 &&
-                           conv.in_h * conv.in_w <= kSmallImagePixels;
+  const bool padded_copy = !tiles_apply(conv) && conv.pad_h >= 0 && conv.pad_w >= 0 &&
+                           conv.pad_h + conv.pad_w > 0 && conv.in_h * conv.in_w <= kSmallImagePixels;
   if (!padded_copy) {
-    at::parallel_for(0, batch * conv.out_h, 1, [&](int64_t begin, int64_t end) {
+    const int64_t wanted_tasks = 4 * at::get_num_threads();
+    const int64_t blocks_per_image =
+        std::clamp<int64_t>(tiles_to_cover(wanted_tasks, batch), 1, tiles_to_cover(conv.out_h, 3));
+    const int64_t rows_per_block = round_up(tiles_to_cover(conv.out_h, blocks_per_image), 3);
+    const int64_t blocks = tiles_to_cover(conv.out_h, rows_per_block);
+    at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
       with_kernels<T>([&](auto kernels) {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t n = row / conv.out_h, ho = row % conv.out_h;
-          kernels.forward_rows_cl(conv, in + n * in_image, w, b, ho, ho + 1, out + n * out_image);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t n = task / blocks, ho = task % blocks * rows_per_block;
+          kernels.forward_rows_cl(conv, in + n * in_image, w, b, ho,
+                                  std::min(ho + rows_per_block, conv.out_h), out + n * out_image);
         }
       });
     });

@@ -36,6 +36,13 @@ struct ChannelsLastConv {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
 
+// Whether forward_rows_cl runs register tiles (stride 1, dilation 1, square 3x3,
+// 5x5 or 7x7), which handle the borders themselves: callers then need no padded copy.
+inline bool tiles_apply(const ChannelsLastConv& g) {
+  return g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 &&
+         g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7);
+}
+
 // Member list of each ISA's kernel set, for one element type T.
 #define FASTDL_DEPTHWISE_KERNEL_LIST(T)                                                     \
   /* out = (accumulate ? out : bias) + sum over taps of weight[t] * input */               \
