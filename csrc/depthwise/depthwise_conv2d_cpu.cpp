@@ -15,6 +15,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -39,6 +40,9 @@ namespace {
 constexpr int64_t kChannelsPerTask = 16;
 // Channels-last images up to this many pixels are convolved through a padded copy.
 constexpr int64_t kSmallImagePixels = 32 * 32;
+// Tasks of the channels-last weight gradient through the register tiles: enough to
+// keep a many-core CPU busy, few enough that their partial sums stay small.
+constexpr int64_t kWeightGradTasks = 32;
 
 template <typename T, typename Fn>
 void with_kernels(Fn&& fn) {
@@ -359,13 +363,64 @@ void input_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
   });
 }
 
+// Channels-last weight and bias gradients through the register tiles. Tasks are
+// fixed groups of images, or blocks of output rows of one image when images are
+// few; each sums into its own (taps + 1, C) slice (tap sums, then the bias), and
+// the slices are added in task order. The split depends on the shape only, never
+// on the thread count, so the sums are the same whatever the threads.
+template <typename T>
+void weight_grad_tiles(const Geometry& g, const at::Tensor& grad_out, const at::Tensor& input,
+                       at::Tensor* grad_weight, at::Tensor* grad_bias) {
+  const ChannelsLastConv conv = channels_last_conv(g);
+  const int64_t taps = g.kernel_h * g.kernel_w, slice = (taps + 1) * g.channels;
+  const int64_t images_per_task = tiles_to_cover(g.batch, kWeightGradTasks);
+  const int64_t blocks_per_image =
+      images_per_task > 1 ? 1
+                          : std::min(tiles_to_cover(kWeightGradTasks, g.batch), tiles_to_cover(g.out_h, 3));
+  const int64_t rows_per_block = round_up(tiles_to_cover(g.out_h, blocks_per_image), 3);
+  const int64_t blocks = tiles_to_cover(g.out_h, rows_per_block);
+  const int64_t image_groups = tiles_to_cover(g.batch, images_per_task);
+  const int64_t tasks = image_groups * blocks;
+  std::vector<T> partial(tasks * slice, T(0));
+  const T* go = grad_out.const_data_ptr<T>();
+  const T* in = input.const_data_ptr<T>();
+  const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
+  const bool with_bias = grad_bias != nullptr;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    with_kernels<T>([&](auto kernels) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t group = task / blocks, ho = task % blocks * rows_per_block;
+        T* sums = partial.data() + task * slice;
+        for (int64_t n = group * images_per_task; n < std::min((group + 1) * images_per_task, g.batch); ++n)
+          kernels.weight_grad_rows_cl(conv, in + n * in_image, go + n * out_image, ho,
+                                      std::min(ho + rows_per_block, g.out_h), sums,
+                                      with_bias ? sums + taps * g.channels : nullptr);
+      }
+    });
+  });
+  // Task 0's slice collects the rest, element by element in task order.
+  T* total = partial.data();
+  at::parallel_for(0, slice, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t task = 1; task < tasks; ++task) {
+      const T* sums = partial.data() + task * slice;
+      for (int64_t i = begin; i < end; ++i) total[i] += sums[i];
+    }
+  });
+  if (grad_weight != nullptr) {
+    const at::Tensor taps_by_c = at::from_blob(total, {taps, g.channels}, input.options());
+    grad_weight->copy_(taps_by_c.t().reshape(grad_weight->sizes()));
+  }
+  if (with_bias) std::copy_n(total + taps * g.channels, g.channels, grad_bias->mutable_data_ptr<T>());
+}
+
 template <typename T>
 void weight_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
                                const at::Tensor& input, at::Tensor* grad_weight,
                                at::Tensor* grad_bias) {
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  if (tiles_apply(channels_last_conv(g))) return weight_grad_tiles<T>(g, grad_out, input, grad_weight, grad_bias);
   // Accumulated as (taps, C) so each task owns a slice of channels across every
   // image and row: no reduction between tasks, the same sums whatever the threads.
-  const int64_t taps = g.kernel_h * g.kernel_w;
   at::Tensor gw_taps = at::zeros({taps, g.channels}, input.options());
   const T* go = grad_out.const_data_ptr<T>();
   const T* in = input.const_data_ptr<T>();

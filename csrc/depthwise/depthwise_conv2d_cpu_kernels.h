@@ -64,7 +64,12 @@ inline bool tiles_apply(const ChannelsLastConv& g) {
   /* grad_weight (taps, C) and grad_bias (C, may be null) of `images` images, stored */   \
   /* (not accumulated). */                                                                 \
   static void weight_grad_cl(const ChannelsLastConv& g, const T* input, const T* grad_out,   \
-                             int64_t images, T* grad_weight, T* grad_bias);
+                             int64_t images, T* grad_weight, T* grad_bias);                \
+  /* Adds the grad_weight (taps, C) and grad_bias (C, may be null) terms of output */      \
+  /* rows [begin, end) of one image; only for shapes where tiles_apply. */                 \
+  static void weight_grad_rows_cl(const ChannelsLastConv& g, const T* input,                 \
+                                  const T* grad_out, int64_t begin, int64_t end,             \
+                                  T* grad_weight, T* grad_bias);
 
 struct ScalarKernels {
   FASTDL_DEPTHWISE_KERNEL_LIST(float)
@@ -103,6 +108,10 @@ struct Avx512Kernels {
   void Set::weight_grad_cl(const ChannelsLastConv& g, const T* input, const T* grad_out,     \
                            int64_t images, T* grad_weight, T* grad_bias) {                   \
     impl::weight_grad_cl<T>(g, input, grad_out, images, grad_weight, grad_bias);              \
+  }                                                                                           \
+  void Set::weight_grad_rows_cl(const ChannelsLastConv& g, const T* input, const T* grad_out, \
+                                int64_t begin, int64_t end, T* grad_weight, T* grad_bias) {   \
+    impl::weight_grad_rows_cl<T>(g, input, grad_out, begin, end, grad_weight, grad_bias);     \
   }
 
 }  // namespace fastdl::depthwise
