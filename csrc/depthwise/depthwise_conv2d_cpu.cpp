@@ -184,6 +184,12 @@ void forward_nchw(const Geometry& g, const at::Tensor& input, const at::Tensor& 
   });
 }
 
+// Blocks to split each image's `rows` into so that `batch` images make enough tasks
+// for every thread (at least 3 rows a block, the register tiles' height).
+int64_t row_blocks_per_image(int64_t batch, int64_t rows) {
+  return std::clamp<int64_t>(tiles_to_cover(4 * at::get_num_threads(), batch), 1, tiles_to_cover(rows, 3));
+}
+
 // Channels-last convolution of `batch` images with weights (taps, C), in tasks of
 // a block of output rows of one image: whole images when there are enough of them
 // to keep every thread busy, fewer rows (a multiple of the 3-row register tiles)
@@ -199,9 +205,7 @@ void convolve_channels_last(const ChannelsLastConv& conv, int64_t batch, const T
   const bool padded_copy = !tiles_apply(conv) && conv.pad_h >= 0 && conv.pad_w >= 0 &&
                            conv.pad_h + conv.pad_w > 0 && conv.in_h * conv.in_w <= kSmallImagePixels;
   if (!padded_copy) {
-    const int64_t wanted_tasks = 4 * at::get_num_threads();
-    const int64_t blocks_per_image =
-        std::clamp<int64_t>(tiles_to_cover(wanted_tasks, batch), 1, tiles_to_cover(conv.out_h, 3));
+    const int64_t blocks_per_image = row_blocks_per_image(batch, conv.out_h);
     const int64_t rows_per_block = round_up(tiles_to_cover(conv.out_h, blocks_per_image), 3);
     const int64_t blocks = tiles_to_cover(conv.out_h, rows_per_block);
     at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -352,12 +356,16 @@ void input_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
   const ChannelsLastConv conv = channels_last_conv(g);
   const at::Tensor w = taps_by_channel(weight);
   const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
-  at::parallel_for(0, g.batch * g.in_h, 1, [&](int64_t begin, int64_t end) {
+  // Blocks of rows, even in count: the stride-2 tiles cover two rows at a time.
+  const int64_t blocks_per_image = row_blocks_per_image(g.batch, g.in_h);
+  const int64_t rows_per_block = round_up(tiles_to_cover(g.in_h, blocks_per_image), 2);
+  const int64_t blocks = tiles_to_cover(g.in_h, rows_per_block);
+  at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
     with_kernels<T>([&](auto kernels) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / g.in_h, ih = row % g.in_h;
-        kernels.input_grad_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(), ih, ih + 1,
-                                   gi + n * in_image);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / blocks, ih = task % blocks * rows_per_block;
+        kernels.input_grad_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(), ih,
+                                   std::min(ih + rows_per_block, g.in_h), gi + n * in_image);
       }
     });
   });

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>  // std::integral_constant, in the kernels
 
 #include "depthwise/depthwise_conv2d.h"
 
@@ -36,10 +37,12 @@ struct ChannelsLastConv {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
 };
 
-// Whether forward_rows_cl runs register tiles (stride 1, dilation 1, square 3x3,
-// 5x5 or 7x7), which handle the borders themselves: callers then need no padded copy.
+// Whether forward_rows_cl runs register tiles (stride 1 or 2 both ways, dilation 1,
+// square 3x3, 5x5 or 7x7), which handle the borders themselves: callers then need no
+// padded copy.
 inline bool tiles_apply(const ChannelsLastConv& g) {
-  return g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1 &&
+  return g.stride_h == g.stride_w && (g.stride_h == 1 || g.stride_h == 2) &&
+         g.dilation_h == 1 && g.dilation_w == 1 &&
          g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7);
 }
 
