@@ -161,6 +161,146 @@ ChannelsLastConv channels_last_conv(const Geometry& g) {
           g.kernel_w, g.stride_h, g.stride_w, g.pad_h,    g.pad_w,      g.dilation_h, g.dilation_w};
 }
 
+// The transposed convolution of `conv` at stride 1: grad_out convolved with the
+// flipped filter and padding d * (k - 1) - p gives grad_input.
+ChannelsLastConv transposed_stride1(const ChannelsLastConv& conv) {
+  ChannelsLastConv t = conv;
+  t.in_h = conv.out_h, t.in_w = conv.out_w, t.out_h = conv.in_h, t.out_w = conv.in_w;
+  t.pad_h = conv.dilation_h * (conv.kernel_h - 1) - conv.pad_h;
+  t.pad_w = conv.dilation_w * (conv.kernel_w - 1) - conv.pad_w;
+  return t;
+}
+
+// NCHW through channel blocks ------------------------------------------------------
+//
+// NCHW inputs whose shape the channels-last register tiles cover (multiplier 1) run
+// them on blocks of kMaxWidth channels: a task transposes its block's planes into a
+// channels-last buffer, runs the tiles and transposes the result back, all in
+// cache. Narrow planes then keep every lane busy (the plane kernels fill 7 of 16
+// lanes on a 7-wide row), and no plane pays a padded copy.
+bool use_channel_blocks(const Geometry& g) {
+  return g.multiplier == 1 && tiles_apply(channels_last_conv(g));
+}
+
+// Weight (C, 1, kH, kW) -> (C / kMaxWidth blocks, kH * kW, kMaxWidth), zero past C;
+// taps reversed with `flip`.
+at::Tensor taps_by_channel_blocks(const at::Tensor& weight, bool flip) {
+  const int64_t channels = weight.size(0), taps = weight.numel() / channels;
+  const int64_t blocks = tiles_to_cover(channels, kMaxWidth);
+  at::Tensor by_channel = weight.reshape({channels, taps});
+  if (flip) by_channel = by_channel.flip(1);
+  at::Tensor padded = at::zeros({blocks * kMaxWidth, taps}, weight.options());
+  padded.narrow(0, 0, channels).copy_(by_channel);
+  return padded.view({blocks, kMaxWidth, taps}).transpose(1, 2).contiguous();
+}
+
+// `conv` for one block: its channels sit kMaxWidth apart.
+ChannelsLastConv block_conv(ChannelsLastConv conv, int64_t channels) {
+  conv.channels = channels;
+  conv.channel_stride = kMaxWidth;
+  return conv;
+}
+
+// For each (image, channel block) task: moves `src` planes (src_pixels each) of the
+// block into a channels-last buffer, calls run(kernels, conv for the block, block
+// index, first channel, source buffer, result buffer) and moves the result
+// (dst_pixels per channel) into the `dst` planes.
+template <typename T, typename Run>
+void through_channel_blocks(const Geometry& g, const ChannelsLastConv& conv, const T* src,
+                            int64_t src_pixels, T* dst, int64_t dst_pixels, Run&& run) {
+  const int64_t blocks = tiles_to_cover(g.channels, kMaxWidth);
+  at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> src_block(src_pixels * kMaxWidth), dst_block(dst_pixels * kMaxWidth);
+    with_kernels<T>([&](auto kernels) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / blocks, block = task % blocks, c = block * kMaxWidth;
+        const int64_t channels = std::min(kMaxWidth, g.channels - c);
+        kernels.planes_to_block(src + (n * g.channels + c) * src_pixels, src_pixels, channels,
+                                kMaxWidth, src_block.data());
+        run(kernels, block_conv(conv, channels), block, c, src_block.data(), dst_block.data());
+        kernels.block_to_planes(dst_block.data(), dst_pixels, channels, kMaxWidth,
+                                dst + (n * g.channels + c) * dst_pixels);
+      }
+    });
+  });
+}
+
+template <typename T>
+void forward_channel_blocks(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  const at::Tensor w = taps_by_channel_blocks(weight, false);
+  const T* wb = w.const_data_ptr<T>();
+  const T* b = bias ? bias->const_data_ptr<T>() : nullptr;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  through_channel_blocks<T>(g, channels_last_conv(g), input.const_data_ptr<T>(), g.in_h * g.in_w,
+                            out.mutable_data_ptr<T>(), g.out_h * g.out_w,
+                            [&](auto kernels, const ChannelsLastConv& conv, int64_t block, int64_t c,
+                                const T* in_block, T* out_block) {
+                              kernels.forward_rows_cl(conv, in_block, wb + block * taps * kMaxWidth,
+                                                      b ? b + c : nullptr, 0, conv.out_h, out_block);
+                            });
+}
+
+template <typename T>
+void input_grad_channel_blocks(const Geometry& g, const at::Tensor& grad_out,
+                               const at::Tensor& weight, at::Tensor& grad_in) {
+  const bool stride1 = g.stride_h == 1;
+  const at::Tensor w = taps_by_channel_blocks(weight, stride1);
+  const T* wb = w.const_data_ptr<T>();
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  const ChannelsLastConv conv = channels_last_conv(g);
+  through_channel_blocks<T>(g, stride1 ? transposed_stride1(conv) : conv,
+                            grad_out.const_data_ptr<T>(), g.out_h * g.out_w,
+                            grad_in.mutable_data_ptr<T>(), g.in_h * g.in_w,
+                            [&](auto kernels, const ChannelsLastConv& block_conv, int64_t block, int64_t,
+                                const T* go_block, T* gi_block) {
+                              const T* wblock = wb + block * taps * kMaxWidth;
+                              if (stride1)
+                                kernels.forward_rows_cl(block_conv, go_block, wblock, nullptr, 0,
+                                                        block_conv.out_h, gi_block);
+                              else
+                                kernels.input_grad_rows_cl(block_conv, go_block, wblock, 0,
+                                                           block_conv.in_h, gi_block);
+                            });
+}
+
+// One task per channel block, summing its images in order: deterministic whatever
+// the threads, and no reduction between tasks.
+template <typename T>
+void weight_grad_channel_blocks(const Geometry& g, const at::Tensor& grad_out,
+                                const at::Tensor& input, at::Tensor* grad_weight,
+                                at::Tensor* grad_bias) {
+  const int64_t taps = g.kernel_h * g.kernel_w, blocks = tiles_to_cover(g.channels, kMaxWidth);
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const T* in = input.const_data_ptr<T>();
+  const T* go = grad_out.const_data_ptr<T>();
+  T* gw = grad_weight ? grad_weight->mutable_data_ptr<T>() : nullptr;
+  T* gb = grad_bias ? grad_bias->mutable_data_ptr<T>() : nullptr;
+  const ChannelsLastConv conv = channels_last_conv(g);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> in_block(in_plane * kMaxWidth), go_block(out_plane * kMaxWidth);
+    std::vector<T> sums((taps + 1) * kMaxWidth);
+    with_kernels<T>([&](auto kernels) {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t c = block * kMaxWidth, channels = std::min(kMaxWidth, g.channels - c);
+        const ChannelsLastConv bc = block_conv(conv, channels);
+        std::fill(sums.begin(), sums.end(), T(0));
+        for (int64_t n = 0; n < g.batch; ++n) {
+          kernels.planes_to_block(in + (n * g.channels + c) * in_plane, in_plane, channels, kMaxWidth, in_block.data());
+          kernels.planes_to_block(go + (n * g.channels + c) * out_plane, out_plane, channels, kMaxWidth, go_block.data());
+          kernels.weight_grad_rows_cl(bc, in_block.data(), go_block.data(), 0, g.out_h, sums.data(),
+                                      gb ? sums.data() + taps * kMaxWidth : nullptr);
+        }
+        for (int64_t k = 0; k < channels; ++k) {
+          if (gw != nullptr)
+            for (int64_t t = 0; t < taps; ++t) gw[(c + k) * taps + t] = sums[t * kMaxWidth + k];
+          if (gb != nullptr) gb[c + k] = sums[taps * kMaxWidth + k];
+        }
+      }
+    });
+  });
+}
+
 // ---------------------------------------------------------------- forward
 
 template <typename T>
@@ -266,6 +406,8 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
       at::Tensor nchw_out = at::empty_like(out, at::MemoryFormat::Contiguous);
       forward_nchw<scalar_t>(g, input.contiguous(), w, b, nchw_out);
       out.copy_(nchw_out);
+    } else if (use_channel_blocks(g)) {
+      forward_channel_blocks<scalar_t>(g, input.contiguous(), w, b, out);
     } else {
       forward_nchw<scalar_t>(g, input.contiguous(), w, b, out);
     }
@@ -346,11 +488,8 @@ void input_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
     // The transposed convolution at stride 1 is a convolution of grad_out with the
     // flipped filter and padding d * (k - 1) - p: the forward kernels apply.
     const at::Tensor flipped = taps_by_channel(weight).flip(0).contiguous();
-    const ChannelsLastConv conv{g.out_h, g.out_w, g.in_h, g.in_w, g.channels, g.channels,
-                                g.kernel_h, g.kernel_w, 1, 1,
-                                g.dilation_h * (g.kernel_h - 1) - g.pad_h,
-                                g.dilation_w * (g.kernel_w - 1) - g.pad_w, g.dilation_h, g.dilation_w};
-    convolve_channels_last<T>(conv, g.batch, go, flipped.const_data_ptr<T>(), nullptr, gi);
+    convolve_channels_last<T>(transposed_stride1(channels_last_conv(g)), g.batch, go,
+                              flipped.const_data_ptr<T>(), nullptr, gi);
     return;
   }
   const ChannelsLastConv conv = channels_last_conv(g);
@@ -470,6 +609,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
       at::Tensor target = cl_kernels || !channels_last ? grad_input : at::empty_like(in);
       if (cl_kernels)
         input_grad_channels_last<scalar_t>(g, go, w, target);
+      else if (use_channel_blocks(g))
+        input_grad_channel_blocks<scalar_t>(g, go, w, target);
       else
         input_grad_nchw<scalar_t>(g, go, w, target);
       if (!target.is_same(grad_input)) grad_input.copy_(target);
@@ -479,6 +620,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
       at::Tensor* gb = grad_bias.defined() ? &grad_bias : nullptr;
       if (cl_kernels)
         weight_grad_channels_last<scalar_t>(g, go, in, gw, gb);
+      else if (use_channel_blocks(g))
+        weight_grad_channel_blocks<scalar_t>(g, go, in, gw, gb);
       else
         weight_grad_nchw<scalar_t>(g, go, in, gw, gb);
     }

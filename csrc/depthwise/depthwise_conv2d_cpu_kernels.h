@@ -72,7 +72,12 @@ inline bool tiles_apply(const ChannelsLastConv& g) {
   /* rows [begin, end) of one image; only for shapes where tiles_apply. */                 \
   static void weight_grad_rows_cl(const ChannelsLastConv& g, const T* input,                 \
                                   const T* grad_out, int64_t begin, int64_t end,             \
-                                  T* grad_weight, T* grad_bias);
+                                  T* grad_weight, T* grad_bias);                             \
+  /* block[p * S + c] = planes[c * pixels + p] for c < channels, and the reverse */         \
+  static void planes_to_block(const T* planes, int64_t pixels, int64_t channels, int64_t S, \
+                              T* block);                                                    \
+  static void block_to_planes(const T* block, int64_t pixels, int64_t channels, int64_t S,  \
+                              T* planes);
 
 struct ScalarKernels {
   FASTDL_DEPTHWISE_KERNEL_LIST(float)
@@ -115,6 +120,14 @@ struct Avx512Kernels {
   void Set::weight_grad_rows_cl(const ChannelsLastConv& g, const T* input, const T* grad_out, \
                                 int64_t begin, int64_t end, T* grad_weight, T* grad_bias) {   \
     impl::weight_grad_rows_cl<T>(g, input, grad_out, begin, end, grad_weight, grad_bias);     \
+  }                                                                                           \
+  void Set::planes_to_block(const T* planes, int64_t pixels, int64_t channels, int64_t S,     \
+                            T* block) {                                                       \
+    impl::planes_to_block<T>(planes, pixels, channels, S, block);                             \
+  }                                                                                           \
+  void Set::block_to_planes(const T* block, int64_t pixels, int64_t channels, int64_t S,      \
+                            T* planes) {                                                      \
+    impl::block_to_planes<T>(block, pixels, channels, S, planes);                             \
   }
 
 }  // namespace fastdl::depthwise
