@@ -50,6 +50,19 @@ def _configs():
         # instead of through a padded copy.
         (1, 19, 1, 40, 33, 3, 1, 1, 1),
         (1, 16, 1, 36, 36, 7, 2, 3, 1),
+        # Register tiles (stride 1 or 2, 3x3/5x5/7x7): tiles 7 or 14 pixels wide, the
+        # last one overlapping (width 10, 21), narrower images one pixel at a time
+        # (width 4), padding rows wholly outside the image (3x3, padding 2), stride-2
+        # tile origins with even and odd padding, channel tails, more images than
+        # weight-gradient tasks (batch 40).
+        (40, 17, 1, 7, 10, 3, 1, 1, 1),
+        (1, 20, 1, 5, 6, 3, 1, 0, 1),
+        (1, 32, 1, 9, 9, 3, 1, 2, 1),
+        (3, 16, 1, 14, 14, 3, 2, 0, 1),
+        (2, 33, 1, 15, 15, 5, 2, 2, 1),
+        (1, 18, 1, 16, 23, 5, 1, 1, 1),
+        (1, 40, 1, 29, 30, 7, 2, 3, 1),
+        (2, 7, 1, 8, 35, 7, 1, 3, 1),
     ]
     rng = random.Random(0)
     sampled = []
@@ -157,8 +170,11 @@ def test_non_contiguous_input(device):
     assert_close(fastdl.ops.depthwise_conv2d(x, weight, None, 1, 1, 1), F.conv2d(x, weight, None, 1, 1, 1, groups=3))
 
 
-def test_weight_gradient_is_deterministic_across_thread_counts(device):
-    x, weight, bias, args = _make((4, 19, 1, 20, 20, 3, 1, 1, 1), torch.float32, device, False)
+@pytest.mark.parametrize("config", [(4, 19, 1, 20, 20, 3, 1, 1, 1), (40, 17, 1, 9, 9, 3, 2, 1, 1),
+                                    (2, 24, 1, 16, 16, 7, 1, 3, 1), (3, 5, 1, 11, 11, 4, 3, 0, 2)])
+def test_weight_gradient_is_deterministic_across_thread_counts(device, config):
+    x, weight, bias, args = _make(config, torch.float32, device, False)
+    grad_out = torch.ones_like(F.conv2d(x, weight, bias, groups=x.shape[1], **args))
     results = []
     previous = torch.get_num_threads()
     try:
@@ -166,7 +182,7 @@ def test_weight_gradient_is_deterministic_across_thread_counts(device):
             torch.set_num_threads(threads)
             xi = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             _, grads = _grads(lambda x, w, b: fastdl.ops.depthwise_conv2d(x, w, b, **args), xi, weight, bias,
-                              torch.ones(4, 19, 20, 20, device=device))
+                              grad_out)
             results.append(grads)
     finally:
         torch.set_num_threads(previous)
