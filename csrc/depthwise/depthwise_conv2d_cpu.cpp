@@ -378,9 +378,8 @@ void convolve_channels_last(const ChannelsLastConv& conv, int64_t batch, const T
 }
 
 template <typename T>
-void forward_channels_last(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+void forward_channels_last(const Geometry& g, const at::Tensor& input, const at::Tensor& w,
                            const std::optional<at::Tensor>& bias, at::Tensor& out) {
-  const at::Tensor w = taps_by_channel(weight);
   convolve_channels_last<T>(channels_last_conv(g), g.batch, input.const_data_ptr<T>(),
                             w.const_data_ptr<T>(), bias ? bias->const_data_ptr<T>() : nullptr,
                             out.mutable_data_ptr<T>());
@@ -395,13 +394,15 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   check_dtype(op, "input", input, {c10::kFloat, c10::kDouble}, " on CPU");
   const bool channels_last = use_channels_last(input);
   const auto format = output_format(input);
+  const at::Tensor w = weight.contiguous();
+  const bool cl_kernels = channels_last && g.multiplier == 1;
+  const at::Tensor w_taps = cl_kernels ? taps_by_channel(w) : at::Tensor();
   at::Tensor out = at::empty({g.batch, g.out_channels(), g.out_h, g.out_w}, input.options(), format);
   if (g.batch == 0) return out;
-  const at::Tensor w = weight.contiguous();
   const std::optional<at::Tensor> b = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "fastdl_depthwise_conv2d_cpu", [&] {
-    if (channels_last && g.multiplier == 1) {
-      forward_channels_last<scalar_t>(g, input.contiguous(format), w, b, out);
+    if (cl_kernels) {
+      forward_channels_last<scalar_t>(g, input.contiguous(format), w_taps, b, out);
     } else if (channels_last) {
       at::Tensor nchw_out = at::empty_like(out, at::MemoryFormat::Contiguous);
       forward_nchw<scalar_t>(g, input.contiguous(), w, b, nchw_out);
