@@ -1,7 +1,11 @@
 // CPU depthwise convolution: layout handling, work split and ISA dispatch around
 // the kernels of depthwise_conv2d_cpu_kernels.inc.
 //
-// NCHW: one task per (image, input channel). The input plane is copied once into
+// Shapes the channels-last register tiles cover (stride 1 or 2, square 3x3 / 5x5 /
+// 7x7, no dilation), multiplier 1: channels last runs them in place, in tasks of
+// output-row blocks; NCHW runs them on blocks of 16 channels transposed into a
+// channels-last buffer (see "NCHW through channel blocks" below).
+// Other NCHW shapes: one task per (image, input channel). The input plane is copied once into
 // a zero-padded buffer split into stride_w column phases (prepare_plane), then
 // every output channel of that input channel is computed from it with contiguous
 // vector loads: no im2col, no bounds checks in the inner loop, any stride.
@@ -9,9 +13,9 @@
 //   filter at stride 1 over grad_output spread out by the stride (zeros between).
 //   grad_weight/bias: one task per input channel, summing over images in order:
 //   deterministic, no atomics.
-// Channels last (multiplier 1): vectorised across channels, one task per output
-// row; grad_weight splits channels across tasks, again deterministic. Channels
-// last with a multiplier > 1 runs the NCHW kernels on an NCHW copy.
+// Other channels-last shapes (multiplier 1): vectorised across channels, in tasks of
+// output rows; grad_weight splits channels across tasks, again deterministic.
+// Channels last with a multiplier > 1 runs the NCHW kernels on an NCHW copy.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>

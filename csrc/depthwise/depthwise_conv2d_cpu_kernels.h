@@ -2,10 +2,13 @@
 // (depthwise_conv2d_cpu_{scalar,avx2,avx512}.cpp include depthwise_conv2d_cpu_kernels.inc
 // under that ISA's target) and chosen at run time by depthwise_conv2d_cpu.cpp.
 //
-// NCHW kernels work on one plane whose input was copied into a zero-padded buffer
-// split into `stride_w` column phases, so every tap of every output row is a
-// contiguous run of inputs: any stride, dilation and padding vectorise along W.
-// Channels-last kernels vectorise along C.
+// Channels-last kernels vectorise along C. The common shapes (stride 1 or 2, square
+// 3x3 / 5x5 / 7x7, no dilation) run register tiles (depthwise_conv2d_cpu_tiles.inc),
+// NCHW inputs of those shapes too, through blocks of kMaxWidth channels transposed
+// into channels last. The other shapes' NCHW kernels work on one plane whose input
+// was copied into a zero-padded buffer split into `stride_w` column phases, so every
+// tap of every output row is a contiguous run of inputs: any stride, dilation and
+// padding vectorise along W.
 #pragma once
 
 #include <cstdint>
