@@ -339,7 +339,7 @@ int64_t row_blocks_per_image(int64_t batch, int64_t rows) {
 // to keep every thread busy, fewer rows (a multiple of the 3-row register tiles)
 // when not, as at batch 1. Shapes the register tiles do not cover take, on small
 // images, one task per image through a zero-padded copy instead, so that every
-// pixel takes the unrolled interior kernel: on a 7x7 image the border pixels are
+// pixel takes the interior kernel: on a 7x7 image the border pixels are
 // over half of the work.
 template <typename T>
 void convolve_channels_last(const ChannelsLastConv& conv, int64_t batch, const T* in, const T* w,
