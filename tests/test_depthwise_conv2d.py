@@ -63,6 +63,8 @@ def _configs():
         (1, 18, 1, 16, 23, 5, 1, 1, 1),
         (1, 40, 1, 29, 30, 7, 2, 3, 1),
         (2, 7, 1, 8, 35, 7, 1, 3, 1),
+        # NCHW planes above 128x128 pixels take the plane kernels, not channel blocks.
+        (1, 16, 1, 130, 129, 3, 1, 1, 1),
     ]
     rng = random.Random(0)
     sampled = []

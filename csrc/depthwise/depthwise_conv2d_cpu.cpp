@@ -182,8 +182,17 @@ ChannelsLastConv transposed_stride1(const ChannelsLastConv& conv) {
 // channels-last buffer, runs the tiles and transposes the result back, all in
 // cache. Narrow planes then keep every lane busy (the plane kernels fill 7 of 16
 // lanes on a 7-wide row), and no plane pays a padded copy.
+//
+// Only with at least a block of channels, and planes of up to kMaxBlockPixels: each
+// thread's buffers hold kMaxWidth channels of a whole plane (of 1 to 16 real ones),
+// and a block is one task, so a few channels of a large plane are better served by
+// the plane kernels, one task per (image, channel). The choice depends on the shape
+// only, so results do not change with the thread count.
+constexpr int64_t kMaxBlockPixels = 128 * 128;
+
 bool use_channel_blocks(const Geometry& g) {
-  return g.multiplier == 1 && tiles_apply(channels_last_conv(g));
+  return g.multiplier == 1 && g.channels >= kMaxWidth && g.in_h * g.in_w <= kMaxBlockPixels &&
+         g.out_h * g.out_w <= kMaxBlockPixels && tiles_apply(channels_last_conv(g));
 }
 
 // Weight (C, 1, kH, kW) -> (C / kMaxWidth blocks, kH * kW, kMaxWidth), zero past C;
