@@ -57,21 +57,79 @@ std::pair<at::Tensor, at::Tensor> pack_weight_tiles(const Geometry& g, const at:
   return {packed, packed_bias};
 }
 
+// The lane kernels' packing (dilated_conv_cpu_kernels.h): blocks of `block` output
+// channels per group, `width(channels)` lanes per step.
+template <typename T, typename Width>
+std::pair<at::Tensor, at::Tensor> pack_weight_blocks(const Geometry& g, const at::Tensor& weight,
+                                                     const at::Tensor& bias, int64_t block,
+                                                     Width&& width) {
+  const int64_t og = g.out_per_group(), cg = g.in_per_group(), taps = g.kernel_h * g.kernel_w;
+  const int64_t per_group = tiles_to_cover(og, block), steps = cg * taps;
+  at::Tensor packed = at::zeros({g.groups * per_group, steps * block}, weight.options());
+  at::Tensor packed_bias = at::zeros({g.groups * per_group, block}, weight.options());
+  const T* w = weight.const_data_ptr<T>();
+  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  T* p = packed.data_ptr<T>();
+  T* pb = packed_bias.data_ptr<T>();
+  for (int64_t grp = 0; grp < g.groups; ++grp) {
+    for (int64_t blk = 0; blk < per_group; ++blk) {
+      const int64_t o0 = blk * block, channels = std::min(block, og - o0), lanes = width(channels);
+      T* dst = p + (grp * per_group + blk) * steps * block;
+      for (int64_t r = 0; r < channels; ++r) {
+        const int64_t o = grp * og + o0 + r;
+        for (int64_t c = 0; c < cg; ++c)
+          for (int64_t tap = 0; tap < taps; ++tap)
+            dst[(c * taps + tap) * lanes + r] = w[(o * cg + c) * taps + tap];
+        if (b != nullptr) pb[(grp * per_group + blk) * block + r] = b[o];
+      }
+    }
+  }
+  return {packed, packed_bias};
+}
+
 template <typename T>
 void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                    const at::Tensor& bias, at::Tensor& output) {
   const int64_t og = g.out_per_group(), cg = g.in_per_group();
   const int64_t column_chunks = tiles_to_cover(g.out_w, kColumnsPerTask);
+  const int64_t columns = std::min(g.out_w, kColumnsPerTask);
   const T* in = input.const_data_ptr<T>();
   T* out = output.data_ptr<T>();
-  const int64_t in_image = g.in_channels * g.in_h * g.in_w;
-  const int64_t out_image = g.out_channels * g.out_h * g.out_w;
+  const int64_t in_image = g.in_channels * g.in_h * g.in_w, in_group = cg * g.in_h * g.in_w;
+  const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
   with_kernels<T>([&](auto kernels) {
+    const int64_t block = kernels.lane_block(T(0));
+    if (og >= block / 2) {
+      // Output channels in the lanes (dilated_conv_cpu_kernels.inc says when that
+      // pays). Tasks run (group, block) outermost, so a thread's consecutive tasks share
+      // one block's packed weights.
+      const int64_t blocks = tiles_to_cover(og, block);
+      const int64_t rows = g.batch * g.out_h * column_chunks;  // (image, output row, chunk)
+      const std::pair<at::Tensor, at::Tensor> packs =
+          pack_weight_blocks<T>(g, weight, bias, block, [&](int64_t channels) {
+        return kernels.lane_block_width(channels, T(0));
+      });
+      const T* pw = packs.first.const_data_ptr<T>();
+      const T* pb = packs.second.const_data_ptr<T>();
+      const int64_t block_size = packs.first.size(1);
+      at::parallel_for(0, g.groups * blocks * rows, 1, [&](int64_t begin, int64_t end) {
+        std::vector<T> buffer(kernels.lane_row_buffer_size(g, columns, T(0)));
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t gb = task / rows, grp = gb / blocks, o0 = grp * og + gb % blocks * block;
+          const int64_t row = task % rows, x0 = row % column_chunks * kColumnsPerTask;
+          const int64_t y = row / column_chunks % g.out_h, n = row / (column_chunks * g.out_h);
+          kernels.conv_row_lanes(g, in + n * in_image + grp * in_group, pw + gb * block_size,
+                                 pb + gb * block, std::min(block, grp * og + og - o0), y, x0,
+                                 std::min(g.out_w, x0 + kColumnsPerTask), buffer.data(),
+                                 out + n * out_image + o0 * plane);
+        }
+      });
+      return;
+    }
     const int64_t tile = kernels.channel_tile(T(0)), group_tiles = tiles_to_cover(og, tile);
     const std::pair<at::Tensor, at::Tensor> packs = pack_weight_tiles<T>(g, weight, bias, tile);
     const T* pw = packs.first.const_data_ptr<T>();
     const T* pb = packs.second.const_data_ptr<T>();
-    const int64_t columns = std::min(g.out_w, kColumnsPerTask);
     at::parallel_for(0, g.batch * g.groups * g.out_h * column_chunks, 1,
                      [&](int64_t begin, int64_t end) {
       std::vector<T> rows(kernels.row_buffer_size(g, columns, T(0)));
@@ -79,9 +137,9 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
         const int64_t chunk = task % column_chunks, row = task / column_chunks;
         const int64_t y = row % g.out_h, grp = row / g.out_h % g.groups, n = row / (g.out_h * g.groups);
         const int64_t x0 = chunk * kColumnsPerTask;
-        kernels.conv_row(g, in + n * in_image + grp * cg * g.in_h * g.in_w, pw, pb,
-                         grp * group_tiles, grp * og, grp * og + og, y, x0,
-                         std::min(g.out_w, x0 + kColumnsPerTask), rows.data(), out + n * out_image);
+        kernels.conv_row(g, in + n * in_image + grp * in_group, pw, pb, grp * group_tiles,
+                         grp * og, grp * og + og, y, x0, std::min(g.out_w, x0 + kColumnsPerTask),
+                         rows.data(), out + n * out_image);
       }
     });
   });

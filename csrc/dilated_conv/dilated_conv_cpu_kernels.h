@@ -16,6 +16,12 @@ namespace fastdl::dilated_conv {
 // groups, R) + t), so the kernel reads one contiguous run per tile:
 // tile[(c * kH * kW + tap) * R + r] = w[o0 + r][c][tap], zero for channels past the
 // group's last; bias alike ([tile][R]).
+// Groups of at least lane_block() / 2 output channels take the lane kernels instead:
+// blocks of lane_block() output channels of a group (block b of group grp is
+// grp * tiles_to_cover(O / groups, lane_block()) + b), each packed with
+// lane_block_width(its channels) lanes per step:
+// block[(c * kH * kW + tap) * width + lane] = w[o0 + lane][c][tap], zero past the
+// group's last channel; bias [block][lane_block()] alike.
 
 #define FASTDL_DILATED_CONV_KERNEL_LIST(T)                                                  \
   static int64_t channel_tile(T);                                                           \
@@ -24,6 +30,12 @@ namespace fastdl::dilated_conv {
                        const T* packed_bias, int64_t first_tile, int64_t o_begin,           \
                        int64_t o_end, int64_t y, int64_t x_begin, int64_t x_end, T* rows,   \
                        T* output);                                                          \
+  static int64_t lane_block(T);                                                             \
+  static int64_t lane_block_width(int64_t channels, T);                                     \
+  static int64_t lane_row_buffer_size(const Geometry& g, int64_t columns, T);               \
+  static void conv_row_lanes(const Geometry& g, const T* input, const T* weights,           \
+                             const T* bias, int64_t channels, int64_t y, int64_t x_begin,   \
+                             int64_t x_end, T* buffer, T* output);                          \
   static int64_t weight_grad_chunk_width(T);                                                \
   static void weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,   \
                                 int64_t pixel_stride, int64_t kh, int64_t kw, T* acc);      \
@@ -51,6 +63,19 @@ struct Avx512Kernels {
                      int64_t y, int64_t x_begin, int64_t x_end, T* rows, T* output) {       \
     impl::conv_row<T>(g, input, packed_weights, packed_bias, first_tile, o_begin, o_end, y,  \
                       x_begin, x_end, rows, output);                                         \
+  }                                                                                          \
+  int64_t Set::lane_block(T) { return impl::lane_block<T>(); }                              \
+  int64_t Set::lane_block_width(int64_t channels, T) {                                      \
+    return impl::lane_block_width<T>(channels);                                              \
+  }                                                                                          \
+  int64_t Set::lane_row_buffer_size(const Geometry& g, int64_t columns, T) {                \
+    return impl::lane_row_buffer_size<T>(g, columns);                                        \
+  }                                                                                          \
+  void Set::conv_row_lanes(const Geometry& g, const T* input, const T* weights, const T* bias, \
+                           int64_t channels, int64_t y, int64_t x_begin, int64_t x_end,     \
+                           T* buffer, T* output) {                                          \
+    impl::conv_row_lanes<T>(g, input, weights, bias, channels, y, x_begin, x_end, buffer,    \
+                            output);                                                         \
   }                                                                                          \
   int64_t Set::weight_grad_chunk_width(T) { return impl::weight_grad_chunk_width<T>(); }    \
   void Set::weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,     \
