@@ -3,13 +3,17 @@
 // views. Padding is given per side (begin, end), so causal and 'same' padding with an
 // even dilated extent need no padded copy: taps that fall outside the input read 0.
 //
-// Algorithm (CPU; see dilated_conv_cpu.cpp): an implicit GEMM per output row. A
-// register tile of output channels x vectors of output columns (5 x 5 vectors on
-// AVX-512, 4 x 4 on AVX2 and scalar) accumulates, for every input channel and tap, a
-// broadcast weight times a shifted run of the input row; the shift is kw * dilation,
-// so dilation costs nothing (no space-to-batch, no im2col buffer). Taps that fall on
-// zero-padding rows are skipped, not multiplied: a non-finite weight there does not
-// turn the output into NaN as F.conv2d's 0 * inf does.
+// Algorithm (CPU; see dilated_conv_cpu.cpp): an implicit GEMM per output row, in one
+// of two register tiles. Groups with at least half a lane block of output channels (32
+// on AVX-512) put output channels in the vector lanes: 4 vectors of them x 6 pixels
+// (24 accumulators) += weight vectors x broadcast input values, read in place, so a
+// dilation or stride is only the distance between broadcasts, and (tile, tap) pairs
+// whose pixels all read padding are skipped. Narrower groups put columns in the lanes:
+// 5 output channels x up to 5 vectors of columns += a broadcast weight x a run of a
+// zero-padded copy of the input rows, shifted by kw * dilation. Either way there is
+// no space-to-batch and no im2col buffer, and taps that fall on zero-padding rows are
+// skipped, not multiplied: a non-finite weight there does not turn the output into NaN
+// as F.conv2d's 0 * inf does.
 // grad_input is the same kernel on grad_output with the weights flipped and
 // transposed (stride 1; larger strides first spread grad_output onto the stride-1
 // grid); grad_weight is a reduction over (batch, rows, columns) per (output channel,

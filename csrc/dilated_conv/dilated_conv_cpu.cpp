@@ -1,7 +1,10 @@
 // CPU dilated convolution: the parallel loops around the kernels of
-// dilated_conv_cpu_kernels.inc (per ISA). Forward: tasks of (image, group, output row,
-// column chunk), each copying the input rows it reads into a zero-padded window once
-// and running every output channel of the group over it. grad_input: the forward
+// dilated_conv_cpu_kernels.inc (per ISA). Forward, wide groups: tasks of (group, block
+// of output channels, image, output row, column chunk), blocks outermost so that a
+// thread's tasks share one block's packed weights. Forward, narrow groups: tasks of
+// (image, group, output row, column chunk), each copying the input rows it reads into a
+// zero-padded window once and running every output channel of the group over it.
+// grad_input: the forward
 // kernel on grad_output with the weights flipped and transposed. grad_weight: tasks of
 // (group, tap, chunk of input channels) over a pixel-major copy of the input, each
 // summing over the whole batch in a fixed order. No task writes what another reads or
