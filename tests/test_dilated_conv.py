@@ -583,6 +583,18 @@ def test_fake_kernels_on_meta():
     assert out.shape == (3, 8, 50)
 
 
+def test_large_planes_read_only_the_input(device):
+    """The lane kernels read the input in place. GCC's vectorizer once made the scalar
+    build load the next channel's first values after the last one, past the end of
+    this 4 MB plane (a segfault); the scalar file now builds without it."""
+    x = torch.randn(1, 1, 1024, 1024, device=device)
+    weight = torch.randn(2, 1, 1, 1, device=device)
+    torch.testing.assert_close(fastdl.ops.dilated_conv2d(x, weight), F.conv2d(x, weight))
+    x = torch.randn(1, 1, 1 << 20, device=device)
+    weight = torch.randn(2, 1, 1, device=device)
+    torch.testing.assert_close(fastdl.ops.dilated_conv1d(x, weight), F.conv1d(x, weight))
+
+
 # ---------------------------------------------------------------- empty and too small
 
 
