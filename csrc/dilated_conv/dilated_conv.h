@@ -11,9 +11,10 @@
 // whose pixels all read padding are skipped. Narrower groups put columns in the lanes:
 // 5 output channels x up to 5 vectors of columns += a broadcast weight x a run of a
 // zero-padded copy of the input rows, shifted by kw * dilation. Either way there is
-// no space-to-batch and no im2col buffer, and taps that fall on zero-padding rows are
-// skipped, not multiplied: a non-finite weight there does not turn the output into NaN
-// as F.conv2d's 0 * inf does.
+// no space-to-batch and no im2col buffer. Taps that fall on zero-padding rows (and, in
+// the lane tile, on whole tiles of padding columns) are skipped, not multiplied: a
+// non-finite weight there does not turn the output into NaN as F.conv2d's 0 * inf does
+// (padding columns elsewhere are multiplied as zeros).
 // grad_input is the same kernel on grad_output with the weights flipped and
 // transposed (stride 1; larger strides first spread grad_output onto the stride-1
 // grid); grad_weight is a reduction over (batch, rows, columns) per (output channel,

@@ -4,11 +4,11 @@
 // thread's tasks share one block's packed weights. Forward, narrow groups: tasks of
 // (image, group, output row, column chunk), each copying the input rows it reads into a
 // zero-padded window once and running every output channel of the group over it.
-// grad_input: the forward
-// kernel on grad_output with the weights flipped and transposed. grad_weight: tasks of
-// (group, tap, chunk of input channels) over a pixel-major copy of the input, each
-// summing over the whole batch in a fixed order. No task writes what another reads or
-// writes, so results do not depend on the thread count.
+// grad_input: the forward kernel on grad_output with the weights flipped and
+// transposed. grad_weight: tasks of (group, tap, chunk of input channels) over a
+// pixel-major copy of the input, each summing over the whole batch in a fixed order.
+// No task writes what another reads or writes, so results do not depend on the thread
+// count.
 // float16/bfloat16 run the float32 kernels on float32 copies.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
