@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fastdl
-from conftest import TOLERANCES
+from conftest import TOLERANCES, TOLERANCES_VS_FLOAT64
 from parity import assert_close
 
 OPS = torch.ops.fastdl
@@ -137,7 +137,7 @@ LSTM_CONFIGS = [
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("steps, batch", [(4, 3), (1, 1), (7, 1), (1, 5)])
+@pytest.mark.parametrize("steps, batch", [(4, 3), (1, 1), (7, 1), (1, 5), (3, 9)])  # 9: tiled recurrence
 @pytest.mark.parametrize("config", LSTM_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_lstm_matches_nn_lstm(device, config, steps, batch, dtype):
     torch.manual_seed(0)
@@ -160,6 +160,30 @@ def test_lstm_matches_nn_lstm(device, config, steps, batch, dtype):
                         *torch.autograd.grad(loss, (x, h0, c0, *layer.parameters()))])
     for actual, expected in zip(*results):
         assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch, hidden", [(9, 16), (13, 40), (70, 33), (64, 256)])
+def test_lstm_tiled_recurrence_matches_nn_lstm(device, batch, hidden, dtype):
+    """Batches above the GEMV recurrence's 8 rows: register tiles of 6 rows (2 on AVX2)
+    x one vector of units, whole and partial tiles and unit blocks, both directions."""
+    torch.manual_seed(0)
+    # The reference in float64: float32's own rounding over 64 rows would set the bar.
+    reference = nn.LSTM(7, hidden, num_layers=2, bidirectional=True).to(device=device, dtype=torch.float64)
+    ours = fastdl.nn.LSTM(7, hidden, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
+    ours.load_state_dict(reference.state_dict())
+    g = torch.Generator().manual_seed(2)
+    make = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device)
+    inputs = [make(3, batch, 7), make(4, batch, hidden), make(4, batch, hidden)]
+    results = []
+    for layer, t in ((ours, dtype), (reference, torch.float64)):
+        x, h0, c0 = (v.to(t).requires_grad_() for v in inputs)
+        out, (h_n, c_n) = layer(x, (h0, c0))
+        loss = (out * out.detach().cos()).sum() + h_n.sin().sum() + (2 * c_n).sum()
+        results.append([out, h_n, c_n, *torch.autograd.grad(loss, (x, h0, c0, *layer.parameters()))])
+    for actual, expected in zip(*results):
+        assert actual.dtype == dtype
+        torch.testing.assert_close(actual.double(), expected, **TOLERANCES_VS_FLOAT64[dtype])
 
 
 def test_lstm_unbatched_default_state_and_dropout():

@@ -31,10 +31,11 @@ void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
                             const at::Tensor& c, at::Tensor& grad_gates,
                             at::Tensor& grad_c_prev);
 
-// The small-batch CPU recurrence (lstm_recurrence_cpu.cpp): one direction of one
-// layer, no projection, every row every step. All tensors contiguous and of one
-// dtype; x_gates (T, B, 4H) holds x W_ih^T + bias; writes output, cells (T, B, H)
-// and activated (T, B, 4H) as the step-by-step path does.
+// The CPU recurrence (lstm_recurrence_cpu.cpp): one direction of one layer, no
+// projection, every row every step. All tensors contiguous and of one dtype; x_gates
+// (T, B, 4H) holds x W_ih^T + bias; writes output, cells (T, B, H) and activated
+// (T, B, 4H) as the step-by-step path does. Up to kMaxRecurrenceBatch rows a step is
+// a GEMV per row; above, register tiles of rows.
 constexpr int64_t kMaxRecurrenceBatch = 8;
 struct RecurrenceArgs {
   at::Tensor x_gates, h0, c0, w_hh, output, cells, activated;
@@ -42,7 +43,7 @@ struct RecurrenceArgs {
   bool reverse;
 };
 // Runs it and returns true, or returns false (nothing done) where it does not
-// apply: not CPU, batch > kMaxRecurrenceBatch, or a dtype other than float32/64.
-bool cpu_small_batch_recurrence(const RecurrenceArgs& args);
+// apply: not CPU, or a dtype other than float32/64.
+bool cpu_recurrence(const RecurrenceArgs& args);
 
 }  // namespace fastdl::lstm

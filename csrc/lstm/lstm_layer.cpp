@@ -142,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::mm_out(h_out, h_cell, w_hr_t);
   };
   if (!batch_sizes && !w_hr && steps > 0 &&
-      cpu_small_batch_recurrence({x_gates, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+      cpu_recurrence({x_gates, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
                                   output, cells, activated, steps, batch, hidden, reverse})) {
     const int64_t last = reverse ? 0 : steps - 1;
     return {output, output[last].clone(), cells[last].clone(), activated, cells, unprojected};

@@ -1,13 +1,18 @@
-// The recurrence of a small-batch LSTM layer on CPU, for inference and training
-// alike (it writes what the backward needs, like the general path).
+// The recurrence of an LSTM layer on CPU, for inference and training alike (it writes
+// what the backward needs, like the general path).
 //
-// At batch <= kMaxBatch a step's h W_hh^T is a matrix-vector product: at::addmm then
-// costs more in call overhead and in re-reading W_hh from memory than in
-// arithmetic (measured: 28 us of a 32 us step at batch 1, hidden 256). Here the
-// threads split the hidden units once for the whole sequence; each packs its share
-// of W_hh (all four gates of its units) into a panel that stays in its core's cache,
-// and per step runs the GEMV and the cell for its units only, so the only exchange
-// between threads is h, at one barrier per step.
+// A step of at::addmm with W_hh then the cell costs more than its arithmetic: at
+// batch 1 call overhead and re-reading W_hh from memory (measured: 28 us of a 32 us
+// step at hidden 256); at batch 64 a library GEMM that repacks W_hh every step and
+// writes the gates out for the cell to read back. Here the threads split the hidden
+// units once for the whole sequence; each packs its share of W_hh (all four gates of
+// its units) into a panel that stays in its core's cache, and per step computes the
+// gates and the cell for its units only, so the only exchange between threads is h,
+// at one barrier per step.
+//   batch <= kMaxRecurrenceBatch: a GEMV per row (gates_gemv), then the cell.
+//   larger batches: register tiles of rows x one vector of units x four gates with the
+//     cell as their epilogue (step_blocks): each weight vector feeds several rows' FMAs
+//     and the step's gates never go to memory.
 #include <ATen/Parallel.h>
 #include <omp.h>
 
@@ -21,17 +26,15 @@
 namespace fastdl::lstm {
 namespace {
 
-template <typename T, typename Kernels>
-void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
-  const int64_t hidden = a.hidden, batch = a.batch, block = kernels.panel_block(T{});
-  const T* x_gates = a.x_gates.const_data_ptr<T>();
-  const T* w_hh = a.w_hh.const_data_ptr<T>();
-  T* output = a.output.data_ptr<T>();
-  T* cells = a.cells.data_ptr<T>();
-  T* activated = a.activated.data_ptr<T>();
-  const T* h0 = a.h0.const_data_ptr<T>();
-  const T* c0 = a.c0.const_data_ptr<T>();
-  // At least a panel block of units per thread.
+// Splits the units into per-thread shares of whole `block`s; each thread calls
+// pack(first, units, blocks) once (returning its panel) and then, per step,
+// step(panel, first, units, t, h_prev, c_prev), with one barrier between steps.
+template <typename T, typename Pack, typename Step>
+void split_recurrence(const RecurrenceArgs& a, int64_t block, Pack&& pack, Step&& step) {
+  const int64_t hidden = a.hidden, batch = a.batch;
+  const T* output = a.output.const_data_ptr<T>();
+  const T* cells = a.cells.const_data_ptr<T>();
+  // At least a block of units per thread.
   const int wanted = static_cast<int>(
       std::clamp<int64_t>((hidden + block - 1) / block, 1, at::get_num_threads()));
 #pragma omp parallel num_threads(wanted)
@@ -41,27 +44,12 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
     const int64_t share = (hidden + block * team - 1) / (block * team) * block;
     const int64_t first = std::min(hidden, id * share);
     const int64_t units = std::min(hidden, first + share) - first;
-    const int64_t blocks = (units + block - 1) / block;
-    std::vector<T> panel(4 * blocks * hidden * block, T(0));
-    for (int64_t g = 0; g < 4; ++g)
-      for (int64_t u = 0; u < units; ++u) {
-        const T* row = w_hh + (g * hidden + first + u) * hidden;
-        T* slab = panel.data() + (g * blocks + u / block) * hidden * block + u % block;
-        for (int64_t k = 0; k < hidden; ++k) slab[k * block] = row[k];
-      }
-    std::vector<T> gates(4 * std::max<int64_t>(units, 1));
-    const T* h_prev = h0;
-    const T* c_prev = c0;
+    const std::vector<T> panel = pack(first, units, (units + block - 1) / block);
+    const T* h_prev = a.h0.const_data_ptr<T>();
+    const T* c_prev = a.c0.const_data_ptr<T>();
     for (int64_t s = 0; s < a.steps; ++s) {
       const int64_t t = a.reverse ? a.steps - 1 - s : s;
-      for (int64_t b = 0; b < batch && units > 0; ++b) {
-        const int64_t row = t * batch + b;
-        kernels.gates_gemv(panel.data(), hidden, units, h_prev + b * hidden,
-                           x_gates + row * 4 * hidden + first, hidden, gates.data());
-        kernels.forward_units(gates.data(), c_prev + b * hidden + first, units,
-                              output + row * hidden + first, cells + row * hidden + first,
-                              activated + row * 4 * hidden + first, hidden);
-      }
+      if (units > 0) step(panel.data(), first, units, t, h_prev, c_prev);
 #pragma omp barrier
       h_prev = output + t * batch * hidden;
       c_prev = cells + t * batch * hidden;
@@ -69,10 +57,72 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
   }
 }
 
+template <typename T, typename Kernels>
+void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
+  const int64_t hidden = a.hidden, batch = a.batch;
+  const T* x_gates = a.x_gates.const_data_ptr<T>();
+  const T* w_hh = a.w_hh.const_data_ptr<T>();
+  T* output = a.output.data_ptr<T>();
+  T* cells = a.cells.data_ptr<T>();
+  T* activated = a.activated.data_ptr<T>();
+  // W_hh[g][first + u][k] for the thread's units, at panel[k * stride + offset(g, u)].
+  const auto packed = [&](int64_t first, int64_t units, int64_t size, auto&& place) {
+    std::vector<T> panel(size, T(0));
+    for (int64_t g = 0; g < 4; ++g)
+      for (int64_t u = 0; u < units; ++u) {
+        const T* row = w_hh + (g * hidden + first + u) * hidden;
+        const auto [slab, stride] = place(g, u);
+        for (int64_t k = 0; k < hidden; ++k) panel[slab + k * stride] = row[k];
+      }
+    return panel;
+  };
+  if (batch <= kMaxRecurrenceBatch) {
+    // Per gate and block of panel_block units, a (hidden, block) slab of W^T.
+    const int64_t block = kernels.panel_block(T{});
+    std::vector<T> gates(4 * std::max<int64_t>(hidden, 1));
+    split_recurrence<T>(
+        a, block,
+        [&](int64_t first, int64_t units, int64_t blocks) {
+          return packed(first, units, 4 * blocks * hidden * block, [&](int64_t g, int64_t u) {
+            return std::pair<int64_t, int64_t>((g * blocks + u / block) * hidden * block + u % block, block);
+          });
+        },
+        [&](const T* panel, int64_t first, int64_t units, int64_t t, const T* h_prev,
+            const T* c_prev) {
+          T* own = gates.data() + 4 * first;  // the thread's own part of the scratch
+          for (int64_t b = 0; b < batch; ++b) {
+            const int64_t row = t * batch + b;
+            kernels.gates_gemv(panel, hidden, units, h_prev + b * hidden,
+                               x_gates + row * 4 * hidden + first, hidden, own);
+            kernels.forward_units(own, c_prev + b * hidden + first, units,
+                                  output + row * hidden + first, cells + row * hidden + first,
+                                  activated + row * 4 * hidden + first, hidden);
+          }
+        });
+    return;
+  }
+  // Per block of unit_block units, per k, the four gates' weights side by side.
+  const int64_t block = kernels.unit_block(T{});
+  split_recurrence<T>(
+      a, block,
+      [&](int64_t first, int64_t units, int64_t blocks) {
+        return packed(first, units, blocks * hidden * 4 * block, [&](int64_t g, int64_t u) {
+          return std::pair<int64_t, int64_t>((u / block) * hidden * 4 * block + g * block + u % block, 4 * block);
+        });
+      },
+      [&](const T* panel, int64_t first, int64_t units, int64_t t, const T* h_prev,
+          const T* c_prev) {
+        kernels.step_blocks(panel, hidden, units, first, batch, h_prev,
+                            x_gates + t * batch * 4 * hidden, c_prev, hidden,
+                            output + t * batch * hidden, cells + t * batch * hidden,
+                            activated + t * batch * 4 * hidden);
+      });
+}
+
 }  // namespace
 
-bool cpu_small_batch_recurrence(const RecurrenceArgs& a) {
-  if (!a.x_gates.is_cpu() || a.batch > kMaxRecurrenceBatch) return false;
+bool cpu_recurrence(const RecurrenceArgs& a) {
+  if (!a.x_gates.is_cpu()) return false;
   const auto type = a.x_gates.scalar_type();
   if (type == at::kFloat)
     with_isa_kernels<float, ScalarKernels, Avx2Kernels, Avx512Kernels>(
