@@ -1,8 +1,9 @@
 // One LSTM layer over a whole sequence, in one direction: the input projection of all
 // timesteps as one GEMM, then per step one GEMM with W_hh (at::addmm) and the fused
-// cell op (fastdl::lstm_cell, per device); backward through time runs the fused cell
-// backward per step and batches the weight and input gradients across time into
-// three GEMMs. The sequence loop is here in C++, not in Python.
+// cell op (fastdl::lstm_cell, per device), except on CPU without projection or packing,
+// where lstm_recurrence_cpu.cpp runs the whole recurrence; backward through time runs
+// the fused cell backward per step and batches the weight and input gradients across
+// time into three GEMMs. The sequence loop is here in C++, not in Python.
 //
 // Registered for CPU and CUDA with the same code: the GEMMs and the cell go through
 // the dispatcher, so each runs on its device's kernel.

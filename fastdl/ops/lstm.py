@@ -1,7 +1,9 @@
 """One LSTM layer over a sequence, one direction: ``fastdl.ops.lstm_layer``.
 
-The input projection of all timesteps is one GEMM; the recurrence runs in C++ (one
-GEMM with W_hh and the fused fastdl cell per step); the backward through time runs
+The input projection of all timesteps is one GEMM; the recurrence runs in C++ (on
+CPU without projection or packing: each thread keeps its share of W_hh packed and
+computes the gates and the cell of its units per step; otherwise one GEMM with W_hh
+and the fused fastdl cell per step); the backward through time runs
 the fused cell backward per step and computes the weight and input gradients as three
 GEMMs over all timesteps. ``fastdl.nn.LSTM`` stacks these layers.
 """
