@@ -36,32 +36,9 @@ void with_kernels(Fn&& fn) {
   with_isa_kernels<T, ScalarKernels, Avx2Kernels, Avx512Kernels>(fn);
 }
 
-template <typename T>
-std::pair<at::Tensor, at::Tensor> pack_weight_tiles(const Geometry& g, const at::Tensor& weight,
-                                                    const at::Tensor& bias, int64_t tile) {
-  const int64_t og = g.out_per_group(), cg = g.in_per_group(), taps = g.kernel_h * g.kernel_w;
-  const int64_t tiles = g.groups * tiles_to_cover(og, tile);
-  at::Tensor packed = at::zeros({tiles, cg * taps, tile}, weight.options());
-  at::Tensor packed_bias = at::zeros({tiles, tile}, weight.options());
-  const T* w = weight.const_data_ptr<T>();
-  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
-  T* p = packed.data_ptr<T>();
-  T* pb = packed_bias.data_ptr<T>();
-  const int64_t per_group = tiles / g.groups;
-  for (int64_t t = 0; t < tiles; ++t) {
-    for (int64_t r = 0; r < tile; ++r) {
-      const int64_t local = (t % per_group) * tile + r;
-      if (local >= og) break;
-      const int64_t o = (t / per_group) * og + local;
-      for (int64_t k = 0; k < cg * taps; ++k) p[(t * cg * taps + k) * tile + r] = w[o * cg * taps + k];
-      if (b != nullptr) pb[t * tile + r] = b[o];
-    }
-  }
-  return {packed, packed_bias};
-}
-
-// The lane kernels' packing (dilated_conv_cpu_kernels.h): blocks of `block` output
-// channels per group, `width(channels)` lanes per step.
+// Both kernels' packing (dilated_conv_cpu_kernels.h): blocks of `block` output
+// channels per group, `width(channels)` lanes per step (conv_columns' tiles: always
+// `block`).
 template <typename T, typename Width>
 std::pair<at::Tensor, at::Tensor> pack_weight_blocks(const Geometry& g, const at::Tensor& weight,
                                                      const at::Tensor& bias, int64_t block,
@@ -130,7 +107,8 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
       return;
     }
     const int64_t tile = kernels.channel_tile(T(0)), group_tiles = tiles_to_cover(og, tile);
-    const std::pair<at::Tensor, at::Tensor> packs = pack_weight_tiles<T>(g, weight, bias, tile);
+    const std::pair<at::Tensor, at::Tensor> packs =
+        pack_weight_blocks<T>(g, weight, bias, tile, [&](int64_t) { return tile; });
     const T* pw = packs.first.const_data_ptr<T>();
     const T* pb = packs.second.const_data_ptr<T>();
     at::parallel_for(0, g.batch * g.groups * g.out_h * column_chunks, 1,
