@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "lstm/lstm_cell_cpu_kernels.h"
 

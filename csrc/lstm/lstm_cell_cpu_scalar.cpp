@@ -1,6 +1,7 @@
 // The LSTM cell kernels for CPUs without AVX2, and for float64 everywhere.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "lstm/lstm_cell_cpu_kernels.h"
 
