@@ -163,18 +163,23 @@ def test_lstm_matches_nn_lstm(device, config, steps, batch, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("batch, hidden", [(9, 16), (13, 40), (70, 33), (64, 256)])
-def test_lstm_tiled_recurrence_matches_nn_lstm(device, batch, hidden, dtype):
+@pytest.mark.parametrize("batch, hidden, input_size, bias",
+                         [(9, 16, 7, True), (13, 40, 7, True), (70, 33, 7, True),
+                          (64, 256, 7, True), (11, 20, 1, False), (12, 17, 300, True)])
+def test_lstm_tiled_recurrence_matches_nn_lstm(device, batch, hidden, input_size, bias, dtype):
     """Batches above the GEMV recurrence's 8 rows: register tiles of 6 rows (2 on AVX2)
-    x one vector of units, whole and partial tiles and unit blocks, both directions."""
+    x one vector of units over [x_t | h], whole and partial tiles and unit blocks, both
+    directions, inputs narrower and wider than h, with and without bias."""
     torch.manual_seed(0)
     # The reference in float64: float32's own rounding over 64 rows would set the bar.
-    reference = nn.LSTM(7, hidden, num_layers=2, bidirectional=True).to(device=device, dtype=torch.float64)
-    ours = fastdl.nn.LSTM(7, hidden, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
+    reference = nn.LSTM(input_size, hidden, num_layers=2, bias=bias, bidirectional=True).to(
+        device=device, dtype=torch.float64)
+    ours = fastdl.nn.LSTM(input_size, hidden, num_layers=2, bias=bias, bidirectional=True).to(
+        device=device, dtype=dtype)
     ours.load_state_dict(reference.state_dict())
     g = torch.Generator().manual_seed(2)
     make = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device)
-    inputs = [make(3, batch, 7), make(4, batch, hidden), make(4, batch, hidden)]
+    inputs = [make(3, batch, input_size), make(4, batch, hidden), make(4, batch, hidden)]
     results = []
     for layer, t in ((ours, dtype), (reference, torch.float64)):
         x, h0, c0 = (v.to(t).requires_grad_() for v in inputs)

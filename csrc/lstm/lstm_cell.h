@@ -31,14 +31,15 @@ void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
                             const at::Tensor& c, at::Tensor& grad_gates,
                             at::Tensor& grad_c_prev);
 
-// The CPU recurrence (lstm_recurrence_cpu.cpp): one direction of one layer, no
-// projection, every row every step. All tensors contiguous and of one dtype; x_gates
-// (T, B, 4H) holds x W_ih^T + bias; writes output, cells (T, B, H) and activated
-// (T, B, 4H) as the step-by-step path does. Up to kMaxRecurrenceBatch rows a step is
-// a GEMV per row; above, register tiles of rows.
+// The CPU recurrence (lstm_recurrence_cpu.cpp): one direction of one layer, input
+// projection included, no projection of h, every row every step. All tensors
+// contiguous and of one dtype: input (T, B, I), w_ih (4H, I), w_hh (4H, H), bias (4H,)
+// = b_ih + b_hh; writes output, cells (T, B, H) and activated (T, B, 4H) as the
+// step-by-step path does. Up to kMaxRecurrenceBatch rows the input projection is one
+// GEMM and a step is a GEMV per row; above, register tiles of rows run both.
 constexpr int64_t kMaxRecurrenceBatch = 8;
 struct RecurrenceArgs {
-  at::Tensor x_gates, h0, c0, w_hh, output, cells, activated;
+  at::Tensor input, h0, c0, w_ih, w_hh, bias, output, cells, activated;
   int64_t steps, batch, hidden;
   bool reverse;
 };

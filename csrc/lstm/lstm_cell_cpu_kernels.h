@@ -21,11 +21,12 @@ namespace fastdl::lstm {
                             T* act, int64_t act_stride);                                    \
   /* Units per block of the tiled recurrence's panel: one vector.                       */ \
   static int64_t unit_block(T);                                                             \
-  /* One step of `units` units (from unit `first`) for every row, from the block panel  */ \
-  /* of lstm_cell_cpu_kernels.inc: h, c, act as forward_rows writes them.               */ \
-  static void step_blocks(const T* panel, int64_t k_size, int64_t units, int64_t first,    \
-                          int64_t batch, const T* h_prev, const T* x_gates, const T* c_prev, \
-                          int64_t hidden, T* h, T* c, T* act);                              \
+  /* One step of `units` units (from unit `first`) for every row, input projection     */ \
+  /* included, from the block panel of lstm_cell_cpu_kernels.inc: h, c, act as          */ \
+  /* forward_rows writes them.                                                          */ \
+  static void step_blocks(const T* panel, int64_t units, int64_t first, int64_t batch,     \
+                          const T* x, int64_t in_size, const T* bias, const T* h_prev,      \
+                          const T* c_prev, int64_t hidden, T* h, T* c, T* act);             \
   static void forward_rows(const T* gates, const T* c_prev, int64_t rows, int64_t hidden,   \
                            T* h, T* c, T* activated);                                       \
   static void backward_rows(const T* grad_h, const T* grad_c, const T* activated,          \
@@ -54,11 +55,11 @@ struct Avx512Kernels {
     impl::forward_units<T>(gates, c_prev, units, h, c, act, act_stride);                     \
   }                                                                                          \
   int64_t Set::unit_block(T) { return impl::Vec<T>::kWidth; }                               \
-  void Set::step_blocks(const T* panel, int64_t k_size, int64_t units, int64_t first,      \
-                        int64_t batch, const T* h_prev, const T* x_gates, const T* c_prev,   \
-                        int64_t hidden, T* h, T* c, T* act) {                                \
-    impl::step_blocks<T>(panel, k_size, units, first, batch, h_prev, x_gates, c_prev, hidden, \
-                         h, c, act);                                                         \
+  void Set::step_blocks(const T* panel, int64_t units, int64_t first, int64_t batch,       \
+                        const T* x, int64_t in_size, const T* bias, const T* h_prev,         \
+                        const T* c_prev, int64_t hidden, T* h, T* c, T* act) {               \
+    impl::step_blocks<T>(panel, units, first, batch, x, in_size, bias, h_prev, c_prev,        \
+                         hidden, h, c, act);                                                 \
   }                                                                                          \
   void Set::forward_rows(const T* gates, const T* c_prev, int64_t rows, int64_t hidden,     \
                          T* h, T* c, T* activated) {                                         \

@@ -1,7 +1,8 @@
 // One LSTM layer over a whole sequence, in one direction: the input projection of all
 // timesteps as one GEMM, then per step one GEMM with W_hh (at::addmm) and the fused
 // cell op (fastdl::lstm_cell, per device), except on CPU without projection or packing,
-// where lstm_recurrence_cpu.cpp runs the whole recurrence; backward through time runs
+// where lstm_recurrence_cpu.cpp runs the whole layer (its own input projection
+// included, above a few rows); backward through time runs
 // the fused cell backward per step and batches the weight and input gradients across
 // time into three GEMMs. The sequence loop is here in C++, not in Python.
 //
@@ -116,10 +117,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_layer("lstm_layer", input, h0, c0, w_ih, w_hh, bias, w_hr);
   const int64_t steps = input.size(0), batch = input.size(1), hidden = c0.size(1);
   const std::vector<int64_t> active = active_rows("lstm_layer", batch_sizes, steps, batch);
-  // The input projection of every timestep at once: (T * B, I) x (I, 4H).
-  const at::Tensor x_gates =
-      at::addmm(bias, input.reshape({steps * batch, input.size(2)}), w_ih.t())
-          .view({steps, batch, 4 * hidden});
   // Packed: the padding positions of the output are zeros, as pad_packed_sequence's.
   const auto allocate = [&](int64_t width) {
     return batch_sizes ? at::zeros({steps, batch, width}, input.options())
@@ -129,6 +126,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor cells = allocate(hidden);
   // With a projection the cell's own h (o * tanh(c)) is kept for the backward.
   at::Tensor unprojected = w_hr ? allocate(hidden) : at::empty({0}, input.options());
+  if (input.is_cpu() && !batch_sizes && !w_hr && steps > 0 &&
+      cpu_recurrence({input.contiguous(), h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
+                      w_hh.contiguous(), bias.contiguous(), output, cells, activated, steps,
+                      batch, hidden, reverse})) {
+    const int64_t last = reverse ? 0 : steps - 1;
+    return {output, output[last].clone(), cells[last].clone(), activated, cells, unprojected};
+  }
+  // The input projection of every timestep at once: (T * B, I) x (I, 4H).
+  const at::Tensor x_gates =
+      at::addmm(bias, input.reshape({steps * batch, input.size(2)}), w_ih.t())
+          .view({steps, batch, 4 * hidden});
   at::Tensor gates = at::empty({batch, 4 * hidden}, input.options());
   const at::Tensor w_hh_t = w_hh.t();
   const at::Tensor w_hr_t = w_hr ? w_hr->t() : at::Tensor();
@@ -142,12 +150,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     cell_into(step_gates, c, h_cell, rows_of(cells[t], rows), rows_of(activated[t], rows));
     at::mm_out(h_out, h_cell, w_hr_t);
   };
-  if (!batch_sizes && !w_hr && steps > 0 &&
-      cpu_recurrence({x_gates, h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
-                                  output, cells, activated, steps, batch, hidden, reverse})) {
-    const int64_t last = reverse ? 0 : steps - 1;
-    return {output, output[last].clone(), cells[last].clone(), activated, cells, unprojected};
-  }
   if (!batch_sizes) {  // every row every step: the state is the previous step's output
     at::Tensor h = h0.contiguous(), c = c0.contiguous();
     for (int64_t s = 0; s < steps; ++s) {

@@ -1,9 +1,11 @@
 """One LSTM layer over a sequence, one direction: ``fastdl.ops.lstm_layer``.
 
-The input projection of all timesteps is one GEMM; the recurrence runs in C++ (on
-CPU without projection or packing: each thread keeps its share of W_hh packed and
-computes the gates and the cell of its units per step; otherwise one GEMM with W_hh
-and the fused fastdl cell per step); the backward through time runs
+The forward runs in C++. On CPU without projection or packing each thread keeps its
+share of the weights packed and computes the gates and the cell of its units per step
+(above 8 rows in register tiles over [x_t | h] that include the input projection; up
+to 8 rows the input projection is one GEMM and a step a GEMV per row). Otherwise the
+input projection of all timesteps is one GEMM, then one GEMM with W_hh and the fused
+fastdl cell per step. The backward through time runs
 the fused cell backward per step and computes the weight and input gradients as three
 GEMMs over all timesteps. ``fastdl.nn.LSTM`` stacks these layers.
 """
