@@ -47,4 +47,22 @@ struct RecurrenceArgs {
 // apply: not CPU, or a dtype other than float32/64.
 bool cpu_recurrence(const RecurrenceArgs& args);
 
+// Its backward through time, for the same layers (any batch): from the forward's
+// activated and cells, grad_output (T, B, H) and grad_h = grad_output[last step] + grad_h_n,
+// grad_c = grad_c_n (B, H), writes grad_gates (T, B, 4H) (for the weight gradients) and
+// grad_input (T, B, I), and leaves grad_h0, grad_c0 in grad_h, grad_c. Contiguous, one
+// dtype; returns false (nothing done) off CPU or for dtypes other than float32/64.
+struct RecurrenceBackwardArgs {
+  at::Tensor grad_output, c0, w_ih, w_hh, activated, cells;
+  at::Tensor grad_gates, grad_input, grad_h, grad_c;
+  int64_t steps, batch, hidden;
+  bool reverse;
+};
+bool cpu_recurrence_backward(const RecurrenceBackwardArgs& args);
+
+// A weight gradient over all timesteps: gates (K, M)^T x inputs (K, N), (M, N), in the
+// same register tiles; undefined (nothing done) off CPU or for dtypes other than
+// float32/64.
+at::Tensor cpu_weight_gradient(const at::Tensor& gates, const at::Tensor& inputs);
+
 }  // namespace fastdl::lstm

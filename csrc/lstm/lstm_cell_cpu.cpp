@@ -80,7 +80,7 @@ void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
                               grad_c.const_data_ptr<scalar_t>() + offset,
                               activated.const_data_ptr<scalar_t>() + 4 * offset,
                               c_prev.const_data_ptr<scalar_t>() + offset,
-                              c.const_data_ptr<scalar_t>() + offset, rows, s.hidden,
+                              c.const_data_ptr<scalar_t>() + offset, rows, s.hidden, s.hidden,
                               grad_gates.data_ptr<scalar_t>() + 4 * offset,
                               grad_c_prev.data_ptr<scalar_t>() + offset);
       });

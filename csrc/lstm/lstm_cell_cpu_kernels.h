@@ -29,9 +29,24 @@ namespace fastdl::lstm {
                           const T* c_prev, int64_t hidden, T* h, T* c, T* act);             \
   static void forward_rows(const T* gates, const T* c_prev, int64_t rows, int64_t hidden,   \
                            T* h, T* c, T* activated);                                       \
+  /* The cell backward on `units` units of `rows` rows (pointers at the first unit,    */ \
+  /* rows hidden apart, gates 4 * hidden); grad_c_prev may alias grad_c.                */ \
   static void backward_rows(const T* grad_h, const T* grad_c, const T* activated,          \
-                            const T* c_prev, const T* c, int64_t rows, int64_t hidden,      \
-                            T* grad_gates, T* grad_c_prev);
+                            const T* c_prev, const T* c, int64_t rows, int64_t units,       \
+                            int64_t hidden, T* grad_gates, T* grad_c_prev);                 \
+  /* out (batch, columns) = addend (or 0 if null) + rows (batch, k_size) x a matrix     */ \
+  /* packed in blocks of product_block columns, [block][k][column].                     */ \
+  static int64_t product_block(T);                                                          \
+  static void rows_times_panel(const T* panel, int64_t k_size, int64_t batch,               \
+                               const T* rows, int64_t row_stride, int64_t columns,          \
+                               const T* addend, int64_t addend_stride, T* out,              \
+                               int64_t out_stride);                                         \
+  /* out (m, columns) = gates[:, :m]^T x inputs[:, :columns], reading whole blocks of  */ \
+  /* product_block columns of every inputs row.                                         */ \
+  static void gates_transposed_times(const T* gates, int64_t gates_stride, int64_t m,       \
+                                     const T* inputs, int64_t inputs_stride,                \
+                                     int64_t columns, int64_t k_size, T* out,               \
+                                     int64_t out_stride);
 
 struct ScalarKernels {
   FASTDL_LSTM_KERNEL_LIST(float)
@@ -66,10 +81,23 @@ struct Avx512Kernels {
     impl::forward_rows<T>(gates, c_prev, rows, hidden, h, c, activated);                     \
   }                                                                                          \
   void Set::backward_rows(const T* grad_h, const T* grad_c, const T* activated,             \
-                          const T* c_prev, const T* c, int64_t rows, int64_t hidden,         \
-                          T* grad_gates, T* grad_c_prev) {                                   \
-    impl::backward_rows<T>(grad_h, grad_c, activated, c_prev, c, rows, hidden, grad_gates,   \
-                           grad_c_prev);                                                     \
+                          const T* c_prev, const T* c, int64_t rows, int64_t units,          \
+                          int64_t hidden, T* grad_gates, T* grad_c_prev) {                   \
+    impl::backward_rows<T>(grad_h, grad_c, activated, c_prev, c, rows, units, hidden,        \
+                           grad_gates, grad_c_prev);                                         \
+  }                                                                                          \
+  int64_t Set::product_block(T) { return 4 * impl::Vec<T>::kWidth; }                        \
+  void Set::rows_times_panel(const T* panel, int64_t k_size, int64_t batch, const T* rows,  \
+                             int64_t row_stride, int64_t columns, const T* addend,           \
+                             int64_t addend_stride, T* out, int64_t out_stride) {            \
+    impl::rows_times_panel<T>(panel, k_size, batch, rows, row_stride, columns, addend,       \
+                              addend_stride, out, out_stride);                               \
+  }                                                                                          \
+  void Set::gates_transposed_times(const T* gates, int64_t gates_stride, int64_t m,          \
+                                   const T* inputs, int64_t inputs_stride, int64_t columns,  \
+                                   int64_t k_size, T* out, int64_t out_stride) {             \
+    impl::gates_transposed_times<T>(gates, gates_stride, m, inputs, inputs_stride, columns,   \
+                                    k_size, out, out_stride);                                \
   }
 
 }  // namespace fastdl::lstm

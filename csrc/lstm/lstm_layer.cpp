@@ -202,7 +202,21 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
   at::Tensor grad_projected = w_hr ? at::zeros({steps, batch, proj}, input.options()) : at::Tensor();
   at::Tensor grad_cell_h = w_hr ? at::empty_like(dc) : at::Tensor();
   const at::Tensor c_first = c0.contiguous();
-  for (int64_t s = steps - 1; s >= 0; --s) {
+  // On CPU without projection or packing, lstm_recurrence_cpu.cpp runs the steps and
+  // the input gradient with them.
+  at::Tensor grad_input;
+  if (input.is_cpu() && !batch_sizes && !w_hr && steps > 0) {
+    grad_input = at::empty({steps, batch, input.size(2)}, input.options());
+    at::Tensor grad_h0 = at::add(grad_output[step_index(steps - 1, steps, reverse)], grad_hn);
+    if (cpu_recurrence_backward({grad_output.contiguous(), c_first, w_ih.contiguous(),
+                                 w_hh.contiguous(), activated.contiguous(), cells.contiguous(),
+                                 grad_gates, grad_input, grad_h0, dc, steps, batch, hidden,
+                                 reverse}))
+      dh = grad_h0;
+    else
+      grad_input = at::Tensor();
+  }
+  for (int64_t s = steps - 1; s >= 0 && !grad_input.defined(); --s) {
     const int64_t t = step_index(s, steps, reverse), rows = active[t];
     // c before step t: the previous step's cells, or c0 for rows that start at t
     // (the first step, or rows joining a reverse pass over a packed batch).
@@ -233,10 +247,13 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
                                  : at::cat({h0.unsqueeze(0), output.slice(0, 0, steps - 1)});
   if (batch_sizes && reverse) start_rows_from(h_prev, h0, active);
   const at::Tensor flat_gates = grad_gates.view({steps * batch, 4 * hidden});
-  const at::Tensor grad_input =
-      at::mm(flat_gates, w_ih).view({steps, batch, input.size(2)});
-  const at::Tensor grad_w_ih = at::mm(flat_gates.t(), input.reshape({steps * batch, input.size(2)}));
-  const at::Tensor grad_w_hh = at::mm(flat_gates.t(), h_prev.reshape({steps * batch, proj}));
+  if (!grad_input.defined()) grad_input = at::mm(flat_gates, w_ih).view({steps, batch, input.size(2)});
+  const auto weight_gradient = [&](const at::Tensor& inputs) {
+    at::Tensor ours = cpu_weight_gradient(flat_gates, inputs);
+    return ours.defined() ? ours : at::mm(flat_gates.t(), inputs);
+  };
+  const at::Tensor grad_w_ih = weight_gradient(input.reshape({steps * batch, input.size(2)}));
+  const at::Tensor grad_w_hh = weight_gradient(h_prev.reshape({steps * batch, proj}));
   const at::Tensor grad_bias = flat_gates.sum(0);
   const at::Tensor grad_w_hr =
       w_hr ? at::mm(grad_projected.view({steps * batch, proj}).t(),

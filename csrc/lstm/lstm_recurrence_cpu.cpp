@@ -20,6 +20,8 @@
 //     tiles on W_hh alone.
 #include <ATen/Parallel.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -34,15 +36,11 @@
 namespace fastdl::lstm {
 namespace {
 
-// Splits the units into per-thread shares of whole `block`s; each thread calls
-// pack(first, units, blocks) once (returning its panel) and then, per step,
-// step(panel, first, units, t, h_prev, c_prev), with one barrier between steps.
-template <typename T, typename Pack, typename Step>
-void split_recurrence(const RecurrenceArgs& a, int64_t block, Pack&& pack, Step&& step) {
-  const int64_t hidden = a.hidden, batch = a.batch;
-  const T* output = a.output.const_data_ptr<T>();
-  const T* cells = a.cells.const_data_ptr<T>();
-  // At least a block of units per thread.
+// Runs body(id, team, first, units) on a team that splits the units [0, hidden) into
+// per-thread shares of whole `block`s, at least a block per thread; body may hold
+// barriers (every thread runs it).
+template <typename Body>
+void split_units(int64_t hidden, int64_t block, Body&& body) {
   const int wanted = static_cast<int>(
       std::clamp<int64_t>((hidden + block - 1) / block, 1, at::get_num_threads()));
 #pragma omp parallel num_threads(wanted)
@@ -51,7 +49,19 @@ void split_recurrence(const RecurrenceArgs& a, int64_t block, Pack&& pack, Step&
     const int64_t team = omp_get_num_threads(), id = omp_get_thread_num();
     const int64_t share = (hidden + block * team - 1) / (block * team) * block;
     const int64_t first = std::min(hidden, id * share);
-    const int64_t units = std::min(hidden, first + share) - first;
+    body(id, team, first, std::min(hidden, first + share) - first);
+  }
+}
+
+// The forward: each thread calls pack(first, units, blocks) once (returning its panel)
+// and then, per step, step(panel, first, units, t, h_prev, c_prev), with one barrier
+// between steps.
+template <typename T, typename Pack, typename Step>
+void split_recurrence(const RecurrenceArgs& a, int64_t block, Pack&& pack, Step&& step) {
+  const T* output = a.output.const_data_ptr<T>();
+  const T* cells = a.cells.const_data_ptr<T>();
+  const int64_t size = a.batch * a.hidden;
+  split_units(a.hidden, block, [&](int64_t, int64_t, int64_t first, int64_t units) {
     const std::vector<T> panel = pack(first, units, (units + block - 1) / block);
     const T* h_prev = a.h0.const_data_ptr<T>();
     const T* c_prev = a.c0.const_data_ptr<T>();
@@ -59,10 +69,10 @@ void split_recurrence(const RecurrenceArgs& a, int64_t block, Pack&& pack, Step&
       const int64_t t = a.reverse ? a.steps - 1 - s : s;
       if (units > 0) step(panel.data(), first, units, t, h_prev, c_prev);
 #pragma omp barrier
-      h_prev = output + t * batch * hidden;
-      c_prev = cells + t * batch * hidden;
+      h_prev = output + t * size;
+      c_prev = cells + t * size;
     }
-  }
+  });
 }
 
 // The thread's units of [w_ih | w_hh] (or w_hh alone): W[g][first + u][k], k counting
@@ -146,6 +156,91 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
       });
 }
 
+// Columns [first, first + count) of w (k_size, columns), in blocks of `block` columns:
+// panel[(b * k_size + k) * block + c] = w[k][first + b * block + c], zero past count.
+template <typename T>
+std::vector<T> pack_columns(const T* w, int64_t k_size, int64_t columns, int64_t first,
+                            int64_t count, int64_t block) {
+  std::vector<T> panel((count + block - 1) / block * k_size * block, T(0));
+  for (int64_t k = 0; k < k_size; ++k)
+    for (int64_t c = 0; c < count; ++c)
+      panel[(c / block * k_size + k) * block + c % block] = w[k * columns + first + c];
+  return panel;
+}
+
+// Backward through time. Per step, each thread runs the cell backward for its units
+// (all rows), then, after the one barrier, its columns of
+//   [dh_prev | dx_t] = grad_gates_t (B, 4H) x [W_hh | W_ih]
+// in the forward's register tiles, from panels of its columns packed once. dh_prev is
+// written for the thread's own units, the only ones its next cell backward reads, so
+// a step needs no second barrier; the tile starts from grad_output of the next step, so
+// dh_prev arrives as that step's whole grad_h. dx_t is grad_input, whole: the input
+// gradient is no GEMM over time any more.
+template <typename T, typename Kernels>
+void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
+  const int64_t hidden = a.hidden, batch = a.batch, steps = a.steps;
+  const int64_t in_size = a.w_ih.size(1), width = 4 * hidden;
+  const T* grad_output = a.grad_output.const_data_ptr<T>();
+  const T* activated = a.activated.const_data_ptr<T>();
+  const T* cells = a.cells.const_data_ptr<T>();
+  const T* c0 = a.c0.const_data_ptr<T>();
+  T* grad_gates = a.grad_gates.data_ptr<T>();
+  T* grad_input = a.grad_input.data_ptr<T>();
+  T* grad_h = a.grad_h.data_ptr<T>();
+  T* grad_c = a.grad_c.data_ptr<T>();
+  const auto time = [&](int64_t s) { return a.reverse ? steps - 1 - s : s; };
+  const int64_t block = kernels.product_block(T{});
+  split_units(hidden, block, [&](int64_t id, int64_t team, int64_t first, int64_t units) {
+    const int64_t x_share = (in_size + block * team - 1) / (block * team) * block;
+    const int64_t x_first = std::min(in_size, id * x_share);
+    const int64_t x_columns = std::min(in_size, x_first + x_share) - x_first;
+    const std::vector<T> h_panel =
+        pack_columns(a.w_hh.const_data_ptr<T>(), width, hidden, first, units, block);
+    const std::vector<T> x_panel =
+        pack_columns(a.w_ih.const_data_ptr<T>(), width, in_size, x_first, x_columns, block);
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const int64_t t = time(s);
+      const T* c_prev = s > 0 ? cells + time(s - 1) * batch * hidden : c0;
+      if (units > 0)
+        kernels.backward_rows(grad_h + first, grad_c + first,
+                              activated + t * batch * width + first, c_prev + first,
+                              cells + t * batch * hidden + first, batch, units, hidden,
+                              grad_gates + t * batch * width + first, grad_c + first);
+#pragma omp barrier
+      const T* step_gates = grad_gates + t * batch * width;
+      if (units > 0)
+        kernels.rows_times_panel(
+            h_panel.data(), width, batch, step_gates, width, units,
+            s > 0 ? grad_output + time(s - 1) * batch * hidden + first : nullptr, hidden,
+            grad_h + first, hidden);
+      if (x_columns > 0)
+        kernels.rows_times_panel(x_panel.data(), width, batch, step_gates, width, x_columns,
+                                 nullptr, 0, grad_input + t * batch * in_size + x_first,
+                                 in_size);
+    }
+  });
+}
+
+template <typename T, typename Kernels>
+void run_weight_gradient(Kernels kernels, const at::Tensor& gates, const at::Tensor& inputs,
+                         at::Tensor& out) {
+  const int64_t k_size = gates.size(0), m = gates.size(1), columns = inputs.size(1);
+  const int64_t block = kernels.product_block(T{});
+  // The kernel reads whole blocks of columns from every row: pad a narrower tail.
+  const at::Tensor padded =
+      columns % block ? at::constant_pad_nd(inputs, {0, block - columns % block}) : inputs;
+  const T* g = gates.const_data_ptr<T>();
+  const T* x = padded.const_data_ptr<T>();
+  T* result = out.data_ptr<T>();
+  const int64_t x_stride = padded.size(1);
+  // Threads take rows of the output (gate units), so every sum runs in one thread in
+  // one order, whatever the thread count.
+  at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    kernels.gates_transposed_times(g + begin, m, end - begin, x, x_stride, columns, k_size,
+                                   result + begin * columns, columns);
+  });
+}
+
 }  // namespace
 
 bool cpu_recurrence(const RecurrenceArgs& a) {
@@ -159,6 +254,33 @@ bool cpu_recurrence(const RecurrenceArgs& a) {
   else
     return false;
   return true;
+}
+
+bool cpu_recurrence_backward(const RecurrenceBackwardArgs& a) {
+  if (!a.grad_output.is_cpu()) return false;
+  const auto type = a.grad_output.scalar_type();
+  if (type == at::kFloat)
+    with_isa_kernels<float, ScalarKernels, Avx2Kernels, Avx512Kernels>(
+        [&](auto kernels) { run_recurrence_backward<float>(kernels, a); });
+  else if (type == at::kDouble)
+    run_recurrence_backward<double>(ScalarKernels{}, a);
+  else
+    return false;
+  return true;
+}
+
+at::Tensor cpu_weight_gradient(const at::Tensor& gates, const at::Tensor& inputs) {
+  const auto type = gates.scalar_type();
+  if (!gates.is_cpu() || (type != at::kFloat && type != at::kDouble)) return at::Tensor();
+  const at::Tensor g = gates.contiguous(), x = inputs.contiguous();
+  at::Tensor out = at::empty({g.size(1), x.size(1)}, g.options());
+  if (g.size(0) == 0) return out.zero_();
+  if (type == at::kFloat)
+    with_isa_kernels<float, ScalarKernels, Avx2Kernels, Avx512Kernels>(
+        [&](auto kernels) { run_weight_gradient<float>(kernels, g, x, out); });
+  else
+    run_weight_gradient<double>(ScalarKernels{}, g, x, out);
+  return out;
 }
 
 }  // namespace fastdl::lstm
