@@ -191,6 +191,29 @@ def test_lstm_tiled_recurrence_matches_nn_lstm(device, batch, hidden, input_size
         torch.testing.assert_close(actual.double(), expected, **TOLERANCES_VS_FLOAT64[dtype])
 
 
+@pytest.mark.parametrize("batch", [9, 30])
+def test_lstm_recurrence_is_the_same_on_any_thread_count(batch):
+    """The CPU recurrence splits the batch rows between threads when each gets 12, else
+    the hidden units (30 rows: rows on 1-2 threads, units on 3); every output and
+    gradient is computed in one order either way, so the results are bitwise equal."""
+    torch.manual_seed(0)
+    layer = fastdl.nn.LSTM(20, 40, bidirectional=True)
+    x = torch.randn(5, batch, 20, requires_grad=True)
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out, (h_n, c_n) = layer(x)
+            loss = (out * out.detach().cos()).sum() + h_n.sin().sum() + c_n.sum()
+            results.append([out, h_n, c_n, *torch.autograd.grad(loss, (x, *layer.parameters()))])
+    finally:
+        torch.set_num_threads(previous)
+    for other in results[1:]:
+        for actual, expected in zip(other, results[0]):
+            assert torch.equal(actual, expected)
+
+
 def test_lstm_unbatched_default_state_and_dropout():
     torch.manual_seed(0)
     reference, ours = nn.LSTM(3, 4, num_layers=2, dropout=0.5), fastdl.nn.LSTM(3, 4, num_layers=2, dropout=0.5)

@@ -2,9 +2,11 @@
 // timesteps as one GEMM, then per step one GEMM with W_hh (at::addmm) and the fused
 // cell op (fastdl::lstm_cell, per device), except on CPU without projection or packing,
 // where lstm_recurrence_cpu.cpp runs the whole layer (its own input projection
-// included, above a few rows); backward through time runs
-// the fused cell backward per step and batches the weight and input gradients across
-// time into three GEMMs. The sequence loop is here in C++, not in Python.
+// included, above a few rows). Backward through time runs the fused cell backward per
+// step and batches the weight and input gradients across time into three GEMMs, except
+// on CPU: without projection or packing lstm_bptt_cpu.cpp runs the steps and the input
+// gradient, and the weight gradients run in its tiles for every CPU layer. The
+// sequence loop is here in C++, not in Python.
 //
 // Registered for CPU and CUDA with the same code: the GEMMs and the cell go through
 // the dispatcher, so each runs on its device's kernel.
@@ -202,44 +204,46 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
   at::Tensor grad_projected = w_hr ? at::zeros({steps, batch, proj}, input.options()) : at::Tensor();
   at::Tensor grad_cell_h = w_hr ? at::empty_like(dc) : at::Tensor();
   const at::Tensor c_first = c0.contiguous();
-  // On CPU without projection or packing, lstm_recurrence_cpu.cpp runs the steps and
-  // the input gradient with them.
+  // On CPU without projection or packing, lstm_bptt_cpu.cpp runs the steps, and the
+  // input gradient with them; elsewhere the steps below, and one GEMM for it.
   at::Tensor grad_input;
   if (input.is_cpu() && !batch_sizes && !w_hr && steps > 0) {
-    grad_input = at::empty({steps, batch, input.size(2)}, input.options());
     at::Tensor grad_h0 = at::add(grad_output[step_index(steps - 1, steps, reverse)], grad_hn);
+    at::Tensor cpu_grad_input = at::empty({steps, batch, input.size(2)}, input.options());
     if (cpu_recurrence_backward({grad_output.contiguous(), c_first, w_ih.contiguous(),
                                  w_hh.contiguous(), activated.contiguous(), cells.contiguous(),
-                                 grad_gates, grad_input, grad_h0, dc, steps, batch, hidden,
-                                 reverse}))
+                                 grad_gates, cpu_grad_input, grad_h0, dc, steps, batch, hidden,
+                                 reverse})) {
       dh = grad_h0;
-    else
-      grad_input = at::Tensor();
+      grad_input = cpu_grad_input;
+    }
   }
-  for (int64_t s = steps - 1; s >= 0 && !grad_input.defined(); --s) {
-    const int64_t t = step_index(s, steps, reverse), rows = active[t];
-    // c before step t: the previous step's cells, or c0 for rows that start at t
-    // (the first step, or rows joining a reverse pass over a packed batch).
-    at::Tensor c_prev = rows_of(c_first, rows);
-    if (s > 0) {
-      const int64_t before = step_index(s - 1, steps, reverse);
-      c_prev = state_before(cells[before], active[before], c_first, rows, c_joined);
+  if (!grad_input.defined()) {
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const int64_t t = step_index(s, steps, reverse), rows = active[t];
+      // c before step t: the previous step's cells, or c0 for rows that start at t
+      // (the first step, or rows joining a reverse pass over a packed batch).
+      at::Tensor c_prev = rows_of(c_first, rows);
+      if (s > 0) {
+        const int64_t before = step_index(s - 1, steps, reverse);
+        c_prev = state_before(cells[before], active[before], c_first, rows, c_joined);
+      }
+      at::Tensor step_grad_h = rows_of(grad_h, rows), step_dh = rows_of(dh, rows);
+      at::add_out(step_grad_h, rows_of(grad_output[t], rows), step_dh);
+      if (w_hr) {  // h = w_hr * h_cell
+        rows_of(grad_projected[t], rows).copy_(step_grad_h);
+        step_grad_h = rows_of(grad_cell_h, rows);
+        at::mm_out(step_grad_h, rows_of(grad_projected[t], rows), *w_hr);
+      }
+      cell_backward_into(step_grad_h, rows_of(dc, rows), rows_of(activated[t], rows), c_prev,
+                         rows_of(cells[t], rows), rows_of(grad_gates[t], rows),
+                         rows_of(dc_prev, rows));
+      at::mm_out(step_dh, rows_of(grad_gates[t], rows), w_hh);
+      if (batch_sizes)
+        rows_of(dc, rows).copy_(rows_of(dc_prev, rows));
+      else
+        std::swap(dc, dc_prev);
     }
-    at::Tensor step_grad_h = rows_of(grad_h, rows), step_dh = rows_of(dh, rows);
-    at::add_out(step_grad_h, rows_of(grad_output[t], rows), step_dh);
-    if (w_hr) {  // h = w_hr * h_cell
-      rows_of(grad_projected[t], rows).copy_(step_grad_h);
-      step_grad_h = rows_of(grad_cell_h, rows);
-      at::mm_out(step_grad_h, rows_of(grad_projected[t], rows), *w_hr);
-    }
-    cell_backward_into(step_grad_h, rows_of(dc, rows), rows_of(activated[t], rows), c_prev,
-                       rows_of(cells[t], rows), rows_of(grad_gates[t], rows),
-                       rows_of(dc_prev, rows));
-    at::mm_out(step_dh, rows_of(grad_gates[t], rows), w_hh);
-    if (batch_sizes)
-      rows_of(dc, rows).copy_(rows_of(dc_prev, rows));
-    else
-      std::swap(dc, dc_prev);
   }
   // h_prev of every step, in time order: (h0, out_0, ..., out_{T-2}), or the mirror.
   at::Tensor h_prev = steps == 0 ? output
@@ -247,7 +251,8 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
                                  : at::cat({h0.unsqueeze(0), output.slice(0, 0, steps - 1)});
   if (batch_sizes && reverse) start_rows_from(h_prev, h0, active);
   const at::Tensor flat_gates = grad_gates.view({steps * batch, 4 * hidden});
-  if (!grad_input.defined()) grad_input = at::mm(flat_gates, w_ih).view({steps, batch, input.size(2)});
+  if (!grad_input.defined())
+    grad_input = at::mm(flat_gates, w_ih).view({steps, batch, input.size(2)});
   const auto weight_gradient = [&](const at::Tensor& inputs) {
     at::Tensor ours = cpu_weight_gradient(flat_gates, inputs);
     return ours.defined() ? ours : at::mm(flat_gates.t(), inputs);

@@ -5,9 +5,12 @@ share of the weights packed and computes the gates and the cell of its units per
 (above 8 rows in register tiles over [x_t | h] that include the input projection; up
 to 8 rows the input projection is one GEMM and a step a GEMV per row). Otherwise the
 input projection of all timesteps is one GEMM, then one GEMM with W_hh and the fused
-fastdl cell per step. The backward through time runs
-the fused cell backward per step and computes the weight and input gradients as three
-GEMMs over all timesteps. ``fastdl.nn.LSTM`` stacks these layers.
+fastdl cell per step. The backward through time runs the fused cell backward per step;
+on CPU without projection or packing each step's h and input gradients come from the
+same register tiles as the forward's, elsewhere from GEMMs (the input gradient as one
+GEMM over all timesteps). The weight gradients are one product over all timesteps each
+(fastdl's tiles on CPU, the device's GEMM elsewhere). ``fastdl.nn.LSTM`` stacks these
+layers.
 """
 
 import torch

@@ -1,0 +1,101 @@
+// What the CPU LSTM recurrence's forward (lstm_recurrence_cpu.cpp) and backward
+// (lstm_bptt_cpu.cpp) share: how the threads split a sequence's work, and the weight
+// panels they pack once per call.
+//
+// Two splits, both fixed for the whole sequence, so each thread keeps its panel:
+//   rows (rows_apart: every thread gets at least kMinRowsPerThread batch rows): rows
+//     are independent through the whole sequence, so the threads never wait for one
+//     another; each streams the whole (shared, read-only) panel every step. Measured
+//     at batch 64, hidden 512, two threads: 0.90-0.94x of oneDNN against 0.85-0.92x
+//     for the unit split, alternating runs; the same at hidden 256.
+//   units (fewer rows): each thread takes a share of the hidden units, all rows, and
+//     a panel of its units only; its next step needs the others' h, so one barrier
+//     per step.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <utility>
+#include <vector>
+
+namespace fastdl::lstm {
+
+// Runs body(id, team, first, units) on a team that splits the units [0, hidden) into
+// per-thread shares of whole `block`s, at least a block per thread; body may hold
+// barriers (every thread runs it).
+template <typename Body>
+void split_units(int64_t hidden, int64_t block, Body&& body) {
+  const int wanted = static_cast<int>(
+      std::clamp<int64_t>((hidden + block - 1) / block, 1, at::get_num_threads()));
+#pragma omp parallel num_threads(wanted)
+  {
+    // The team may be smaller than asked (e.g. inside another parallel region).
+    const int64_t team = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t share = (hidden + block * team - 1) / (block * team) * block;
+    const int64_t first = std::min(hidden, id * share);
+    body(id, team, first, std::min(hidden, first + share) - first);
+  }
+}
+
+// Rows per thread from which the threads split the batch rather than the units: two
+// register tiles of rows.
+constexpr int64_t kMinRowsPerThread = 12;
+
+// Whether every thread can take kMinRowsPerThread rows of its own.
+inline bool rows_apart(int64_t batch) { return batch >= kMinRowsPerThread * at::get_num_threads(); }
+
+// Runs body(first_row, rows) on a team that splits the batch rows.
+template <typename Body>
+void split_rows(int64_t batch, Body&& body) {
+  const int wanted = static_cast<int>(
+      std::clamp<int64_t>(batch / kMinRowsPerThread, 1, at::get_num_threads()));
+#pragma omp parallel num_threads(wanted)
+  {
+    const int64_t team = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t first = batch * id / team;
+    body(first, batch * (id + 1) / team - first);
+  }
+}
+
+// The thread's units of [w_ih | w_hh] (or w_hh alone): W[g][first + u][k], k counting
+// w_ih's columns first, at panel[slab + k * stride] where (slab, stride) = place(g, u).
+template <typename T, typename Place>
+std::vector<T> pack_units(std::initializer_list<std::pair<const T*, int64_t>> weights,
+                          int64_t hidden, int64_t first, int64_t units, int64_t size,
+                          Place&& place) {
+  std::vector<T> panel(size, T(0));
+  // In parallel where called outside the recurrence's team (a whole panel to share).
+  at::parallel_for(0, units, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t g = 0; g < 4; ++g)
+      for (int64_t u = begin; u < end; ++u) {
+        const auto [slab, stride] = place(g, u);
+        int64_t k = 0;
+        for (const auto& [w, columns] : weights) {
+          const T* row = w + (g * hidden + first + u) * columns;
+          for (int64_t j = 0; j < columns; ++j, ++k) panel[slab + k * stride] = row[j];
+        }
+      }
+  });
+  return panel;
+}
+
+// Columns [first, first + count) of w (k_size, columns), in blocks of `block` columns:
+// panel[(b * k_size + k) * block + c] = w[k][first + b * block + c], zero past count.
+template <typename T>
+std::vector<T> pack_columns(const T* w, int64_t k_size, int64_t columns, int64_t first,
+                            int64_t count, int64_t block) {
+  std::vector<T> panel((count + block - 1) / block * k_size * block, T(0));
+  // In parallel where called outside the recurrence's team (a whole panel to share).
+  at::parallel_for(0, k_size, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k)
+      for (int64_t c = 0; c < count; ++c)
+        panel[(c / block * k_size + k) * block + c % block] = w[k * columns + first + c];
+  });
+  return panel;
+}
+
+}  // namespace fastdl::lstm
