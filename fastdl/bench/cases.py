@@ -568,6 +568,8 @@ _SEQUENCE_SHAPES = [  # (name, batch, steps, hidden, layers, backward)
     ("char-LM", 64, 100, 256, 2, True),
     ("char-LM", 64, 100, 512, 2, False),
     ("char-LM", 64, 100, 512, 2, True),
+    ("char-LM", 64, 100, 1024, 2, False),
+    ("char-LM", 64, 100, 1024, 2, True),
     ("batch-1 inference", 1, 1000, 256, 1, False),
 ]
 
