@@ -214,6 +214,62 @@ def test_lstm_recurrence_is_the_same_on_any_thread_count(batch):
             assert torch.equal(actual, expected)
 
 
+@pytest.mark.parametrize("batch, packed, projected",
+                         [(3, False, False), (20, False, False), (30, False, False), (3, True, False),
+                          (3, False, True)])
+def test_lstm_layer_without_backward_keeps_nothing_but_the_output(device, batch, packed, projected):
+    """need_backward=False (what fastdl.ops.lstm_layer passes under no_grad): the same
+    output, h_n and c_n, and empty saved tensors, on the CPU recurrence (GEMV and tiled
+    rows, odd and even step counts for its two alternating cell slots) and the general
+    step path (packed, projected)."""
+    torch.manual_seed(0)
+    make = lambda *s: torch.randn(*s, device=device)
+    h_size = 3 if projected else 5
+    batch_sizes = torch.tensor([batch] * 3 + [batch - 1] * 2) if packed else None
+    w_hr = make(3, 5) if projected else None
+    for steps in ((5,) if packed else (1, 4, 5)):
+        args = (make(steps, batch, 4), make(batch, h_size), make(batch, 5), make(20, 4),
+                make(20, h_size), make(20))
+        for reverse in (False, True):
+            full = OPS.lstm_layer(*args, reverse, batch_sizes, w_hr)
+            lean = OPS.lstm_layer(*args, reverse, batch_sizes, w_hr, False)
+            for a, b in zip(full[:3], lean[:3]):
+                assert torch.equal(a, b)
+            assert all(t.numel() == 0 for t in lean[3:])
+
+
+def test_lstm_under_no_grad_matches_and_backward_needs_the_flag():
+    torch.manual_seed(0)
+    layer = fastdl.nn.LSTM(4, 6, num_layers=2)
+    x = torch.randn(5, 16, 4)
+    with torch.no_grad():
+        lean = layer(x)
+    full = layer(x)
+    assert torch.equal(lean[0], full[0]) and torch.equal(lean[1][1], full[1][1])
+    args = [torch.randn(3, 2, 4, requires_grad=True), torch.randn(2, 5), torch.randn(2, 5),
+            torch.randn(20, 4), torch.randn(20, 5), torch.randn(20)]
+    out = OPS.lstm_layer(*args, False, None, None, False)[0]
+    with pytest.raises(RuntimeError, match="lstm_layer: the forward ran with need_backward=False"):
+        out.sum().backward()
+
+
+@torch._dynamo.config.patch(allow_rnn=True)  # dynamo skips nn.LSTM subclasses without it
+def test_lstm_under_torch_compile():
+    """The whole layer compiles in one graph, for training (gradients through the fake
+    kernels' saved tensors) and for inference (need_backward=False under no_grad)."""
+    torch.manual_seed(0)
+    reference = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
+    ours = fastdl.nn.LSTM(4, 6, num_layers=2, bidirectional=True)
+    ours.load_state_dict(reference.state_dict())
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    x = torch.randn(5, 10, 4, requires_grad=True)
+    out, expected = compiled(x)[0], reference(x)[0]
+    assert_close(out, expected)
+    assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(expected.sum(), x)[0])
+    with torch.no_grad():
+        assert_close(compiled(x)[0], reference(x)[0])
+
+
 def test_lstm_unbatched_default_state_and_dropout():
     torch.manual_seed(0)
     reference, ours = nn.LSTM(3, 4, num_layers=2, dropout=0.5), fastdl.nn.LSTM(3, 4, num_layers=2, dropout=0.5)
@@ -251,6 +307,9 @@ def test_lstm_layer_opcheck(device, packed, projected):
         torch.library.opcheck(OPS.lstm_layer.default,
                               tuple(a.clone().requires_grad_() for a in args)
                               + (reverse, batch_sizes, None if w_hr is None else w_hr.clone().requires_grad_()))
+        # Without a backward (inference): no autograd, so no grad check.
+        torch.library.opcheck(OPS.lstm_layer.default, args + (reverse, batch_sizes, w_hr, False),
+                              test_utils=("test_schema", "test_faketensor"))
         out, h, c, activated, cells, unprojected = OPS.lstm_layer(*args, reverse, batch_sizes, w_hr)
         torch.library.opcheck(OPS.lstm_layer_backward.default,
                               (make(3, 2, h_size), make(2, h_size), make(2, 5), *args[:5], out, activated,

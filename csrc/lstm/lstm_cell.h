@@ -35,7 +35,8 @@ void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
 // projection included, no projection of h, every row every step. All tensors
 // contiguous and of one dtype: input (T, B, I), w_ih (4H, I), w_hh (4H, H), bias (4H,)
 // = b_ih + b_hh; writes output, cells (T, B, H) and activated (T, B, 4H) as the
-// step-by-step path does. Up to kMaxRecurrenceBatch rows the input projection is one
+// step-by-step path does (or, for no backward, cells (2, B, H) and activated (1, B, 4H)
+// reused in turn). Up to kMaxRecurrenceBatch rows the input projection is one
 // GEMM and a step is a GEMV per row; above, register tiles of rows run both.
 constexpr int64_t kMaxRecurrenceBatch = 8;
 struct RecurrenceArgs {

@@ -115,7 +115,8 @@ int64_t step_index(int64_t s, int64_t steps, bool reverse) { return reverse ? st
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const at::Tensor& bias, bool reverse,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& w_hr) {
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& w_hr,
+    bool need_backward) {
   check_layer("lstm_layer", input, h0, c0, w_ih, w_hh, bias, w_hr);
   const int64_t steps = input.size(0), batch = input.size(1), hidden = c0.size(1);
   const std::vector<int64_t> active = active_rows("lstm_layer", batch_sizes, steps, batch);
@@ -124,16 +125,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     return batch_sizes ? at::zeros({steps, batch, width}, input.options())
                        : at::empty({steps, batch, width}, input.options());
   };
-  at::Tensor output = allocate(h0.size(1)), activated = allocate(4 * hidden);
-  at::Tensor cells = allocate(hidden);
+  at::Tensor output = allocate(h0.size(1));
   // With a projection the cell's own h (o * tanh(c)) is kept for the backward.
   at::Tensor unprojected = w_hr ? allocate(hidden) : at::empty({0}, input.options());
-  if (input.is_cpu() && !batch_sizes && !w_hr && steps > 0 &&
-      cpu_recurrence({input.contiguous(), h0.contiguous(), c0.contiguous(), w_ih.contiguous(),
-                      w_hh.contiguous(), bias.contiguous(), output, cells, activated, steps,
-                      batch, hidden, reverse})) {
+  // On CPU without projection or packing lstm_recurrence_cpu.cpp runs the layer. Without
+  // a backward it keeps only what the next step reads: two alternating steps of cells
+  // and one of gates, which stay in cache (a third of the layer's memory otherwise).
+  const bool cpu_layer = cpu_kernel_dtype(input) && !batch_sizes && !w_hr && steps > 0;
+  const bool keep_steps = need_backward || !cpu_layer;
+  at::Tensor cells = keep_steps ? allocate(hidden)
+                                : at::empty({std::min<int64_t>(steps, 2), batch, hidden},
+                                            input.options());
+  at::Tensor activated =
+      keep_steps ? allocate(4 * hidden) : at::empty({1, batch, 4 * hidden}, input.options());
+  // What the backward needs, or nothing.
+  const auto result = [&](const at::Tensor& h_n, const at::Tensor& c_n) {
+    const auto none = [&] { return at::empty({0}, input.options()); };  // no aliases
+    if (!need_backward) return std::make_tuple(output, h_n, c_n, none(), none(), none());
+    return std::make_tuple(output, h_n, c_n, activated, cells, unprojected);
+  };
+  if (cpu_layer) {
+    const bool ran = cpu_recurrence({input.contiguous(), h0.contiguous(), c0.contiguous(),
+                                     w_ih.contiguous(), w_hh.contiguous(), bias.contiguous(),
+                                     output, cells, activated, steps, batch, hidden, reverse});
+    TORCH_INTERNAL_ASSERT(ran, "lstm_layer: the CPU recurrence refused a float32/64 layer");
     const int64_t last = reverse ? 0 : steps - 1;
-    return {output, output[last].clone(), cells[last].clone(), activated, cells, unprojected};
+    return result(output[last].clone(), cells[last % cells.size(0)].clone());
   }
   // The input projection of every timestep at once: (T * B, I) x (I, 4H).
   const at::Tensor x_gates =
@@ -160,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       h = output[t];
       c = cells[t];
     }
-    return {output, h.clone(), c.clone(), activated, cells, unprojected};
+    return result(h.clone(), c.clone());
   }
   // Packed: rows drop out (or, in reverse, join from h0/c0) between steps, so the
   // state lives in its own buffers and each step updates their active prefix.
@@ -171,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     rows_of(h, rows).copy_(rows_of(output[t], rows));
     rows_of(c, rows).copy_(rows_of(cells[t], rows));
   }
-  return {output, h, c, activated, cells, unprojected};
+  return result(h, c);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -275,10 +292,13 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
   // bias = b_ih + b_hh (zeros for bias=False). batch_sizes: a PackedSequence's, for
   // input padded to (T, B, I) in its sorted order. w_hr (P, H): nn.LSTM's proj_size,
   // h = w_hr * (o * tanh(c)); unprojected is o * tanh(c) (empty without w_hr).
+  // need_backward=False: activated gates, cells and unprojected come back empty (an
+  // inference pass keeps none of its steps but the output).
   m.def(
       "lstm_layer(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor bias, "
-      "bool reverse, Tensor? batch_sizes=None, Tensor? w_hr=None) -> (Tensor output, "
-      "Tensor h_n, Tensor c_n, Tensor activated_gates, Tensor cells, Tensor unprojected)");
+      "bool reverse, Tensor? batch_sizes=None, Tensor? w_hr=None, bool need_backward=True) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor activated_gates, Tensor cells, "
+      "Tensor unprojected)");
   // (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias, grad_w_hr (empty
   // without w_hr)).
   m.def(

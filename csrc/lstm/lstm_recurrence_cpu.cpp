@@ -31,13 +31,28 @@
 namespace fastdl::lstm {
 namespace {
 
+// Where step t's cells and activated gates go (row 0): every step's for the backward,
+// or (need_backward=False) slots reused in turn: two of cells, as a step reads the one
+// before, and one of gates.
+template <typename T>
+struct StepOutputs {
+  T* cells;
+  T* activated;
+  int64_t cell_slots, gate_slots, size;  // size: batch * hidden
+  explicit StepOutputs(const RecurrenceArgs& a)
+      : cells(a.cells.data_ptr<T>()), activated(a.activated.data_ptr<T>()),
+        cell_slots(a.cells.size(0)), gate_slots(a.activated.size(0)), size(a.batch * a.hidden) {}
+  T* cells_at(int64_t t) const { return cells + t % cell_slots * size; }
+  T* gates_at(int64_t t) const { return activated + t % gate_slots * 4 * size; }
+};
+
 // The forward: each thread calls pack(first, units, blocks) once (returning its panel)
 // and then, per step, step(panel, first, units, t, h_prev, c_prev), with one barrier
 // between steps.
 template <typename T, typename Pack, typename Step>
 void split_recurrence(const RecurrenceArgs& a, int64_t block, Pack&& pack, Step&& step) {
   const T* output = a.output.const_data_ptr<T>();
-  const T* cells = a.cells.const_data_ptr<T>();
+  const StepOutputs<T> saved(a);
   const int64_t size = a.batch * a.hidden;
   split_units(a.hidden, block, [&](int64_t, int64_t, int64_t first, int64_t units) {
     const std::vector<T> panel = pack(first, units, (units + block - 1) / block);
@@ -48,7 +63,7 @@ void split_recurrence(const RecurrenceArgs& a, int64_t block, Pack&& pack, Step&
       if (units > 0) step(panel.data(), first, units, t, h_prev, c_prev);
 #pragma omp barrier
       h_prev = output + t * size;
-      c_prev = cells + t * size;
+      c_prev = saved.cells_at(t);
     }
   });
 }
@@ -58,8 +73,7 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
   const int64_t hidden = a.hidden, batch = a.batch, in_size = a.input.size(2);
   const T* w_hh = a.w_hh.const_data_ptr<T>();
   T* output = a.output.data_ptr<T>();
-  T* cells = a.cells.data_ptr<T>();
-  T* activated = a.activated.data_ptr<T>();
+  const StepOutputs<T> saved(a);
   if (batch <= kMaxRecurrenceBatch) {
     // A few rows: the input projection of every step as one GEMM, (T * B, I) x (I, 4H),
     // keeps W_ih out of the per-step stream (its share of L2 goes to W_hh's panel).
@@ -86,8 +100,9 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
             kernels.gates_gemv(panel, hidden, units, h_prev + b * hidden,
                                x + row * 4 * hidden + first, hidden, own);
             kernels.forward_units(own, c_prev + b * hidden + first, units,
-                                  output + row * hidden + first, cells + row * hidden + first,
-                                  activated + row * 4 * hidden + first, hidden);
+                                  output + row * hidden + first,
+                                  saved.cells_at(t) + b * hidden + first,
+                                  saved.gates_at(t) + b * 4 * hidden + first, hidden);
           }
         });
     return;
@@ -112,11 +127,12 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
       const T* c_prev = a.c0.const_data_ptr<T>() + r0 * hidden;
       for (int64_t s = 0; s < a.steps; ++s) {
         const int64_t t = a.reverse ? a.steps - 1 - s : s, row = t * batch + r0;
+        T* c = saved.cells_at(t) + r0 * hidden;
         kernels.step_blocks(panel.data(), hidden, 0, rows, x + row * in_size, in_size, bias,
-                            h_prev, c_prev, hidden, output + row * hidden, cells + row * hidden,
-                            activated + row * 4 * hidden);
+                            h_prev, c_prev, hidden, output + row * hidden, c,
+                            saved.gates_at(t) + r0 * 4 * hidden);
         h_prev = output + row * hidden;
-        c_prev = cells + row * hidden;
+        c_prev = c;
       }
     });
     return;
@@ -127,7 +143,7 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
           const T* c_prev) {
         kernels.step_blocks(panel, units, first, batch, x + t * batch * in_size, in_size, bias,
                             h_prev, c_prev, hidden, output + t * batch * hidden,
-                            cells + t * batch * hidden, activated + t * batch * 4 * hidden);
+                            saved.cells_at(t), saved.gates_at(t));
       });
 }
 

@@ -41,6 +41,11 @@ class LSTM(nn.LSTM):
     unbatched (T, I) input, ``PackedSequence`` input (variable lengths; the output is a
     ``PackedSequence`` too, and ``h_n``/``c_n`` hold each sequence's last state),
     ``proj_size > 0`` (``weight_hr_l*``: h = W_hr (o * tanh(c)), P features).
+
+    Under ``torch.no_grad()`` the layers keep none of their steps but the output (no
+    saved gates or cells). ``torch.compile`` traces it in one graph once
+    ``torch._dynamo.config.allow_rnn = True`` (dynamo skips ``nn.LSTM`` subclasses
+    otherwise, as it does ``nn.LSTM``).
     """
 
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):

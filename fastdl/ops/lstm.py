@@ -40,19 +40,26 @@ def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Ten
         bias = w_hh.new_zeros(w_hh.shape[0])
     else:
         bias = (b_ih if b_hh is None else b_hh if b_ih is None else b_ih + b_hh)
+    # Without a gradient to compute, the op keeps none of its steps but the output.
+    need_backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, h0, c0, w_ih, w_hh, bias, w_hr))
     output, h_n, c_n, _, _, _ = torch.ops.fastdl.lstm_layer.default(
-        input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes, w_hr)
+        input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes, w_hr, need_backward)
     return output, (h_n, c_n)
 
 
 @torch.library.register_fake("fastdl::lstm_layer")
-def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes=None, w_hr=None):
+def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes=None, w_hr=None,
+                     need_backward=True):
     steps, batch, _ = input.shape
     hidden = c0.shape[1]
-    unprojected = input.new_empty((steps, batch, hidden) if w_hr is not None else (0,))
+
+    def saved(*shape):  # what the backward needs, or nothing
+        return input.new_empty(shape if need_backward else (0,))
+
     return (input.new_empty((steps, batch, h0.shape[1])), h0.new_empty(h0.shape),
-            c0.new_empty(c0.shape), input.new_empty((steps, batch, 4 * hidden)),
-            input.new_empty((steps, batch, hidden)), unprojected)
+            c0.new_empty(c0.shape), saved(steps, batch, 4 * hidden), saved(steps, batch, hidden),
+            saved(steps, batch, hidden) if w_hr is not None else input.new_empty(0))
 
 
 @torch.library.register_fake("fastdl::lstm_layer_backward")
@@ -65,8 +72,9 @@ def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_
 
 
 def _setup_context(ctx, inputs, output):
-    input, h0, c0, w_ih, w_hh, _, reverse, batch_sizes, w_hr = inputs
+    input, h0, c0, w_ih, w_hh, _, reverse, batch_sizes, w_hr, need_backward = inputs
     out, _, _, activated, cells, unprojected = output
+    ctx.need_backward = need_backward
     ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, activated, cells, batch_sizes, w_hr,
                           unprojected)
     ctx.mark_non_differentiable(activated, cells, unprojected)
@@ -75,6 +83,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_activated, _grad_cells,
               _grad_unprojected):
+    if not ctx.need_backward:
+        raise RuntimeError("fastdl.lstm_layer: the forward ran with need_backward=False, so it "
+                           "kept no gates for a backward; call it with need_backward=True "
+                           "(fastdl.ops.lstm_layer decides this from grad mode)")
     input, h0, c0, w_ih, w_hh, out, activated, cells, batch_sizes, w_hr, unprojected = \
         ctx.saved_tensors
     grads = [torch.zeros_like(like) if g is None else g
@@ -83,7 +95,7 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_activated, _grad_cells
     *result, grad_w_hr = torch.ops.fastdl.lstm_layer_backward.default(
         *grads, input, h0, c0, w_ih, w_hh, out, activated, cells, ctx.reverse, batch_sizes, w_hr,
         unprojected if projected else None)
-    return *result, None, None, grad_w_hr if projected else None
+    return *result, None, None, grad_w_hr if projected else None, None
 
 
 torch.library.register_autograd("fastdl::lstm_layer", _backward, setup_context=_setup_context)
