@@ -165,11 +165,14 @@ def test_lstm_matches_nn_lstm(device, config, steps, batch, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch, hidden, input_size, bias",
                          [(9, 16, 7, True), (13, 40, 7, True), (70, 33, 7, True),
-                          (64, 256, 7, True), (11, 20, 1, False), (12, 17, 300, True)])
+                          (64, 256, 7, True), (11, 20, 1, False), (12, 17, 300, True),
+                          (26, 300, 256, True)])
 def test_lstm_tiled_recurrence_matches_nn_lstm(device, batch, hidden, input_size, bias, dtype):
     """Batches above the GEMV recurrence's 8 rows: register tiles of 6 rows (2 on AVX2)
     x one vector of units over [x_t | h], whole and partial tiles and unit blocks, both
-    directions, inputs narrower and wider than h, with and without bias."""
+    directions, inputs narrower and wider than h, with and without bias; hidden 300 takes
+    the backward's products over 4H = 1200 gates in two passes and the weight gradients
+    of 256 input columns through their padded rows."""
     torch.manual_seed(0)
     # The reference in float64: float32's own rounding over 64 rows would set the bar.
     reference = nn.LSTM(input_size, hidden, num_layers=2, bias=bias, bidirectional=True).to(

@@ -5,7 +5,6 @@
 // 0.81x -> 1.01-1.02x; the at::mm (MKL) GEMMs they replace ran at 63-72% of this CPU's
 // peak.
 #include <ATen/Parallel.h>
-#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
@@ -90,25 +89,35 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
   });
 }
 
+// Output rows per call of gates_transposed_times: 256 rows x 256 steps of transposed
+// gates are 256 KB.
+constexpr int64_t kGradientRows = 256;
+
 // grad_W = grad_gates^T x inputs, summed over every step's rows.
 template <typename T, typename Kernels>
 void run_weight_gradient(Kernels kernels, const at::Tensor& gates, const at::Tensor& inputs,
                          at::Tensor& out) {
   const int64_t k_size = gates.size(0), m = gates.size(1), columns = inputs.size(1);
-  const int64_t block = kernels.product_block(T{});
-  // The kernel reads whole blocks of columns from every row: pad a narrower tail.
-  const at::Tensor padded =
-      columns % block ? at::constant_pad_nd(inputs, {0, block - columns % block}) : inputs;
   const T* g = gates.const_data_ptr<T>();
-  const T* x = padded.const_data_ptr<T>();
-  T* result = out.data_ptr<T>();
-  const int64_t x_stride = padded.size(1);
+  const T* x = inputs.const_data_ptr<T>();
+  // At a multiple of 256 columns (1 KB) the rows of a tile's partial sums would share
+  // cache sets: the sums go to rows 16 values longer, then into `out` (measured at
+  // hidden 1024: the weight gradients' share of the training step 37% -> 33%).
+  const int64_t stride = columns > 0 && columns % 256 == 0 ? columns + 16 : columns;
+  at::Tensor sums = stride == columns ? out : at::empty({m, stride}, out.options());
+  T* result = sums.data_ptr<T>();
   // Threads take rows of the output (gate units), so every sum runs in one thread in
-  // one order, whatever the thread count.
+  // one order, whatever the thread count; each takes them kGradientRows at a time, so
+  // that the kernel's transposed chunk of gates stays in L2 while every block of input
+  // columns passes over it (all of a thread's 2048 rows at hidden 1024 made it 1 MB,
+  // streamed again per block).
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-    kernels.gates_transposed_times(g + begin, m, end - begin, x, x_stride, columns, k_size,
-                                   result + begin * columns, columns);
+    for (int64_t first = begin; first < end; first += kGradientRows)
+      kernels.gates_transposed_times(g + first, m, std::min(kGradientRows, end - first), x,
+                                     columns, columns, k_size, result + first * stride,
+                                     stride);
   });
+  if (stride != columns) out.copy_(sums.narrow(1, 0, columns));
 }
 
 }  // namespace

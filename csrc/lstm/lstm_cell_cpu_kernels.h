@@ -41,8 +41,7 @@ namespace fastdl::lstm {
                                const T* rows, int64_t row_stride, int64_t columns,          \
                                const T* addend, int64_t addend_stride, T* out,              \
                                int64_t out_stride);                                         \
-  /* out (m, columns) = gates[:, :m]^T x inputs[:, :columns], reading whole blocks of  */ \
-  /* product_block columns of every inputs row.                                         */ \
+  /* out (m, columns) = gates[:, :m]^T x inputs[:, :columns].                          */ \
   static void gates_transposed_times(const T* gates, int64_t gates_stride, int64_t m,       \
                                      const T* inputs, int64_t inputs_stride,                \
                                      int64_t columns, int64_t k_size, T* out,               \
