@@ -71,7 +71,7 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
   };
   const T* w_hh = a.w_hh.const_data_ptr<T>();
   const T* w_ih = a.w_ih.const_data_ptr<T>();
-  if (rows_apart(batch)) {
+  if (rows_apart(batch, width * (hidden + in_size))) {
     const std::vector<T> h_panel = pack_columns(w_hh, width, hidden, 0, hidden, block);
     const std::vector<T> x_panel = pack_columns(w_ih, width, in_size, 0, in_size, block);
     split_rows(batch, [&](int64_t r0, int64_t rows) {

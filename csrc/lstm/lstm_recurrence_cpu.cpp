@@ -120,7 +120,7 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
                                4 * block);
                          });
   };
-  if (rows_apart(batch)) {
+  if (rows_apart(batch, 4 * hidden * depth)) {
     const std::vector<T> panel = pack(0, hidden, (hidden + block - 1) / block);
     split_rows(batch, [&](int64_t r0, int64_t rows) {
       const T* h_prev = a.h0.const_data_ptr<T>() + r0 * hidden;

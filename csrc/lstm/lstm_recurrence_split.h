@@ -46,7 +46,16 @@ void split_units(int64_t hidden, int64_t block, Body&& body) {
 constexpr int64_t kMinRowsPerThread = 12;
 
 // Whether every thread can take kMinRowsPerThread rows of its own.
-inline bool rows_apart(int64_t batch) { return batch >= kMinRowsPerThread * at::get_num_threads(); }
+// Weight panels above this many values (8 MB of float32) are split by units instead:
+// every thread streaming all of a panel that outgrows the last-level cache would read it
+// from memory once per thread and step.
+constexpr int64_t kMaxSharedPanel = int64_t(2) << 20;
+
+// Whether every thread can take kMinRowsPerThread rows of its own and the whole panel
+// (`panel` values) is small enough to share.
+inline bool rows_apart(int64_t batch, int64_t panel) {
+  return batch >= kMinRowsPerThread * at::get_num_threads() && panel <= kMaxSharedPanel;
+}
 
 // Runs body(first_row, rows) on a team that splits the batch rows.
 template <typename Body>
