@@ -17,10 +17,10 @@ their loss curves differ only by float rounding.
 """
 
 # Measured on a 2-core CPU (AVX-512), full run (200 steps, hidden 256, batch 64 x 100,
-# 300 KB corpus, 95 characters; 2 min 4 s wall in all): nn.LSTM (oneDNN) 0.256 s / step,
-# fastdl.nn.LSTM 0.340 s / step; final train loss 1.4303 / 1.4299, val 2.416 / 2.422
-# bits/char. The loss curves agree to ~1e-6 for the first 100 steps, then drift apart
-# (max |diff| 9.6e-3, around step 160-180): the same size of drift as between oneDNN's
+# 300 KB corpus, 95 characters; 1 min 46 s wall in all): nn.LSTM (oneDNN) 0.272 s / step,
+# fastdl.nn.LSTM 0.224 s / step; final train loss 1.4303 / 1.4304, val 2.416 / 2.412
+# bits/char. The loss curves drift apart by float rounding (max |diff| 3.7e-3; with the
+# earlier fastdl recurrence, 9.6e-3 around step 160-180): the same size of drift as between oneDNN's
 # nn.LSTM and torch's native nn.LSTM (mkldnn disabled) in the same loop (max 1.0e-2),
 # and the gradients at the initial weights agree to 3e-8, so this is float rounding
 # amplified by training, not a difference in the math. The sample after 200 steps is
