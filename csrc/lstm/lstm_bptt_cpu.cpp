@@ -123,29 +123,21 @@ void run_weight_gradient(Kernels kernels, const at::Tensor& gates, const at::Ten
 }  // namespace
 
 bool cpu_recurrence_backward(const RecurrenceBackwardArgs& a) {
-  if (!a.grad_output.is_cpu()) return false;
-  const auto type = a.grad_output.scalar_type();
-  if (type == at::kFloat)
-    with_isa_kernels<float, ScalarKernels, Avx2Kernels, Avx512Kernels>(
-        [&](auto kernels) { run_recurrence_backward<float>(kernels, a); });
-  else if (type == at::kDouble)
-    run_recurrence_backward<double>(ScalarKernels{}, a);
-  else
-    return false;
-  return true;
+  return with_recurrence_kernels(a.grad_output, [&](auto kernels, auto type) {
+    run_recurrence_backward<decltype(type)>(kernels, a);
+  });
 }
 
 at::Tensor cpu_weight_gradient(const at::Tensor& gates, const at::Tensor& inputs) {
-  const auto type = gates.scalar_type();
-  if (!gates.is_cpu() || (type != at::kFloat && type != at::kDouble)) return at::Tensor();
-  const at::Tensor g = gates.contiguous(), x = inputs.contiguous();
-  at::Tensor out = at::empty({g.size(1), x.size(1)}, g.options());
-  if (g.size(0) == 0) return out.zero_();
-  if (type == at::kFloat)
-    with_isa_kernels<float, ScalarKernels, Avx2Kernels, Avx512Kernels>(
-        [&](auto kernels) { run_weight_gradient<float>(kernels, g, x, out); });
-  else
-    run_weight_gradient<double>(ScalarKernels{}, g, x, out);
+  at::Tensor out;  // stays undefined where no kernel ran
+  with_recurrence_kernels(gates, [&](auto kernels, auto type) {
+    const at::Tensor g = gates.contiguous(), x = inputs.contiguous();
+    out = at::empty({g.size(1), x.size(1)}, g.options());
+    if (g.size(0) == 0)
+      out.zero_();  // no timesteps
+    else
+      run_weight_gradient<decltype(type)>(kernels, g, x, out);
+  });
   return out;
 }
 

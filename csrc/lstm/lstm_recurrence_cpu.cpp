@@ -150,16 +150,9 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
 }  // namespace
 
 bool cpu_recurrence(const RecurrenceArgs& a) {
-  if (!a.input.is_cpu()) return false;
-  const auto type = a.input.scalar_type();
-  if (type == at::kFloat)
-    with_isa_kernels<float, ScalarKernels, Avx2Kernels, Avx512Kernels>(
-        [&](auto kernels) { run_recurrence<float>(kernels, a); });
-  else if (type == at::kDouble)
-    run_recurrence<double>(ScalarKernels{}, a);
-  else
-    return false;
-  return true;
+  return with_recurrence_kernels(a.input, [&](auto kernels, auto type) {
+    run_recurrence<decltype(type)>(kernels, a);
+  });
 }
 
 }  // namespace fastdl::lstm

@@ -1,6 +1,6 @@
 // What the CPU LSTM recurrence's forward (lstm_recurrence_cpu.cpp) and backward
-// (lstm_bptt_cpu.cpp) share: how the threads split a sequence's work, and the weight
-// panels they pack once per call.
+// (lstm_bptt_cpu.cpp) share: the kernels for a dtype, how the threads split a
+// sequence's work, and the weight panels they pack once per call.
 //
 // Two splits, both fixed for the whole sequence, so each thread keeps its panel:
 //   rows (rows_apart: every thread gets at least kMinRowsPerThread batch rows): rows
@@ -14,6 +14,7 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -22,7 +23,25 @@
 #include <utility>
 #include <vector>
 
+#include "common/cpu_isa.h"
+#include "lstm/lstm_cell_cpu_kernels.h"
+
 namespace fastdl::lstm {
+
+// Runs fn(kernels, T{}) with the kernels for a CPU tensor of float32 (the best ISA's) or
+// float64 (scalar) and returns true; returns false, running nothing, for anything else.
+template <typename Fn>
+bool with_recurrence_kernels(const at::Tensor& t, Fn&& fn) {
+  if (!t.is_cpu()) return false;
+  if (t.scalar_type() == at::kFloat) {
+    with_isa_kernels<float, ScalarKernels, Avx2Kernels, Avx512Kernels>(
+        [&](auto kernels) { fn(kernels, float{}); });
+    return true;
+  }
+  if (t.scalar_type() != at::kDouble) return false;
+  fn(ScalarKernels{}, double{});
+  return true;
+}
 
 // Runs body(id, team, first, units) on a team that splits the units [0, hidden) into
 // per-thread shares of whole `block`s, at least a block per thread; body may hold
