@@ -130,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor unprojected = w_hr ? allocate(hidden) : at::empty({0}, input.options());
   // On CPU without projection or packing lstm_recurrence_cpu.cpp runs the layer. Without
   // a backward it keeps only what the next step reads: two alternating steps of cells
-  // and one of gates, which stay in cache (a third of the layer's memory otherwise).
+  // and one of gates, which stay in cache (otherwise five sixths of its memory).
   const bool cpu_layer = cpu_kernel_dtype(input) && !batch_sizes && !w_hr && steps > 0;
   const bool keep_steps = need_backward || !cpu_layer;
   at::Tensor cells = keep_steps ? allocate(hidden)
