@@ -1,9 +1,10 @@
 """One LSTM layer over a sequence, one direction: ``fastdl.ops.lstm_layer``.
 
-The forward runs in C++. On CPU without projection or packing each thread keeps its
-share of the weights packed and computes the gates and the cell of its units per step
-(above 8 rows in register tiles over [x_t | h] that include the input projection; up
-to 8 rows the input projection is one GEMM and a step a GEMV per row). Otherwise the
+The forward runs in C++. On CPU without projection or packing the threads split the
+batch rows or the hidden units once, keep the weights packed for the whole sequence,
+and compute the gates and the cell of their share per step (above 8 rows in register
+tiles over [x_t | h] that include the input projection; up to 8 rows the input
+projection is one GEMM and a step a GEMV per row). Otherwise the
 input projection of all timesteps is one GEMM, then one GEMM with W_hh and the fused
 fastdl cell per step. The backward through time runs the fused cell backward per step;
 on CPU without projection or packing each step's h and input gradients come from the
