@@ -39,7 +39,7 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
   T* grad_input = a.grad_input.data_ptr<T>();
   T* grad_h = a.grad_h.data_ptr<T>();
   T* grad_c = a.grad_c.data_ptr<T>();
-  const auto time = [&](int64_t s) { return a.reverse ? steps - 1 - s : s; };
+  const auto time = [&](int64_t s) { return step_index(s, steps, a.reverse); };
   const int64_t block = kernels.product_block(T{});
   // Rows [r0, r0 + rows), units [first, first + units) of dh and the columns of dx the
   // panels hold; with sync, a barrier between the cell backward and the products (the
@@ -80,9 +80,7 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
     return;
   }
   split_units(hidden, block, [&](int64_t id, int64_t team, int64_t first, int64_t units) {
-    const int64_t x_share = (in_size + block * team - 1) / (block * team) * block;
-    const int64_t x_first = std::min(in_size, id * x_share);
-    const int64_t x_columns = std::min(in_size, x_first + x_share) - x_first;
+    const auto [x_first, x_columns] = block_share(in_size, block, id, team);
     const std::vector<T> h_panel = pack_columns(w_hh, width, hidden, first, units, block);
     const std::vector<T> x_panel = pack_columns(w_ih, width, in_size, x_first, x_columns, block);
     run(0, batch, first, units, x_first, x_columns, h_panel.data(), x_panel.data(), true);
@@ -108,9 +106,9 @@ void run_weight_gradient(Kernels kernels, const at::Tensor& gates, const at::Ten
   T* result = sums.data_ptr<T>();
   // Threads take rows of the output (gate units), so every sum runs in one thread in
   // one order, whatever the thread count; each takes them kGradientRows at a time, so
-  // that the kernel's transposed chunk of gates stays in L2 while every block of input
-  // columns passes over it (all of a thread's 2048 rows at hidden 1024 made it 1 MB,
-  // streamed again per block).
+  // that the kernel's transposed chunk of gates is 256 KB whatever the thread count
+  // (a thread's 2048 rows at hidden 1024 made it 1 MB; measured no faster at two
+  // threads, where the kernel is bound elsewhere).
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
     for (int64_t first = begin; first < end; first += kGradientRows)
       kernels.gates_transposed_times(g + first, m, std::min(kGradientRows, end - first), x,

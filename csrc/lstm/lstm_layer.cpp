@@ -109,9 +109,6 @@ void check_layer(const char* op, const at::Tensor& input, const at::Tensor& h0,
 }
 
 
-// Timestep order of a direction.
-int64_t step_index(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const at::Tensor& bias, bool reverse,

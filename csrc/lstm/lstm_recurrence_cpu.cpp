@@ -46,25 +46,39 @@ struct StepOutputs {
   T* gates_at(int64_t t) const { return activated + t % gate_slots * 4 * size; }
 };
 
-// The forward: each thread calls pack(first, units, blocks) once (returning its panel)
-// and then, per step, step(panel, first, units, t, h_prev, c_prev), with one barrier
-// between steps.
-template <typename T, typename Pack, typename Step>
-void split_recurrence(const RecurrenceArgs& a, int64_t block, Pack&& pack, Step&& step) {
+// Runs the steps in time order for the rows from r0: step(t, h_prev, c_prev), both
+// pointers at row r0 (h0 and c0, then the step before's), then sync().
+template <typename T, typename Step, typename Sync>
+void run_steps(const RecurrenceArgs& a, const StepOutputs<T>& saved, int64_t r0, Step&& step,
+               Sync&& sync) {
   const T* output = a.output.const_data_ptr<T>();
-  const StepOutputs<T> saved(a);
-  const int64_t size = a.batch * a.hidden;
+  const T* h_prev = a.h0.const_data_ptr<T>() + r0 * a.hidden;
+  const T* c_prev = a.c0.const_data_ptr<T>() + r0 * a.hidden;
+  for (int64_t s = 0; s < a.steps; ++s) {
+    const int64_t t = step_index(s, a.steps, a.reverse);
+    step(t, h_prev, c_prev);
+    sync();
+    h_prev = output + (t * a.batch + r0) * a.hidden;
+    c_prev = saved.cells_at(t) + r0 * a.hidden;
+  }
+}
+
+// The unit split: each thread calls pack(first, units, blocks) once (returning its
+// panel) and then, per step, step(panel, first, units, t, h_prev, c_prev) for every
+// row, with one barrier between steps.
+template <typename T, typename Pack, typename Step>
+void split_recurrence(const RecurrenceArgs& a, const StepOutputs<T>& saved, int64_t block,
+                      Pack&& pack, Step&& step) {
   split_units(a.hidden, block, [&](int64_t, int64_t, int64_t first, int64_t units) {
     const std::vector<T> panel = pack(first, units, (units + block - 1) / block);
-    const T* h_prev = a.h0.const_data_ptr<T>();
-    const T* c_prev = a.c0.const_data_ptr<T>();
-    for (int64_t s = 0; s < a.steps; ++s) {
-      const int64_t t = a.reverse ? a.steps - 1 - s : s;
-      if (units > 0) step(panel.data(), first, units, t, h_prev, c_prev);
+    run_steps<T>(
+        a, saved, 0,
+        [&](int64_t t, const T* h_prev, const T* c_prev) {
+          if (units > 0) step(panel.data(), first, units, t, h_prev, c_prev);
+        },
+        [] {
 #pragma omp barrier
-      h_prev = output + t * size;
-      c_prev = saved.cells_at(t);
-    }
+        });
   });
 }
 
@@ -84,7 +98,7 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
     const int64_t block = kernels.panel_block(T{});
     std::vector<T> gates(4 * std::max<int64_t>(hidden, 1));
     split_recurrence<T>(
-        a, block,
+        a, saved, block,
         [&](int64_t first, int64_t units, int64_t blocks) {
           return pack_units<T>({{w_hh, hidden}}, hidden, first, units, 4 * blocks * hidden * block,
                                [&](int64_t g, int64_t u) {
@@ -123,22 +137,21 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
   if (rows_apart(batch, 4 * hidden * depth)) {
     const std::vector<T> panel = pack(0, hidden, (hidden + block - 1) / block);
     split_rows(batch, [&](int64_t r0, int64_t rows) {
-      const T* h_prev = a.h0.const_data_ptr<T>() + r0 * hidden;
-      const T* c_prev = a.c0.const_data_ptr<T>() + r0 * hidden;
-      for (int64_t s = 0; s < a.steps; ++s) {
-        const int64_t t = a.reverse ? a.steps - 1 - s : s, row = t * batch + r0;
-        T* c = saved.cells_at(t) + r0 * hidden;
-        kernels.step_blocks(panel.data(), hidden, 0, rows, x + row * in_size, in_size, bias,
-                            h_prev, c_prev, hidden, output + row * hidden, c,
-                            saved.gates_at(t) + r0 * 4 * hidden);
-        h_prev = output + row * hidden;
-        c_prev = c;
-      }
+      run_steps<T>(
+          a, saved, r0,
+          [&](int64_t t, const T* h_prev, const T* c_prev) {
+            const int64_t row = t * batch + r0;
+            kernels.step_blocks(panel.data(), hidden, 0, rows, x + row * in_size, in_size,
+                                bias, h_prev, c_prev, hidden, output + row * hidden,
+                                saved.cells_at(t) + r0 * hidden,
+                                saved.gates_at(t) + r0 * 4 * hidden);
+          },
+          [] {});  // rows never wait for one another
     });
     return;
   }
   split_recurrence<T>(
-      a, block, pack,
+      a, saved, block, pack,
       [&](const T* panel, int64_t first, int64_t units, int64_t t, const T* h_prev,
           const T* c_prev) {
         kernels.step_blocks(panel, units, first, batch, x + t * batch * in_size, in_size, bias,

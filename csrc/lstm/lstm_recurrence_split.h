@@ -44,6 +44,15 @@ bool with_recurrence_kernels(const at::Tensor& t, Fn&& fn) {
   return true;
 }
 
+// Thread id's share of [0, n) in whole `block`s, the team's shares as equal as blocks
+// allow: {first, count} (count 0 for threads past the end).
+inline std::pair<int64_t, int64_t> block_share(int64_t n, int64_t block, int64_t id,
+                                               int64_t team) {
+  const int64_t share = (n + block * team - 1) / (block * team) * block;
+  const int64_t first = std::min(n, id * share);
+  return {first, std::min(n, first + share) - first};
+}
+
 // Runs body(id, team, first, units) on a team that splits the units [0, hidden) into
 // per-thread shares of whole `block`s, at least a block per thread; body may hold
 // barriers (every thread runs it).
@@ -55,9 +64,8 @@ void split_units(int64_t hidden, int64_t block, Body&& body) {
   {
     // The team may be smaller than asked (e.g. inside another parallel region).
     const int64_t team = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t share = (hidden + block * team - 1) / (block * team) * block;
-    const int64_t first = std::min(hidden, id * share);
-    body(id, team, first, std::min(hidden, first + share) - first);
+    const auto [first, units] = block_share(hidden, block, id, team);
+    body(id, team, first, units);
   }
 }
 
