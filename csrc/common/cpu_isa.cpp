@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdlib>
 
@@ -72,6 +74,14 @@ const char* cpu_isa_name(CpuIsa isa) {
     case CpuIsa::avx2: return "avx2";
     default: return "scalar";
   }
+}
+
+long cpu_l2_cache_bytes() {
+  static const long bytes = [] {
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return reported > 0 ? reported : 1L << 20;
+  }();
+  return bytes;
 }
 
 }  // namespace fastdl

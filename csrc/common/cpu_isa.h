@@ -22,6 +22,9 @@ const char* cpu_isa_name(CpuIsa isa);
 // AVX-512 VPOPCNTDQ (vector popcount; Ice Lake, Zen 4 and later), which the avx512
 // path does not imply: the binary convolution checks it on its own.
 bool cpu_has_avx512_popcount();
+// Bytes of one core's L2 cache (sysconf; 1 MB where the system does not say): the
+// budget kernels size what a thread keeps hot across passes by.
+long cpu_l2_cache_bytes();
 
 // Calls fn(kernels) with the kernel set of the current ISA. Each op declares one
 // struct of kernels per ISA; float uses the vector sets, every other type (float64)

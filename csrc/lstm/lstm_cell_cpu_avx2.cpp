@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/aligned_vector.h"
 #include "lstm/lstm_cell_cpu_kernels.h"
 
 #pragma GCC push_options

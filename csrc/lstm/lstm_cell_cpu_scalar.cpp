@@ -4,6 +4,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/aligned_vector.h"
 #include "lstm/lstm_cell_cpu_kernels.h"
 
 namespace fastdl::lstm {

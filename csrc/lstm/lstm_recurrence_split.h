@@ -4,14 +4,17 @@
 //
 // Two splits, both fixed for the whole sequence, so each thread keeps its panel:
 //   rows (rows_apart: every thread gets at least kMinRowsPerThread batch rows and the
-//     panel is at most kMaxSharedPanel values): rows
-//     are independent through the whole sequence, so the threads never wait for one
-//     another; each streams the whole (shared, read-only) panel every step. Measured
-//     at batch 64, hidden 512, two threads: 0.90-0.94x of oneDNN against 0.85-0.92x
-//     for the unit split, alternating runs; the same at hidden 256.
-//   units (fewer rows): each thread takes a share of the hidden units, all rows, and
-//     a panel of its units only; its next step needs the others' h, so one barrier
-//     per step.
+//     whole panel fits in half a core's L2): rows are independent through the whole
+//     sequence, so the threads never wait for one another; each streams the whole
+//     (shared, read-only) panel every step.
+//   units (otherwise): each thread takes a share of the hidden units, all rows, and a
+//     panel of its units only; its next step needs the others' h, so one barrier per
+//     step. Past L2 a shared panel comes from L3 every step for every thread, while a
+//     share is half the size (and, at hidden 256, fits L2). Measured at batch 64, two
+//     threads, forward: on an Intel Xeon (2 MB L2) hidden 256 1.00x of oneDNN with
+//     units against 0.92x with rows, hidden 512 1.07x against 0.87x; on an AMD EPYC Zen 4
+//     (1 MB L2, a faster L3) rows were ahead at hidden 512, 0.90-0.94x against 0.85-0.92x,
+//     within that machine's run-to-run spread.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -21,9 +24,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "common/aligned_vector.h"
 #include "common/cpu_isa.h"
 #include "lstm/lstm_cell_cpu_kernels.h"
 
@@ -73,15 +78,11 @@ void split_units(int64_t hidden, int64_t block, Body&& body) {
 // register tiles of rows.
 constexpr int64_t kMinRowsPerThread = 12;
 
-// Weight panels above this many values (8 MB of float32) are split by units instead:
-// every thread streaming all of a panel that outgrows the last-level cache would read it
-// from memory once per thread and step.
-constexpr int64_t kMaxSharedPanel = int64_t(2) << 20;
-
 // Whether every thread can take kMinRowsPerThread rows of its own and the whole panel
-// (`panel` values) is small enough to share.
-inline bool rows_apart(int64_t batch, int64_t panel) {
-  return batch >= kMinRowsPerThread * at::get_num_threads() && panel <= kMaxSharedPanel;
+// (`panel_bytes`) fits in half a core's L2, leaving the other half to the rows.
+inline bool rows_apart(int64_t batch, int64_t panel_bytes) {
+  return batch >= kMinRowsPerThread * at::get_num_threads() &&
+         panel_bytes <= cpu_l2_cache_bytes() / 2;
 }
 
 // Runs body(first_row, rows) on a team that splits the batch rows.
@@ -99,20 +100,36 @@ void split_rows(int64_t batch, Body&& body) {
 
 // The thread's units of [w_ih | w_hh] (or w_hh alone): W[g][first + u][k], k counting
 // w_ih's columns first, at panel[slab + k * stride] where (slab, stride) = place(g, u).
+// It is a transpose (W's rows become the panel's columns), done in kPackTile x
+// kPackTile tiles whose source rows and destination lines stay in L1: written one unit
+// at a time, each unit's value went to another cache line of the panel, and at hidden
+// 1024 (a 32 MB panel) the packing took 15 ms, longer than four steps.
+constexpr int64_t kPackTile = 16;
+
 template <typename T, typename Place>
-std::vector<T> pack_units(std::initializer_list<std::pair<const T*, int64_t>> weights,
-                          int64_t hidden, int64_t first, int64_t units, int64_t size,
-                          Place&& place) {
-  std::vector<T> panel(size, T(0));
+AlignedVector<T> pack_units(std::initializer_list<std::pair<const T*, int64_t>> weights,
+                            int64_t hidden, int64_t first, int64_t units, int64_t size,
+                            Place&& place) {
+  AlignedVector<T> panel(size, T(0));
   // In parallel where called outside the recurrence's team (a whole panel to share).
-  at::parallel_for(0, units, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, (units + kPackTile - 1) / kPackTile, 1, [&](int64_t begin, int64_t end) {
     for (int64_t g = 0; g < 4; ++g)
-      for (int64_t u = begin; u < end; ++u) {
-        const auto [slab, stride] = place(g, u);
-        int64_t k = 0;
+      for (int64_t u0 = begin * kPackTile; u0 < std::min(units, end * kPackTile); u0 += kPackTile) {
+        const int64_t u_end = std::min(units, u0 + kPackTile);
+        // place() divides by the block size: once per unit, not per value.
+        int64_t slabs[kPackTile], stride = 0;
+        for (int64_t u = u0; u < u_end; ++u) std::tie(slabs[u - u0], stride) = place(g, u);
+        int64_t k0 = 0;  // the panel's k where this weight's columns start
         for (const auto& [w, columns] : weights) {
-          const T* row = w + (g * hidden + first + u) * columns;
-          for (int64_t j = 0; j < columns; ++j, ++k) panel[slab + k * stride] = row[j];
+          for (int64_t j0 = 0; j0 < columns; j0 += kPackTile) {
+            const int64_t j_end = std::min(columns, j0 + kPackTile);
+            for (int64_t u = u0; u < u_end; ++u) {
+              const T* row = w + (g * hidden + first + u) * columns;
+              T* column = panel.data() + slabs[u - u0] + k0 * stride;
+              for (int64_t j = j0; j < j_end; ++j) column[j * stride] = row[j];
+            }
+          }
+          k0 += columns;
         }
       }
   });
@@ -122,9 +139,9 @@ std::vector<T> pack_units(std::initializer_list<std::pair<const T*, int64_t>> we
 // Columns [first, first + count) of w (k_size, columns), in blocks of `block` columns:
 // panel[(b * k_size + k) * block + c] = w[k][first + b * block + c], zero past count.
 template <typename T>
-std::vector<T> pack_columns(const T* w, int64_t k_size, int64_t columns, int64_t first,
+AlignedVector<T> pack_columns(const T* w, int64_t k_size, int64_t columns, int64_t first,
                             int64_t count, int64_t block) {
-  std::vector<T> panel((count + block - 1) / block * k_size * block, T(0));
+  AlignedVector<T> panel((count + block - 1) / block * k_size * block, T(0));
   // In parallel where called outside the recurrence's team (a whole panel to share).
   at::parallel_for(0, k_size, 64, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k)
