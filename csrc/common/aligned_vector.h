@@ -2,12 +2,15 @@
 // register), for the packed panels and scratch that vector kernels stream.
 //
 // Why: a plain std::vector of a large size comes from mmap at a page offset of 16
-// bytes, so every 64-byte load of a packed panel straddles two cache lines. And a large
-// buffer is first touched page by page, a fault per 4 KB: measured here, a fresh 64 MB
-// copy ran at 5 GB/s against 13 GB/s into touched memory. Buffers of kHugeBytes and up
-// are therefore aligned to 2 MB and madvise'd MADV_HUGEPAGE (under the usual
-// transparent_hugepage=madvise setting): the kernel backs them with 2 MB pages, 512x
-// fewer faults. That advice covers this buffer only, never the caller's tensors.
+// bytes, so every 64-byte load of a packed panel straddles two cache lines (measured on
+// an Intel Xeon, a standalone 6 x 4-vector FMA tile: 166 GFLOP/s on such a panel, 202
+// aligned). And a large buffer is first touched a 4 KB page fault at a time: a fresh
+// 64 MB copy ran at 5 GB/s here against 13 GB/s into touched memory. Buffers of
+// kHugeBytes and up are therefore aligned to 2 MB and madvise'd MADV_HUGEPAGE (under
+// the usual transparent_hugepage=madvise setting): the kernel backs them with 2 MB
+// pages, 512x fewer faults. An LSTM layer at hidden 1024 (16 MB of panel per thread)
+// went from 14.5 to 10.7 ms for a one-step call. The advice covers this buffer only,
+// never a caller's tensor.
 #pragma once
 
 #include <sys/mman.h>

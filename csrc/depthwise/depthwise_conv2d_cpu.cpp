@@ -31,6 +31,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/aligned_vector.h"
 #include "common/checks.h"
 #include "common/cpu_isa.h"
 #include "common/int_math.h"
@@ -148,7 +149,7 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void prepare_plane
 template <typename T, typename Fn>
 void for_each_plane_task(int64_t tasks, const PreparedLayout& layout, Fn&& fn) {
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> prepared(layout.size);
+    AlignedVector<T> prepared(layout.size);
     with_kernels<T>([&](auto kernels) {
       for (int64_t task = begin; task < end; ++task) fn(kernels, prepared.data(), task);
     });
@@ -223,7 +224,7 @@ void through_channel_blocks(const Geometry& g, const ChannelsLastConv& conv, con
                             int64_t src_pixels, T* dst, int64_t dst_pixels, Run&& run) {
   const int64_t blocks = tiles_to_cover(g.channels, kMaxWidth);
   at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> src_block(src_pixels * kMaxWidth), dst_block(dst_pixels * kMaxWidth);
+    AlignedVector<T> src_block(src_pixels * kMaxWidth), dst_block(dst_pixels * kMaxWidth);
     with_kernels<T>([&](auto kernels) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / blocks, block = task % blocks, c = block * kMaxWidth;
@@ -291,8 +292,8 @@ void weight_grad_channel_blocks(const Geometry& g, const at::Tensor& grad_out,
   T* gb = grad_bias ? grad_bias->mutable_data_ptr<T>() : nullptr;
   const ChannelsLastConv conv = channels_last_conv(g);
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> in_block(in_plane * kMaxWidth), go_block(out_plane * kMaxWidth);
-    std::vector<T> sums((taps + 1) * kMaxWidth);
+    AlignedVector<T> in_block(in_plane * kMaxWidth), go_block(out_plane * kMaxWidth);
+    AlignedVector<T> sums((taps + 1) * kMaxWidth);
     with_kernels<T>([&](auto kernels) {
       for (int64_t block = begin; block < end; ++block) {
         const int64_t c = block * kMaxWidth, channels = std::min(kMaxWidth, g.channels - c);
@@ -378,7 +379,7 @@ void convolve_channels_last(const ChannelsLastConv& conv, int64_t batch, const T
   padded.pad_h = padded.pad_w = 0;
   const int64_t row_elems = conv.in_w * conv.channels, padded_row = padded.in_w * conv.channels;
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> image(padded.in_h * padded_row, T(0));  // borders stay zero
+    AlignedVector<T> image(padded.in_h * padded_row, T(0));  // borders stay zero
     with_kernels<T>([&](auto kernels) {
       for (int64_t n = begin; n < end; ++n) {
         for (int64_t h = 0; h < conv.in_h; ++h)
@@ -473,7 +474,7 @@ void weight_grad_nchw(const Geometry& g, const at::Tensor& grad_out, const at::T
   const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w, taps = layout.conv.taps;
   // One task per input channel, summing over images in order (deterministic).
   for_each_plane_task<T>(g.channels, layout, [&](auto kernels, T* prepared, int64_t c) {
-    std::vector<T> partial(g.multiplier * taps * kMaxWidth, T(0));
+    AlignedVector<T> partial(g.multiplier * taps * kMaxWidth, T(0));
     for (int64_t n = 0; n < g.batch; ++n) {
       if (gw != nullptr)
         prepare_plane(kernels, layout, in + (n * g.channels + c) * in_plane, g.in_h, g.in_w, g.pad_h,
@@ -542,7 +543,7 @@ void weight_grad_tiles(const Geometry& g, const at::Tensor& grad_out, const at::
   const int64_t blocks = tiles_to_cover(g.out_h, rows_per_block);
   const int64_t image_groups = tiles_to_cover(g.batch, images_per_task);
   const int64_t tasks = image_groups * blocks;
-  std::vector<T> partial(tasks * slice, T(0));
+  AlignedVector<T> partial(tasks * slice, T(0));
   const T* go = grad_out.const_data_ptr<T>();
   const T* in = input.const_data_ptr<T>();
   const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;

@@ -40,7 +40,10 @@ namespace fastdl::dilated_conv {
   static void weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,   \
                                 int64_t pixel_stride, int64_t kh, int64_t kw, T* acc);      \
   static void bias_grad(const Geometry& g, const T* grad_output, int64_t o0, int64_t count,  \
-                        T* out);
+                        T* out);                                                            \
+  /* dst[c * dst_stride + r] = src[r * src_stride + c], r < rows, c < columns */            \
+  static void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t columns,    \
+                        T* dst, int64_t dst_stride);
 
 struct ScalarKernels {
   FASTDL_DILATED_CONV_KERNEL_LIST(float)
@@ -85,6 +88,10 @@ struct Avx512Kernels {
   void Set::bias_grad(const Geometry& g, const T* grad_output, int64_t o0, int64_t count,    \
                       T* out) {                                                              \
     impl::bias_grad<T>(g, grad_output, o0, count, out);                                      \
+  }                                                                                          \
+  void Set::transpose(const T* src, int64_t src_stride, int64_t rows, int64_t columns, T* dst, \
+                      int64_t dst_stride) {                                                  \
+    impl::transpose_into<T>(src, src_stride, rows, columns, dst, dst_stride);                \
   }
 
 }  // namespace fastdl::dilated_conv

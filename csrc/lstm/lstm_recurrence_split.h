@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -100,36 +99,20 @@ void split_rows(int64_t batch, Body&& body) {
 
 // The thread's units of [w_ih | w_hh] (or w_hh alone): W[g][first + u][k], k counting
 // w_ih's columns first, at panel[slab + k * stride] where (slab, stride) = place(g, u).
-// It is a transpose (W's rows become the panel's columns), done in kPackTile x
-// kPackTile tiles whose source rows and destination lines stay in L1: written one unit
-// at a time, each unit's value went to another cache line of the panel, and at hidden
-// 1024 (a 32 MB panel) the packing took 15 ms, longer than four steps.
-constexpr int64_t kPackTile = 16;
-
 template <typename T, typename Place>
 AlignedVector<T> pack_units(std::initializer_list<std::pair<const T*, int64_t>> weights,
                             int64_t hidden, int64_t first, int64_t units, int64_t size,
                             Place&& place) {
   AlignedVector<T> panel(size, T(0));
   // In parallel where called outside the recurrence's team (a whole panel to share).
-  at::parallel_for(0, (units + kPackTile - 1) / kPackTile, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, units, 16, [&](int64_t begin, int64_t end) {
     for (int64_t g = 0; g < 4; ++g)
-      for (int64_t u0 = begin * kPackTile; u0 < std::min(units, end * kPackTile); u0 += kPackTile) {
-        const int64_t u_end = std::min(units, u0 + kPackTile);
-        // place() divides by the block size: once per unit, not per value.
-        int64_t slabs[kPackTile], stride = 0;
-        for (int64_t u = u0; u < u_end; ++u) std::tie(slabs[u - u0], stride) = place(g, u);
-        int64_t k0 = 0;  // the panel's k where this weight's columns start
+      for (int64_t u = begin; u < end; ++u) {
+        const auto [slab, stride] = place(g, u);
+        int64_t k = 0;
         for (const auto& [w, columns] : weights) {
-          for (int64_t j0 = 0; j0 < columns; j0 += kPackTile) {
-            const int64_t j_end = std::min(columns, j0 + kPackTile);
-            for (int64_t u = u0; u < u_end; ++u) {
-              const T* row = w + (g * hidden + first + u) * columns;
-              T* column = panel.data() + slabs[u - u0] + k0 * stride;
-              for (int64_t j = j0; j < j_end; ++j) column[j * stride] = row[j];
-            }
-          }
-          k0 += columns;
+          const T* row = w + (g * hidden + first + u) * columns;
+          for (int64_t j = 0; j < columns; ++j, ++k) panel[slab + k * stride] = row[j];
         }
       }
   });
@@ -140,7 +123,7 @@ AlignedVector<T> pack_units(std::initializer_list<std::pair<const T*, int64_t>> 
 // panel[(b * k_size + k) * block + c] = w[k][first + b * block + c], zero past count.
 template <typename T>
 AlignedVector<T> pack_columns(const T* w, int64_t k_size, int64_t columns, int64_t first,
-                            int64_t count, int64_t block) {
+                              int64_t count, int64_t block) {
   AlignedVector<T> panel((count + block - 1) / block * k_size * block, T(0));
   // In parallel where called outside the recurrence's team (a whole panel to share).
   at::parallel_for(0, k_size, 64, [&](int64_t begin, int64_t end) {
