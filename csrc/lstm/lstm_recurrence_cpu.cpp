@@ -82,6 +82,55 @@ void split_recurrence(const RecurrenceArgs& a, const StepOutputs<T>& saved, int6
   });
 }
 
+// The packed rows (pack_rows) a step's tiles read, two of each so that a step can write
+// the next one's while others still read its own: x_t's and h_prev's.
+template <typename T>
+struct RowPacks {
+  AlignedVector<T> x, h;
+  int64_t x_size, h_size;
+  RowPacks(int64_t rows, int64_t in_size, int64_t hidden)
+      : x(2 * rows * in_size), h(2 * rows * hidden), x_size(rows * in_size), h_size(rows * hidden) {}
+  T* x_at(int64_t s) { return x.data() + s % 2 * x_size; }
+  T* h_at(int64_t s) { return h.data() + s % 2 * h_size; }
+};
+
+// The tiled recurrence of rows [r0, r0 + rows) and units [first, first + units) (a
+// thread's share, `panel` its block panel), on a team of `team` threads (this one `id`)
+// sharing `packs`, sync() after every step: each step's tiles write h packed for the next
+// step, and the team packs the next step's input, tiles shared out, before it syncs.
+template <typename T, typename Kernels, typename Sync>
+void tiled_steps(Kernels kernels, const RecurrenceArgs& a, const StepOutputs<T>& saved,
+                 const T* panel, int64_t r0, int64_t rows, int64_t first, int64_t units,
+                 int64_t id, int64_t team, RowPacks<T>& packs, Sync&& sync) {
+  const int64_t in_size = a.input.size(2), hidden = a.hidden, batch = a.batch;
+  const T* input = a.input.const_data_ptr<T>();
+  const T* bias = a.bias.const_data_ptr<T>();
+  T* output = a.output.data_ptr<T>();
+  const auto pack_input = [&](int64_t s) {
+    const int64_t t = step_index(s, a.steps, a.reverse);
+    kernels.pack_rows(input + (t * batch + r0) * in_size, in_size, 1, rows, in_size, 0, in_size,
+                      id, team, packs.x_at(s));
+  };
+  pack_input(0);
+  kernels.pack_rows(a.h0.const_data_ptr<T>() + r0 * hidden, hidden, 1, rows, hidden, 0, hidden,
+                    id, team, packs.h_at(0));
+  sync();
+  AlignedVector<T> partial(rows * 4 * kernels.unit_block(T{}));
+  const T* c_prev = a.c0.const_data_ptr<T>() + r0 * hidden;
+  for (int64_t s = 0; s < a.steps; ++s) {
+    const int64_t t = step_index(s, a.steps, a.reverse);
+    const bool more = s + 1 < a.steps;
+    if (units > 0)
+      kernels.step_blocks(panel, units, first, rows, packs.x_at(s), in_size, packs.h_at(s), bias,
+                          c_prev, hidden, output + (t * batch + r0) * hidden,
+                          saved.cells_at(t) + r0 * hidden, saved.gates_at(t) + r0 * 4 * hidden,
+                          more ? packs.h_at(s + 1) : nullptr, partial.data());
+    if (more) pack_input(s + 1);
+    sync();
+    c_prev = saved.cells_at(t) + r0 * hidden;
+  }
+}
+
 template <typename T, typename Kernels>
 void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
   const int64_t hidden = a.hidden, batch = a.batch, in_size = a.input.size(2);
@@ -123,8 +172,6 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
   }
   // Per block of unit_block units, per k over [x | h], the four gates' weights side by
   // side.
-  const T* x = a.input.const_data_ptr<T>();
-  const T* bias = a.bias.const_data_ptr<T>();
   const int64_t block = kernels.unit_block(T{}), depth = in_size + hidden;
   const auto pack = [&](int64_t first, int64_t units, int64_t blocks) {
     return pack_units<T>({{a.w_ih.const_data_ptr<T>(), in_size}, {w_hh, hidden}}, hidden, first,
@@ -137,27 +184,19 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
   if (rows_apart(batch, 4 * hidden * depth * int64_t(sizeof(T)))) {
     const AlignedVector<T> panel = pack(0, hidden, (hidden + block - 1) / block);
     split_rows(batch, [&](int64_t r0, int64_t rows) {
-      run_steps<T>(
-          a, saved, r0,
-          [&](int64_t t, const T* h_prev, const T* c_prev) {
-            const int64_t row = t * batch + r0;
-            kernels.step_blocks(panel.data(), hidden, 0, rows, x + row * in_size, in_size,
-                                bias, h_prev, c_prev, hidden, output + row * hidden,
-                                saved.cells_at(t) + r0 * hidden,
-                                saved.gates_at(t) + r0 * 4 * hidden);
-          },
-          [] {});  // rows never wait for one another
+      RowPacks<T> packs(rows, in_size, hidden);
+      tiled_steps<T>(kernels, a, saved, panel.data(), r0, rows, 0, hidden, 0, 1, packs,
+                     [] {});  // rows never wait for one another
     });
     return;
   }
-  split_recurrence<T>(
-      a, saved, block, pack,
-      [&](const T* panel, int64_t first, int64_t units, int64_t t, const T* h_prev,
-          const T* c_prev) {
-        kernels.step_blocks(panel, units, first, batch, x + t * batch * in_size, in_size, bias,
-                            h_prev, c_prev, hidden, output + t * batch * hidden,
-                            saved.cells_at(t), saved.gates_at(t));
-      });
+  RowPacks<T> packs(batch, in_size, hidden);  // shared by the team
+  split_units(hidden, block, [&](int64_t id, int64_t team, int64_t first, int64_t units) {
+    const AlignedVector<T> panel = pack(first, units, (units + block - 1) / block);
+    tiled_steps<T>(kernels, a, saved, panel.data(), 0, batch, first, units, id, team, packs, [] {
+#pragma omp barrier
+    });
+  });
 }
 
 }  // namespace
