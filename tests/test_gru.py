@@ -150,6 +150,23 @@ def test_gru_matches_nn_gru(device, config, steps, batch, dtype):
         assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("pick", [0, 1], ids=["output", "h_n"])
+def test_gru_gradient_through_one_output_only(device, pick):
+    """The gradient of the output not used arrives as None (mark_saved_outputs), not as
+    zeros; the backward fills in what it needs."""
+    torch.manual_seed(0)
+    reference = nn.GRU(5, 6, num_layers=2).to(device=device, dtype=torch.float64)
+    ours = fastdl.nn.GRU(5, 6, num_layers=2).to(device=device, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    results = []
+    for layer in (ours, reference):
+        out, h_n = layer(x)
+        results.append(torch.autograd.grad((out, h_n)[pick].sin().sum(), (x, *layer.parameters())))
+    for actual, expected in zip(*results):
+        assert_close(actual, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gru_half_precision(device, dtype):
     torch.manual_seed(0)

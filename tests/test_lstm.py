@@ -162,6 +162,25 @@ def test_lstm_matches_nn_lstm(device, config, steps, batch, dtype):
         assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("batch", [3, 9])  # 9: tiled recurrence
+@pytest.mark.parametrize("pick", [0, 1, 2], ids=["output", "h_n", "c_n"])
+def test_lstm_gradient_through_one_output_only(device, pick, batch):
+    """The gradients of the outputs not used arrive as None (mark_saved_outputs), not as
+    zeros; the backward fills in what it needs."""
+    torch.manual_seed(0)
+    reference = nn.LSTM(5, 6, num_layers=2).to(device=device, dtype=torch.float64)
+    ours = fastdl.nn.LSTM(5, 6, num_layers=2).to(device=device, dtype=torch.float64)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(4, batch, 5, dtype=torch.float64, device=device, requires_grad=True)
+    results = []
+    for layer in (ours, reference):
+        out, (h_n, c_n) = layer(x)
+        results.append(torch.autograd.grad((out, h_n, c_n)[pick].sin().sum(),
+                                           (x, *layer.parameters())))
+    for actual, expected in zip(*results):
+        assert_close(actual, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch, hidden, input_size, bias",
                          [(9, 16, 7, True), (13, 40, 7, True), (70, 33, 7, True),

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import check_device
+from ._utils import check_device, mark_saved_outputs
 
 
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -77,7 +77,7 @@ def _cell_setup_context(ctx, inputs, output):
     _, _, h_prev = inputs
     h, saved = output
     ctx.save_for_backward(saved, h_prev)
-    ctx.mark_non_differentiable(saved)
+    mark_saved_outputs(ctx, saved)
 
 
 def _cell_backward(ctx, grad_h, _grad_saved):
@@ -90,7 +90,7 @@ def _layer_setup_context(ctx, inputs, output):
     input, h0, w_ih, w_hh, _, _, reverse, batch_sizes = inputs
     out, _, saved = output
     ctx.save_for_backward(input, h0, w_ih, w_hh, out, saved, batch_sizes)
-    ctx.mark_non_differentiable(saved)
+    mark_saved_outputs(ctx, saved)
     ctx.reverse = reverse
 
 

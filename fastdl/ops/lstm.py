@@ -17,7 +17,7 @@ layers.
 import torch
 from torch import Tensor
 
-from ._utils import check_device
+from ._utils import check_device, mark_saved_outputs
 
 
 def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -78,7 +78,7 @@ def _setup_context(ctx, inputs, output):
     ctx.need_backward = need_backward
     ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, activated, cells, batch_sizes, w_hr,
                           unprojected)
-    ctx.mark_non_differentiable(activated, cells, unprojected)
+    mark_saved_outputs(ctx, activated, cells, unprojected)
     ctx.reverse = reverse
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import check_device
+from ._utils import check_device, mark_saved_outputs
 
 
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -41,7 +41,7 @@ def _setup_context(ctx, inputs, output):
     _, c_prev = inputs
     _, c, activated = output
     ctx.save_for_backward(activated, c_prev, c)
-    ctx.mark_non_differentiable(activated)
+    mark_saved_outputs(ctx, activated)
 
 
 def _backward(ctx, grad_h, grad_c, _grad_activated):
