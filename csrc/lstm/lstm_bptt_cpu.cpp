@@ -42,14 +42,14 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
   const auto time = [&](int64_t s) { return step_index(s, steps, a.reverse); };
   const int64_t block = kernels.product_block(T{});
   // Rows [r0, r0 + rows), units [first, first + units) of dh and the columns of dx the
-  // panels hold; with sync, a barrier between the cell backward and the products (the
+  // panels hold; with a barrier, a wait between the cell backward and the products (the
   // threads share the rows and split the units). The products read the step's gates
   // packed as the tiles read rows (pack_rows), each thread packing the columns it wrote,
   // into `packs`: two of (rows, 4H), a step's own and the next one's, as a thread may
   // pack step s while another still reads step s + 1's.
   const auto run = [&](int64_t r0, int64_t rows, int64_t first, int64_t units,
                        int64_t x_first, int64_t x_columns, const T* h_panel,
-                       const T* x_panel, T* packs, bool sync) {
+                       const T* x_panel, T* packs, TeamBarrier* barrier) {
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = time(s), row = t * batch + r0;
       const T* c_prev = (s > 0 ? cells + time(s - 1) * batch * hidden : c0) + r0 * hidden;
@@ -64,9 +64,7 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
           kernels.pack_rows(step_gates, width, 1, rows, width, g * hidden + first,
                             g * hidden + first + units, 0, 1, pack);
       }
-      if (sync) {
-#pragma omp barrier
-      }
+      if (barrier != nullptr) barrier->wait();
       if (units > 0)
         kernels.packed_times_panel(
             h_panel, width, rows, pack, units,
@@ -84,17 +82,18 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
     const AlignedVector<T> x_panel = pack_columns(w_ih, width, in_size, 0, in_size, block);
     split_rows(batch, [&](int64_t r0, int64_t rows) {
       AlignedVector<T> packs(2 * rows * width);
-      run(r0, rows, 0, hidden, 0, in_size, h_panel.data(), x_panel.data(), packs.data(), false);
+      run(r0, rows, 0, hidden, 0, in_size, h_panel.data(), x_panel.data(), packs.data(), nullptr);
     });
     return;
   }
   AlignedVector<T> packs(2 * batch * width);  // shared by the team
-  split_units(hidden, block, [&](int64_t id, int64_t team, int64_t first, int64_t units) {
+  split_units(hidden, block, [&](int64_t id, int64_t team, int64_t first, int64_t units,
+                                 TeamBarrier& barrier) {
     const auto [x_first, x_columns] = block_share(in_size, block, id, team);
     const AlignedVector<T> h_panel = pack_columns(w_hh, width, hidden, first, units, block);
     const AlignedVector<T> x_panel = pack_columns(w_ih, width, in_size, x_first, x_columns, block);
     run(0, batch, first, units, x_first, x_columns, h_panel.data(), x_panel.data(), packs.data(),
-        true);
+        &barrier);
   });
 }
 

@@ -71,16 +71,15 @@ void run_steps(const RecurrenceArgs& a, const StepOutputs<T>& saved, int64_t r0,
 template <typename T, typename Pack, typename Step>
 void split_recurrence(const RecurrenceArgs& a, const StepOutputs<T>& saved, int64_t block,
                       Pack&& pack, Step&& step) {
-  split_units(a.hidden, block, [&](int64_t, int64_t, int64_t first, int64_t units) {
+  split_units(a.hidden, block, [&](int64_t, int64_t, int64_t first, int64_t units,
+                                   TeamBarrier& barrier) {
     const AlignedVector<T> panel = pack(first, units, (units + block - 1) / block);
     run_steps<T>(
         a, saved, 0,
         [&](int64_t t, const T* h_prev, const T* c_prev) {
           if (units > 0) step(panel.data(), first, units, t, h_prev, c_prev);
         },
-        [] {
-#pragma omp barrier
-        });
+        [&] { barrier.wait(); });
   });
 }
 
@@ -193,11 +192,11 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
     return;
   }
   RowPacks<T> packs(batch, in_size, hidden);  // shared by the team
-  split_units(hidden, block, [&](int64_t id, int64_t team, int64_t first, int64_t units) {
+  split_units(hidden, block, [&](int64_t id, int64_t team, int64_t first, int64_t units,
+                                 TeamBarrier& barrier) {
     const AlignedVector<T> panel = pack(first, units, (units + block - 1) / block);
-    tiled_steps<T>(kernels, a, saved, panel.data(), 0, batch, first, units, id, team, packs, [] {
-#pragma omp barrier
-    });
+    tiled_steps<T>(kernels, a, saved, panel.data(), 0, batch, first, units, id, team, packs,
+                   [&] { barrier.wait(); });
   });
 }
 
