@@ -213,14 +213,18 @@ def test_lstm_tiled_recurrence_matches_nn_lstm(device, batch, hidden, input_size
         torch.testing.assert_close(actual.double(), expected, **TOLERANCES_VS_FLOAT64[dtype])
 
 
-@pytest.mark.parametrize("batch", [9, 30])
-def test_lstm_recurrence_is_the_same_on_any_thread_count(batch):
+@pytest.mark.parametrize("batch, hidden", [(9, 40), (30, 40), (1, 300)])
+def test_lstm_recurrence_is_the_same_on_any_thread_count(batch, hidden):
     """The CPU recurrence splits the batch rows between threads when each gets 12 and
     the weights fit half the L2, else the hidden units (30 rows and these small weights:
     rows on 1-2 threads, units on 3); every output and gradient is computed in one
-    order either way, so the results are bitwise equal."""
+    order either way, so the results are bitwise equal. Batch 1 takes the GEMV path
+    (units split, in several panel blocks at hidden 300) after MKL's input projection, whose rounding
+    depends on the thread count, so there only to float32 accuracy. Teams that split
+    units meet at a barrier every step: a spinning one while each thread has a
+    processor, libgomp's beyond (3 threads on a 2-core machine)."""
     torch.manual_seed(0)
-    layer = fastdl.nn.LSTM(20, 40, bidirectional=True)
+    layer = fastdl.nn.LSTM(20, hidden, bidirectional=True)
     x = torch.randn(5, batch, 20, requires_grad=True)
     results = []
     previous = torch.get_num_threads()
@@ -234,7 +238,10 @@ def test_lstm_recurrence_is_the_same_on_any_thread_count(batch):
         torch.set_num_threads(previous)
     for other in results[1:]:
         for actual, expected in zip(other, results[0]):
-            assert torch.equal(actual, expected)
+            if batch > 8:  # kMaxRecurrenceBatch: the tiled path
+                assert torch.equal(actual, expected)
+            else:
+                torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("batch, packed, projected",
