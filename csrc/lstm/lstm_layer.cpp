@@ -259,20 +259,38 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
         std::swap(dc, dc_prev);
     }
   }
-  // h_prev of every step, in time order: (h0, out_0, ..., out_{T-2}), or the mirror.
-  at::Tensor h_prev = steps == 0 ? output
-                      : reverse  ? at::cat({output.slice(0, 1), h0.unsqueeze(0)})
-                                 : at::cat({h0.unsqueeze(0), output.slice(0, 0, steps - 1)});
-  if (batch_sizes && reverse) start_rows_from(h_prev, h0, active);
   const at::Tensor flat_gates = grad_gates.view({steps * batch, 4 * hidden});
   if (!grad_input.defined())
     grad_input = at::mm(flat_gates, w_ih).view({steps, batch, input.size(2)});
-  const auto weight_gradient = [&](const at::Tensor& inputs) {
-    at::Tensor ours = cpu_weight_gradient(flat_gates, inputs);
-    return ours.defined() ? ours : at::mm(flat_gates.t(), inputs);
+  // (4H, columns): the sum over steps of gates[step]^T x inputs[step] (both (steps,
+  // B, ...)).
+  const auto weight_gradient = [&](const at::Tensor& gates, const at::Tensor& inputs,
+                                   int64_t columns) {
+    const int64_t rows = gates.size(0) * batch;
+    const at::Tensor g = gates.reshape({rows, 4 * hidden}), x = inputs.reshape({rows, columns});
+    at::Tensor ours = cpu_weight_gradient(g, x);
+    return ours.defined() ? ours : at::mm(g.t(), x);
   };
-  const at::Tensor grad_w_ih = weight_gradient(input.reshape({steps * batch, input.size(2)}));
-  const at::Tensor grad_w_hh = weight_gradient(h_prev.reshape({steps * batch, proj}));
+  const at::Tensor grad_w_ih = weight_gradient(grad_gates, input, input.size(2));
+  // Step t's h_prev is the output of the step before it, or h0 for the first step.
+  at::Tensor grad_w_hh;
+  if (batch_sizes || steps < 2) {
+    // (h0, out_0, ..., out_{T-2}), or the mirror; packed, rows that join a reverse
+    // pass late start from h0 too.
+    at::Tensor h_prev = steps == 0 ? output
+                        : reverse  ? at::cat({output.slice(0, 1), h0.unsqueeze(0)})
+                                   : at::cat({h0.unsqueeze(0), output.slice(0, 0, steps - 1)});
+    if (batch_sizes && reverse) start_rows_from(h_prev, h0, active);
+    grad_w_hh = weight_gradient(grad_gates, h_prev, proj);
+  } else {
+    // The steps after the first against views of the output, then h0's step: no
+    // (T, B, P) copy of the output shifted by a step.
+    const int64_t first = reverse ? steps - 1 : 0;
+    grad_w_hh = reverse
+                    ? weight_gradient(grad_gates.slice(0, 0, steps - 1), output.slice(0, 1), proj)
+                    : weight_gradient(grad_gates.slice(0, 1), output.slice(0, 0, steps - 1), proj);
+    grad_w_hh.addmm_(grad_gates[first].t(), h0);
+  }
   const at::Tensor grad_bias = flat_gates.sum(0);
   const at::Tensor grad_w_hr =
       w_hr ? at::mm(grad_projected.view({steps * batch, proj}).t(),
