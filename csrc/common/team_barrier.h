@@ -2,7 +2,7 @@
 // recurrence's steps). Measured on two cores of an AMD EPYC Zen 3 VM: libgomp's `omp
 // barrier` 0.36-0.49 us, this one (a counter and a generation on their own cache lines)
 // 0.04 us; a batch-1 LSTM layer (1000 steps, hidden 256) 2-6% faster. Waiters spin
-// with a pause for 256 rounds (~5-20 us), longer than a step's usual imbalance, then
+// with a pause for 256 rounds (some 5-15 us), longer than a step's usual imbalance, then
 // yield. That only for a team with a processor per thread; a larger one takes
 // libgomp's barrier, as a spinning waiter would hold the processor that the thread it
 // waits for needs (measured: 4 threads on 2 cores, 4x slower than libgomp's).
@@ -18,7 +18,6 @@ namespace fastdl {
 
 class TeamBarrier {
  public:
-
   // `team`: the number of threads of the enclosing OpenMP team, which all call wait()
   // the same number of times.
   explicit TeamBarrier(int64_t team) : team_(team), spin_(team <= omp_get_num_procs()) {}
