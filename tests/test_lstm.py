@@ -219,10 +219,10 @@ def test_lstm_recurrence_is_the_same_on_any_thread_count(batch, hidden):
     the weights fit half the L2, else the hidden units (30 rows and these small weights:
     rows on 1-2 threads, units on 3); every output and gradient is computed in one
     order either way, so the results are bitwise equal. Batch 1 takes the GEMV path
-    (units split, in several panel blocks at hidden 300) after MKL's input projection, whose rounding
-    depends on the thread count, so there only to float32 accuracy. Teams that split
-    units meet at a barrier every step: a spinning one while each thread has a
-    processor, libgomp's beyond (3 threads on a 2-core machine)."""
+    (units split: hidden 300 is several panel blocks) after MKL's input projection,
+    whose rounding depends on the thread count, so there only to float32 accuracy.
+    Teams that split units meet at a barrier every step: a spinning one while each
+    thread has a processor, libgomp's beyond (3 threads on a 2-core machine)."""
     torch.manual_seed(0)
     layer = fastdl.nn.LSTM(20, hidden, bidirectional=True)
     x = torch.randn(5, batch, 20, requires_grad=True)

@@ -15,8 +15,8 @@ def test_main_reports_parity_and_speed(tmp_path):
     # without a matching torchvision, such as the CPU-only 2.13 wheel, lacks).
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "fastdl", "--op", "lstm_cell", "--device", "cpu", "--repeats", "1",
-         "--json", str(out)],
+        [sys.executable, "-m", "fastdl", "--op", "lstm_cell", "--device", "cpu",
+         "--repeats", "1", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
