@@ -191,6 +191,32 @@ def test_non_contiguous_input(device):
     assert_close(fastdl.ops.depthwise_conv2d(x, weight, None, 1, 1, 1), F.conv2d(x, weight, None, 1, 1, 1, groups=3))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channels_last_row_blocks_cover_every_row(threads, stride):
+    """Few images split into blocks of rows by thread count (near-equal blocks from
+    multiples of 3 or 2 rows; at 13 rows and 2 threads one of the 5 blocks is empty):
+    every output and input-gradient row is computed, once, at heights 1 to 40."""
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for batch in (1, 3):
+            for h in (1, 2, 4, 5, 7, 13, 17, 40):
+                x, weight, bias, args = _make((batch, 9, 1, h, 12, 3, stride, 1, 1), torch.float64, "cpu",
+                                              channels_last=True)
+                ref_out = F.conv2d(x, weight, bias, groups=9, **args)
+                grad_out = torch.randn_like(ref_out)
+                out, grads = _grads(lambda x, w, b: fastdl.ops.depthwise_conv2d(x, w, b, **args), x, weight,
+                                    bias, grad_out)
+                _, ref_grads = _grads(lambda x, w, b: F.conv2d(x, w, b, groups=9, **args), x, weight, bias,
+                                      grad_out)
+                assert_close(out, ref_out, msg=lambda m, h=h: f"height {h}: {m}")
+                for actual, expected in zip(grads, ref_grads):
+                    assert_close(actual, expected, msg=lambda m, h=h: f"height {h}: {m}")
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("config", [(4, 19, 1, 20, 20, 3, 1, 1, 1), (40, 17, 1, 9, 9, 3, 2, 1, 1),
                                     (2, 24, 1, 16, 16, 7, 1, 3, 1), (3, 5, 1, 11, 11, 4, 3, 0, 2)])
 def test_weight_gradient_is_deterministic_across_thread_counts(device, config):

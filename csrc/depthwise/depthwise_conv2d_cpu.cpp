@@ -339,15 +339,22 @@ void forward_nchw(const Geometry& g, const at::Tensor& input, const at::Tensor& 
 }
 
 // Blocks to split each image's `rows` into so that `batch` images make enough tasks
-// for every thread (at least 3 rows a block, the register tiles' height).
+// for every thread (about 3 rows a block at least, the register tiles' height), and a
+// whole number of tasks per thread where the rows allow it. Callers cut the blocks
+// with block_start, near-equal, so that each thread's run of tasks is as long as the
+// others'.
 int64_t row_blocks_per_image(int64_t batch, int64_t rows) {
-  return std::clamp<int64_t>(tiles_to_cover(4 * at::get_num_threads(), batch), 1, tiles_to_cover(rows, 3));
+  const int64_t threads = at::get_num_threads(), most = tiles_to_cover(rows, 3);
+  const int64_t blocks = std::clamp<int64_t>(tiles_to_cover(4 * threads, batch), 1, most);
+  for (int64_t more = blocks; more <= most && more < 2 * blocks; ++more)
+    if (batch * more % threads == 0) return more;
+  return blocks;
 }
 
 // Channels-last convolution of `batch` images with weights (taps, C), in tasks of
 // a block of output rows of one image: whole images when there are enough of them
-// to keep every thread busy, fewer rows (a multiple of the 3-row register tiles)
-// when not, as at batch 1. Shapes the register tiles do not cover take, on small
+// to keep every thread busy, fewer rows (from a multiple of 3, the AVX-512 3x3 tiles'
+// height) when not, as at batch 1. Shapes the register tiles do not cover take, on small
 // images, one task per image through a zero-padded copy instead, so that every
 // pixel takes the interior kernel: on a 7x7 image the border pixels are
 // over half of the work.
@@ -359,15 +366,14 @@ void convolve_channels_last(const ChannelsLastConv& conv, int64_t batch, const T
   const bool padded_copy = !tiles_apply(conv) && conv.pad_h >= 0 && conv.pad_w >= 0 &&
                            conv.pad_h + conv.pad_w > 0 && conv.in_h * conv.in_w <= kSmallImagePixels;
   if (!padded_copy) {
-    const int64_t blocks_per_image = row_blocks_per_image(batch, conv.out_h);
-    const int64_t rows_per_block = round_up(tiles_to_cover(conv.out_h, blocks_per_image), 3);
-    const int64_t blocks = tiles_to_cover(conv.out_h, rows_per_block);
+    const int64_t blocks = row_blocks_per_image(batch, conv.out_h);
     at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
       with_kernels<T>([&](auto kernels) {
         for (int64_t task = begin; task < end; ++task) {
-          const int64_t n = task / blocks, ho = task % blocks * rows_per_block;
-          kernels.forward_rows_cl(conv, in + n * in_image, w, b, ho,
-                                  std::min(ho + rows_per_block, conv.out_h), out + n * out_image);
+          const int64_t n = task / blocks, block = task % blocks;
+          kernels.forward_rows_cl(conv, in + n * in_image, w, b,
+                                  block_start(conv.out_h, blocks, block, 3),
+                                  block_start(conv.out_h, blocks, block + 1, 3), out + n * out_image);
         }
       });
     });
@@ -510,16 +516,15 @@ void input_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
   const ChannelsLastConv conv = channels_last_conv(g);
   const at::Tensor w = taps_by_channel(weight);
   const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
-  // Blocks of rows, even in count: the stride-2 tiles cover two rows at a time.
-  const int64_t blocks_per_image = row_blocks_per_image(g.batch, g.in_h);
-  const int64_t rows_per_block = round_up(tiles_to_cover(g.in_h, blocks_per_image), 2);
-  const int64_t blocks = tiles_to_cover(g.in_h, rows_per_block);
+  // Blocks from even rows: the stride-2 tiles cover two rows at a time.
+  const int64_t blocks = row_blocks_per_image(g.batch, g.in_h);
   at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
     with_kernels<T>([&](auto kernels) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / blocks, ih = task % blocks * rows_per_block;
-        kernels.input_grad_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(), ih,
-                                   std::min(ih + rows_per_block, g.in_h), gi + n * in_image);
+        const int64_t n = task / blocks, block = task % blocks;
+        kernels.input_grad_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(),
+                                   block_start(g.in_h, blocks, block, 2),
+                                   block_start(g.in_h, blocks, block + 1, 2), gi + n * in_image);
       }
     });
   });
@@ -536,11 +541,9 @@ void weight_grad_tiles(const Geometry& g, const at::Tensor& grad_out, const at::
   const ChannelsLastConv conv = channels_last_conv(g);
   const int64_t taps = g.kernel_h * g.kernel_w, slice = (taps + 1) * g.channels;
   const int64_t images_per_task = tiles_to_cover(g.batch, kWeightGradTasks);
-  const int64_t blocks_per_image =
+  const int64_t blocks =
       images_per_task > 1 ? 1
                           : std::min(tiles_to_cover(kWeightGradTasks, g.batch), tiles_to_cover(g.out_h, 3));
-  const int64_t rows_per_block = round_up(tiles_to_cover(g.out_h, blocks_per_image), 3);
-  const int64_t blocks = tiles_to_cover(g.out_h, rows_per_block);
   const int64_t image_groups = tiles_to_cover(g.batch, images_per_task);
   const int64_t tasks = image_groups * blocks;
   AlignedVector<T> partial(tasks * slice, T(0));
@@ -551,11 +554,12 @@ void weight_grad_tiles(const Geometry& g, const at::Tensor& grad_out, const at::
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     with_kernels<T>([&](auto kernels) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t group = task / blocks, ho = task % blocks * rows_per_block;
+        const int64_t group = task / blocks, block = task % blocks;
         T* sums = partial.data() + task * slice;
         for (int64_t n = group * images_per_task; n < std::min((group + 1) * images_per_task, g.batch); ++n)
-          kernels.weight_grad_rows_cl(conv, in + n * in_image, go + n * out_image, ho,
-                                      std::min(ho + rows_per_block, g.out_h), sums,
+          kernels.weight_grad_rows_cl(conv, in + n * in_image, go + n * out_image,
+                                      block_start(g.out_h, blocks, block, 3),
+                                      block_start(g.out_h, blocks, block + 1, 3), sums,
                                       with_bias ? sums + taps * g.channels : nullptr);
       }
     });
