@@ -11,6 +11,14 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, **overrides) -> N
     torch.testing.assert_close(actual, expected, **tolerance)
 
 
+def outputs_and_grads(fn, tensors, grad_out) -> list[torch.Tensor]:
+    """[fn(*tensors), then the gradient of sum(fn(*tensors) * grad_out) for each tensor],
+    on detached copies of the tensors (leaves of their own)."""
+    tensors = [t.detach().requires_grad_() for t in tensors]
+    out = fn(*tensors)
+    return [out, *torch.autograd.grad(out, tensors, grad_out)]
+
+
 def assert_same_indices(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """Integer results (indices) must match exactly, in order."""
     assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)

@@ -13,7 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import fastdl
 from conftest import CPU_ISAS, requires_cuda
-from parity import assert_close
+from parity import assert_close, outputs_and_grads
 
 OP = torch.ops.fastdl.attention.default
 BACKWARD_OP = torch.ops.fastdl.attention_backward.default
@@ -85,22 +85,15 @@ def make_mask(kind, shape, dtype, device, seed=1):
     return additive.to(device, dtype)
 
 
-def outputs_and_grads(fn, q, k, v, grad_out):
-    """fn(q, k, v) and its gradients for the loss sum(fn(q, k, v) * grad_out)."""
-    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    out = fn(q, k, v)
-    return [out, *torch.autograd.grad(out, (q, k, v), grad_out)]
-
-
 def doubles(*tensors):
     return [t.double() for t in tensors]
 
 
 def check_parity(q, k, v, grad_out, attn_mask=None, is_causal=False, scale=None, tolerance=None):
     ours = outputs_and_grads(
-        lambda q, k, v: fastdl.ops.attention(q, k, v, attn_mask, is_causal, scale), q, k, v, grad_out)
+        lambda q, k, v: fastdl.ops.attention(q, k, v, attn_mask, is_causal, scale), (q, k, v), grad_out)
     expected = outputs_and_grads(
-        lambda q, k, v: reference(q, k, v, attn_mask, is_causal, scale), *doubles(q, k, v, grad_out))
+        lambda q, k, v: reference(q, k, v, attn_mask, is_causal, scale), doubles(q, k, v), grad_out.double())
     for name, actual, e, given in zip(("output", "grad_q", "grad_k", "grad_v"), ours, expected,
                                       (grad_out, q, k, v)):
         assert actual.dtype == given.dtype and actual.shape == given.shape, name
@@ -179,7 +172,7 @@ def test_fully_masked_rows_give_zero(device):
     additive[3] = -math.inf
     for mask, rows in ((bool_mask, [(0, 2), (1, 5)]), (additive, [(0, 3), (1, 3)])):
         out, grad_q, grad_k, grad_v = outputs_and_grads(
-            lambda q, k, v: fastdl.ops.attention(q, k, v, mask), q, k, v, grad_out)
+            lambda q, k, v: fastdl.ops.attention(q, k, v, mask), (q, k, v), grad_out)
         for batch, row in rows:
             assert torch.equal(out[batch, :, row], torch.zeros_like(out[batch, :, row]))
             assert torch.equal(grad_q[batch, :, row], torch.zeros_like(grad_q[batch, :, row]))
@@ -266,11 +259,11 @@ def test_dropout_is_deterministic_given_the_seed(device):
 
 def test_dropout_zero_is_no_dropout(device):
     q, k, v, grad_out = make_inputs(1, 2, 1, 20, 70, 16, 8, torch.float32, device)
-    plain = outputs_and_grads(lambda q, k, v: fastdl.ops.attention(q, k, v, is_causal=True), q, k, v, grad_out)
+    plain = outputs_and_grads(lambda q, k, v: fastdl.ops.attention(q, k, v, is_causal=True), (q, k, v), grad_out)
     for seed in (0, 1, 2**62):
         seeded = outputs_and_grads(
             lambda q, k, v: fastdl.ops.attention(q, k, v, is_causal=True, dropout_p=0.0, seed=seed),
-            q, k, v, grad_out)
+            (q, k, v), grad_out)
         for a, e in zip(seeded, plain):
             assert torch.equal(a, e)
 
@@ -313,9 +306,9 @@ def test_dropout_matches_reference_with_the_recovered_pattern(device, dtype, b, 
     mask = make_mask(kind, (b, 1, nq, nk), dtype, device)
     ours = outputs_and_grads(
         lambda q, k, v: fastdl.ops.attention(q, k, v, mask, causal, dropout_p=p, seed=seed),
-        q, k, v, grad_out)
+        (q, k, v), grad_out)
     expected = outputs_and_grads(lambda q, k, v: dropout_reference(q, k, v, keep, p, mask, causal),
-                                 *doubles(q, k, v, grad_out))
+                                 doubles(q, k, v), grad_out.double())
     for name, actual, e in zip(("output", "grad_q", "grad_k", "grad_v"), ours, expected):
         assert_matches(name, actual, e)
 
@@ -341,7 +334,7 @@ def test_empty(device, b, hq, hkv, nq, nk):
     for attn_mask, causal in ((None, False), (mask, True)):
         out, grad_q, grad_k, grad_v = outputs_and_grads(
             lambda q, k, v: fastdl.ops.attention(q, k, v, attn_mask, causal, dropout_p=0.1, seed=1),
-            q, k, v, grad_out)
+            (q, k, v), grad_out)
         for actual, like in ((out, grad_out), (grad_q, q), (grad_k, k), (grad_v, v)):
             assert actual.shape == like.shape
             assert torch.equal(actual, torch.zeros_like(like))
@@ -395,8 +388,8 @@ def test_under_torch_compile(device):
         return fastdl.ops.attention(torch.tanh(q), k * 2, v, mask, is_causal=True, scale=0.3) + 1
 
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
-    ours = outputs_and_grads(lambda q, k, v: compiled(q, k, v, mask), q, k, v, grad_out)
-    eager = outputs_and_grads(lambda q, k, v: block(q, k, v, mask), q, k, v, grad_out)
+    ours = outputs_and_grads(lambda q, k, v: compiled(q, k, v, mask), (q, k, v), grad_out)
+    eager = outputs_and_grads(lambda q, k, v: block(q, k, v, mask), (q, k, v), grad_out)
     for a, e in zip(ours, eager):
         assert_close(a, e)
 
@@ -416,7 +409,7 @@ def _run_everything(q, k, v, grad_out, mask):
     for dropout_p in (0.0, 0.2):
         results += outputs_and_grads(
             lambda q, k, v: fastdl.ops.attention(q, k, v, mask, True, dropout_p=dropout_p, seed=3),
-            q, k, v, grad_out)
+            (q, k, v), grad_out)
     return results
 
 

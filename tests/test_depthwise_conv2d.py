@@ -12,7 +12,7 @@ from torch import nn
 
 import fastdl
 from conftest import TOLERANCES
-from parity import assert_close
+from parity import assert_close, outputs_and_grads
 
 OP = torch.ops.fastdl.depthwise_conv2d.default
 BACKWARD_OP = torch.ops.fastdl.depthwise_conv2d_backward.default
@@ -99,9 +99,8 @@ def exact_cudnn():
 
 
 def _grads(fn, x, weight, bias, grad_out):
-    inputs = [t.detach().requires_grad_() for t in (x, weight) + ((bias,) if bias is not None else ())]
-    out = fn(*inputs)
-    grads = torch.autograd.grad(out, inputs, grad_out)
+    """(fn's output, its gradients) for x, weight and bias (left out when None)."""
+    out, *grads = outputs_and_grads(fn, [t for t in (x, weight, bias) if t is not None], grad_out)
     return out, grads
 
 

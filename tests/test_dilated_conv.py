@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import fastdl
 from conftest import TOLERANCES_VS_FLOAT64, requires_cuda
-from parity import assert_close
+from parity import assert_close, outputs_and_grads
 
 # F.conv2d's own warning for 'same' with an even dilated extent (the reference's copy).
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
@@ -92,13 +92,6 @@ def reference_conv1d(x, w, b, stride, padding, dilation, groups, causal):
     if isinstance(padding, (int, str)):
         return F.conv1d(x, w, b, stride, padding, dilation, groups)
     return F.conv1d(F.pad(x, tuple(padding)), w, b, stride, 0, dilation, groups)
-
-
-def outputs_and_grads(fn, tensors, grad_out):
-    """fn(*tensors) and the gradients of sum(fn(*tensors) * grad_out) for every tensor."""
-    tensors = [t.detach().requires_grad_() for t in tensors]
-    out = fn(*tensors)
-    return [out, *torch.autograd.grad(out, tensors, grad_out)]
 
 
 def skip_redundant_float64(device, dtype):
