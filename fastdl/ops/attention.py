@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._utils import check_device
+from ._utils import check_device, mark_saved_outputs
 
 
 def _with_heads(t: Tensor | None, name: str) -> Tensor | None:
@@ -87,10 +87,12 @@ def _setup_context(ctx, inputs, output):
     out, logsumexp = output
     ctx.save_for_backward(q, k, v, out, logsumexp, attn_mask)
     ctx.options = (is_causal, scale, dropout_p, seed)
-    ctx.mark_non_differentiable(logsumexp)
+    mark_saved_outputs(ctx, logsumexp)  # for the backward only: its gradient arrives as None
 
 
 def _backward(ctx, grad_output, _grad_logsumexp):
+    if grad_output is None:  # an undefined gradient (gradcheck checks them): zeros in, zeros out
+        return (None,) * 8
     q, k, v, out, logsumexp, attn_mask = ctx.saved_tensors
     grad_q, grad_k, grad_v = torch.ops.fastdl.attention_backward.default(
         grad_output, q, k, v, out, logsumexp, attn_mask, *ctx.options)

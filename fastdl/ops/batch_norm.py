@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._utils import check_device
+from ._utils import check_device, mark_saved_outputs
 
 ACTIVATIONS = ("none", "relu", "relu6", "silu", "leaky_relu")
 
@@ -123,12 +123,12 @@ def _train_setup_context(ctx, inputs, output):
     input, weight, bias, residual, eps, activation, negative_slope = inputs
     _, mean, var = output
     ctx.save_for_backward(input, weight, bias, residual, mean, var)
-    ctx.mark_non_differentiable(mean, var)
+    mark_saved_outputs(ctx, mean, var)  # batch statistics for the backward only
     ctx.args = (eps, activation, negative_slope)
 
 
 def _backward_op(grad_output, input, mean, var, weight, bias, residual, args, needs,
-                    batch_stats):
+                 batch_stats):
     need_input, need_weight, need_bias, need_residual = needs
     mask = [need_input, need_weight and weight is not None, need_bias and bias is not None,
             need_residual and residual is not None]
@@ -137,9 +137,11 @@ def _backward_op(grad_output, input, mean, var, weight, bias, residual, args, ne
 
 
 def _train_backward(ctx, grad_output, _grad_mean, _grad_var):
+    if grad_output is None:  # an undefined gradient (gradcheck checks them): zeros in, zeros out
+        return (None,) * 7
     input, weight, bias, residual, mean, var = ctx.saved_tensors
     grads = _backward_op(grad_output, input, mean, var, weight, bias, residual, ctx.args,
-                            ctx.needs_input_grad[:4], batch_stats=True)
+                         ctx.needs_input_grad[:4], batch_stats=True)
     return *grads, None, None, None
 
 
