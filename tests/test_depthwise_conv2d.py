@@ -193,9 +193,9 @@ def test_non_contiguous_input(device):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_channels_last_row_blocks_cover_every_row(threads, stride):
-    """Few images split into blocks of rows by thread count (near-equal blocks from
-    multiples of 3 or 2 rows; at 13 rows and 2 threads one of the 5 blocks is empty):
-    every output and input-gradient row is computed, once, at heights 1 to 40."""
+    """The channels-last tiles run in near-equal runs of rows per thread count, which
+    may end inside one image and go on in the next (batch 3): every output row,
+    input-gradient row and weight-gradient term is computed, once, at heights 1 to 40."""
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)

@@ -338,23 +338,35 @@ void forward_nchw(const Geometry& g, const at::Tensor& input, const at::Tensor& 
   });
 }
 
-// Blocks to split each image's `rows` into so that `batch` images make enough tasks
-// for every thread (about 3 rows a block at least, the register tiles' height), and a
-// whole number of tasks per thread where the rows allow it. Callers cut the blocks
-// with block_start, near-equal, so that each thread's run of tasks is as long as the
-// others'.
-int64_t row_blocks_per_image(int64_t batch, int64_t rows) {
-  const int64_t threads = at::get_num_threads(), most = tiles_to_cover(rows, 3);
-  const int64_t blocks = std::clamp<int64_t>(tiles_to_cover(4 * threads, batch), 1, most);
-  for (int64_t more = blocks; more <= most && more < 2 * blocks; ++more)
-    if (batch * more % threads == 0) return more;
-  return blocks;
+// Runs fn(run, n, begin, end), rows [begin, end) of image n in run `run`, over every row
+// of `batch` images of `rows` rows each, in `runs` tasks (in parallel): the rows cut into
+// near-equal runs from multiples of `align` (a run may end in one image and go on in
+// the next), so that each thread's share of rows is the same whatever the batch. (Whole
+// blocks of 9 rows gave two threads 36 and 20 of a batch-1 image's 56 rows.)
+template <typename Fn>
+void for_row_runs(int64_t batch, int64_t rows, int64_t align, int64_t runs, Fn&& fn) {
+  const int64_t total = batch * rows;
+  at::parallel_for(0, runs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t run = begin; run < end; ++run) {
+      const int64_t last = block_start(total, runs, run + 1, align);
+      for (int64_t row = block_start(total, runs, run, align); row < last;) {
+        const int64_t n = row / rows, first = row % rows, count = std::min(rows - first, last - row);
+        fn(run, n, first, first + count);
+        row += count;
+      }
+    }
+  });
+}
+
+// Runs for the forward and input-gradient tasks: a few per thread (their rows are
+// near-equal, so more would only add calls), at most one per `align` rows.
+int64_t row_runs(int64_t batch, int64_t rows, int64_t align) {
+  return std::clamp<int64_t>(tiles_to_cover(batch * rows, align), 1, 4 * at::get_num_threads());
 }
 
 // Channels-last convolution of `batch` images with weights (taps, C), in tasks of
-// a block of output rows of one image: whole images when there are enough of them
-// to keep every thread busy, fewer rows (from a multiple of 3, the AVX-512 3x3 tiles'
-// height) when not, as at batch 1. Shapes the register tiles do not cover take, on small
+// near-equal runs of output rows (for_row_runs), from multiples of the register
+// tiles' height. Shapes the register tiles do not cover take, on small
 // images, one task per image through a zero-padded copy instead, so that every
 // pixel takes the interior kernel: on a 7x7 image the border pixels are
 // over half of the work.
@@ -366,15 +378,11 @@ void convolve_channels_last(const ChannelsLastConv& conv, int64_t batch, const T
   const bool padded_copy = !tiles_apply(conv) && conv.pad_h >= 0 && conv.pad_w >= 0 &&
                            conv.pad_h + conv.pad_w > 0 && conv.in_h * conv.in_w <= kSmallImagePixels;
   if (!padded_copy) {
-    const int64_t blocks = row_blocks_per_image(batch, conv.out_h);
-    at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-      with_kernels<T>([&](auto kernels) {
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t n = task / blocks, block = task % blocks;
-          kernels.forward_rows_cl(conv, in + n * in_image, w, b,
-                                  block_start(conv.out_h, blocks, block, 3),
-                                  block_start(conv.out_h, blocks, block + 1, 3), out + n * out_image);
-        }
+    with_kernels<T>([&](auto kernels) {
+      const int64_t align = kernels.forward_tile_rows(conv, T(0));
+      for_row_runs(batch, conv.out_h, align, row_runs(batch, conv.out_h, align),
+                   [&](int64_t, int64_t n, int64_t begin, int64_t end) {
+        kernels.forward_rows_cl(conv, in + n * in_image, w, b, begin, end, out + n * out_image);
       });
     });
     return;
@@ -516,52 +524,40 @@ void input_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
   const ChannelsLastConv conv = channels_last_conv(g);
   const at::Tensor w = taps_by_channel(weight);
   const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
-  // Blocks from even rows: the stride-2 tiles cover two rows at a time.
-  const int64_t blocks = row_blocks_per_image(g.batch, g.in_h);
-  at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    with_kernels<T>([&](auto kernels) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t n = task / blocks, block = task % blocks;
-        kernels.input_grad_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(),
-                                   block_start(g.in_h, blocks, block, 2),
-                                   block_start(g.in_h, blocks, block + 1, 2), gi + n * in_image);
-      }
+  // Runs from even rows: the stride-2 tiles cover two rows at a time.
+  with_kernels<T>([&](auto kernels) {
+    for_row_runs(g.batch, g.in_h, 2, row_runs(g.batch, g.in_h, 2),
+                 [&](int64_t, int64_t n, int64_t begin, int64_t end) {
+      kernels.input_grad_rows_cl(conv, go + n * out_image, w.const_data_ptr<T>(), begin, end,
+                                 gi + n * in_image);
     });
   });
 }
 
 // Channels-last weight and bias gradients through the register tiles. Tasks are
-// fixed groups of images, or blocks of output rows of one image when images are
-// few; each sums into its own (taps + 1, C) slice (tap sums, then the bias), and
-// the slices are added in task order. The split depends on the shape only, never
-// on the thread count, so the sums are the same whatever the threads.
+// kWeightGradTasks near-equal runs of output rows (for_row_runs); each sums into its
+// own (taps + 1, C) slice (tap sums, then the bias), and the slices are added in task
+// order. The split depends on the shape (and the ISA's tile height) only, never on
+// the thread count, so the sums are the same whatever the threads.
 template <typename T>
 void weight_grad_tiles(const Geometry& g, const at::Tensor& grad_out, const at::Tensor& input,
                        at::Tensor* grad_weight, at::Tensor* grad_bias) {
   const ChannelsLastConv conv = channels_last_conv(g);
   const int64_t taps = g.kernel_h * g.kernel_w, slice = (taps + 1) * g.channels;
-  const int64_t images_per_task = tiles_to_cover(g.batch, kWeightGradTasks);
-  const int64_t blocks =
-      images_per_task > 1 ? 1
-                          : std::min(tiles_to_cover(kWeightGradTasks, g.batch), tiles_to_cover(g.out_h, 3));
-  const int64_t image_groups = tiles_to_cover(g.batch, images_per_task);
-  const int64_t tasks = image_groups * blocks;
-  AlignedVector<T> partial(tasks * slice, T(0));
   const T* go = grad_out.const_data_ptr<T>();
   const T* in = input.const_data_ptr<T>();
   const int64_t in_image = g.in_h * g.in_w * g.channels, out_image = g.out_h * g.out_w * g.channels;
   const bool with_bias = grad_bias != nullptr;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    with_kernels<T>([&](auto kernels) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t group = task / blocks, block = task % blocks;
-        T* sums = partial.data() + task * slice;
-        for (int64_t n = group * images_per_task; n < std::min((group + 1) * images_per_task, g.batch); ++n)
-          kernels.weight_grad_rows_cl(conv, in + n * in_image, go + n * out_image,
-                                      block_start(g.out_h, blocks, block, 3),
-                                      block_start(g.out_h, blocks, block + 1, 3), sums,
-                                      with_bias ? sums + taps * g.channels : nullptr);
-      }
+  int64_t tasks = 0;
+  AlignedVector<T> partial;
+  with_kernels<T>([&](auto kernels) {
+    const int64_t align = kernels.forward_tile_rows(conv, T(0));  // the tiles' height here too
+    tasks = std::min(kWeightGradTasks, tiles_to_cover(g.batch * g.out_h, align));
+    partial = AlignedVector<T>(tasks * slice, T(0));
+    for_row_runs(g.batch, g.out_h, align, tasks, [&](int64_t task, int64_t n, int64_t begin, int64_t end) {
+      T* sums = partial.data() + task * slice;
+      kernels.weight_grad_rows_cl(conv, in + n * in_image, go + n * out_image, begin, end, sums,
+                                  with_bias ? sums + taps * g.channels : nullptr);
     });
   });
   // Task 0's slice collects the rest, element by element in task order.

@@ -64,6 +64,9 @@ inline bool tiles_apply(const ChannelsLastConv& g) {
   /* Output rows [begin, end) of one image; bias may be null. */                            \
   static void forward_rows_cl(const ChannelsLastConv& g, const T* input, const T* weight,    \
                               const T* bias, int64_t begin, int64_t end, T* out);           \
+  /* Output rows forward_rows_cl computes together (its register tiles' height, or 1): */  \
+  /* row ranges from a multiple of it take no shorter tiles in the middle. */              \
+  static int64_t forward_tile_rows(const ChannelsLastConv& g, T);                          \
   /* Input-gradient rows [begin, end) of one image. */                                      \
   static void input_grad_rows_cl(const ChannelsLastConv& g, const T* grad_out,               \
                                  const T* weight, int64_t begin, int64_t end, T* grad_in);  \
@@ -111,6 +114,9 @@ struct Avx512Kernels {
   void Set::forward_rows_cl(const ChannelsLastConv& g, const T* input, const T* weight,       \
                             const T* bias, int64_t begin, int64_t end, T* out) {              \
     impl::forward_rows_cl<T>(g, input, weight, bias, begin, end, out);                        \
+  }                                                                                           \
+  int64_t Set::forward_tile_rows(const ChannelsLastConv& g, T) {                              \
+    return impl::forward_tile_rows<T>(g);                                                     \
   }                                                                                           \
   void Set::input_grad_rows_cl(const ChannelsLastConv& g, const T* grad_out, const T* weight, \
                                int64_t begin, int64_t end, T* grad_in) {                      \

@@ -26,10 +26,12 @@
 #include <map>
 #include <optional>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/checks.h"
 #include "common/cpu_isa.h"
+#include "common/int_math.h"
 #include "xnor/xnor_conv2d.h"
 #include "xnor/xnor_conv2d_cpu_kernels.h"
 
@@ -273,9 +275,16 @@ class PackedConv {
  public:
   PackedConv(const Geometry& g, const uint64_t* input, const uint64_t* weight)
       : g_(g), input_(input), weight_(weight), row_words_(g.row_words()) {
-    tile_rows_ = std::clamp<int64_t>(kTileWords / row_words_ / kTileRowStep * kTileRowStep,
-                                     kTileRowStep, kMaxTileRows);
-    pixel_tiles_ = (g.pixels() + tile_rows_ - 1) / tile_rows_;
+    const int64_t capacity = std::clamp<int64_t>(
+        kTileWords / row_words_ / kTileRowStep * kTileRowStep, kTileRowStep, kMaxTileRows);
+    // Near-equal tiles, not whole ones and the rest (at batch 1 a 7x7 image was tiles of
+    // 48 and 1 pixels, one thread's tasks doing all the work). tile_rows_, the scratch's
+    // rows per tile, covers the largest rounded up to whole register tiles (the kernels
+    // fill whole vectors).
+    pixel_tiles_ = (g.pixels() + capacity - 1) / capacity;
+    tile_rows_ = 0;
+    for (int64_t i = 0; i < pixel_tiles_; ++i)
+      tile_rows_ = std::max(tile_rows_, round_up(tile_pixels(i).second, kTileRowStep));
     // Few pixels (small images, batch 1) leave threads idle unless the output
     // channels are split too: aim for 8 tasks per thread (fewer leave one thread a whole task behind).
     const int64_t channel_blocks = (g.group_out + 7) / 8;
@@ -284,6 +293,12 @@ class PackedConv {
         (wanted + g.groups * pixel_tiles_ - 1) / (g.groups * pixel_tiles_), 1, channel_blocks);
     channel_chunk_ = (channel_blocks + chunks - 1) / chunks * 8;
     channel_chunks_ = (g.group_out + channel_chunk_ - 1) / channel_chunk_;
+  }
+
+  // {first pixel, pixels} of pixel tile i: near-equal tiles from whole register tiles.
+  std::pair<int64_t, int64_t> tile_pixels(int64_t i) const {
+    const int64_t first = block_start(g_.pixels(), pixel_tiles_, i, kTileRowStep);
+    return {first, block_start(g_.pixels(), pixel_tiles_, i + 1, kTileRowStep) - first};
   }
 
   template <typename T, typename Kernels>
@@ -299,8 +314,7 @@ class PackedConv {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t tile_index = task / channel_chunks_, chunk = task % channel_chunks_;
         const int64_t group = tile_index / pixel_tiles_;
-        const int64_t m0 = (tile_index % pixel_tiles_) * tile_rows_;
-        const int64_t m_count = std::min(tile_rows_, g_.pixels() - m0);
+        const auto [m0, m_count] = tile_pixels(tile_index % pixel_tiles_);
         const int64_t vectors = (m_count + lanes - 1) / lanes;
         if (tile_index != gathered) {
           index.border_pixels.clear();
