@@ -272,24 +272,30 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
     return ours.defined() ? ours : at::mm(g.t(), x);
   };
   const at::Tensor grad_w_ih = weight_gradient(grad_gates, input, input.size(2));
-  // Step t's h_prev is the output of the step before it, or h0 for the first step.
+  // Step t's h_prev is the output of the step before it (in the pass's order), or h0 for
+  // the first step. Of a (steps, ...) tensor: the steps that have a step before them,
+  // and the steps that are one (index-aligned: step i of the first reads step i of the
+  // second).
+  const auto later_steps = [&](const at::Tensor& t) {
+    return reverse ? t.slice(0, 0, steps - 1) : t.slice(0, 1);
+  };
+  const auto earlier_steps = [&](const at::Tensor& t) {
+    return reverse ? t.slice(0, 1) : t.slice(0, 0, steps - 1);
+  };
   at::Tensor grad_w_hh;
   if (batch_sizes || steps < 2) {
-    // (h0, out_0, ..., out_{T-2}), or the mirror; packed, rows that join a reverse
-    // pass late start from h0 too.
+    // h_prev of every step, (h0, out_0, ..., out_{T-2}) or the mirror; packed, rows that
+    // join a reverse pass late start from h0 too.
     at::Tensor h_prev = steps == 0 ? output
-                        : reverse  ? at::cat({output.slice(0, 1), h0.unsqueeze(0)})
-                                   : at::cat({h0.unsqueeze(0), output.slice(0, 0, steps - 1)});
+                        : reverse  ? at::cat({earlier_steps(output), h0.unsqueeze(0)})
+                                   : at::cat({h0.unsqueeze(0), earlier_steps(output)});
     if (batch_sizes && reverse) start_rows_from(h_prev, h0, active);
     grad_w_hh = weight_gradient(grad_gates, h_prev, proj);
   } else {
-    // The steps after the first against views of the output, then h0's step: no
+    // The later steps against views of the output, then the first step against h0: no
     // (T, B, P) copy of the output shifted by a step.
-    const int64_t first = reverse ? steps - 1 : 0;
-    grad_w_hh = reverse
-                    ? weight_gradient(grad_gates.slice(0, 0, steps - 1), output.slice(0, 1), proj)
-                    : weight_gradient(grad_gates.slice(0, 1), output.slice(0, 0, steps - 1), proj);
-    grad_w_hh.addmm_(grad_gates[first].t(), h0);
+    grad_w_hh = weight_gradient(later_steps(grad_gates), earlier_steps(output), proj);
+    grad_w_hh.addmm_(grad_gates[reverse ? steps - 1 : 0].t(), h0);
   }
   const at::Tensor grad_bias = flat_gates.sum(0);
   const at::Tensor grad_w_hr =
