@@ -192,7 +192,7 @@ def test_non_contiguous_input(device):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_channels_last_row_blocks_cover_every_row(threads, stride):
+def test_channels_last_row_runs_cover_every_row(threads, stride):
     """The channels-last tiles run in near-equal runs of rows per thread count, which
     may end inside one image and go on in the next (batch 3): every output row,
     input-gradient row and weight-gradient term is computed, once, at heights 1 to 40."""

@@ -69,6 +69,9 @@ GRID = [
     (1, 12, 11, 6, 12, (3, 1), 2, (0, 1), (1, 3), 3),
     (2, 200, 15, 15, 70, 3, 1, 1, 1, 1),  # several pixel tiles and channel chunks
     (1, 256, 3, 3, 33, 5, 1, 2, 1, 1),  # every output a border pixel
+    # Near-equal pixel tiles: 49 pixels past a 48-pixel tile (24 + 25), 169 past 72 (3 tiles)
+    (1, 512, 7, 7, 16, 3, 1, 1, 1, 1),
+    (1, 256, 13, 13, 8, 3, 1, 1, 1, 1),
 ]
 
 

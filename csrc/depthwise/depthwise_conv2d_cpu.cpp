@@ -48,6 +48,7 @@ constexpr int64_t kSmallImagePixels = 32 * 32;
 // Tasks of the channels-last weight gradient through the register tiles: enough to
 // keep a many-core CPU busy, few enough that their partial sums stay small.
 constexpr int64_t kWeightGradTasks = 32;
+// ... and rows a task at least (weight_grad_runs).
 constexpr int64_t kMinWeightGradRows = 3;
 
 template <typename T, typename Fn>
@@ -541,7 +542,8 @@ void input_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
 // made the 7x7 forward+backward 1.2x slower), a multiple of 4 or 2 where that many,
 // so that 2 and 4 threads take equal shares (the count must not depend on the threads).
 int64_t weight_grad_runs(int64_t rows, int64_t align) {
-  const int64_t runs = std::min(kWeightGradTasks, tiles_to_cover(rows, std::max(align, kMinWeightGradRows)));
+  const int64_t runs =
+      std::min(kWeightGradTasks, tiles_to_cover(rows, std::max(align, kMinWeightGradRows)));
   return runs >= 4 ? runs / 4 * 4 : runs >= 2 ? runs / 2 * 2 : runs;
 }
 
@@ -565,7 +567,8 @@ void weight_grad_tiles(const Geometry& g, const at::Tensor& grad_out, const at::
     const int64_t align = kernels.forward_tile_rows(conv, T(0));  // the tiles' height here too
     tasks = weight_grad_runs(g.batch * g.out_h, align);
     partial = AlignedVector<T>(tasks * slice, T(0));
-    for_row_runs(g.batch, g.out_h, align, tasks, [&](int64_t task, int64_t n, int64_t begin, int64_t end) {
+    for_row_runs(g.batch, g.out_h, align, tasks,
+                 [&](int64_t task, int64_t n, int64_t begin, int64_t end) {
       T* sums = partial.data() + task * slice;
       kernels.weight_grad_rows_cl(conv, in + n * in_image, go + n * out_image, begin, end, sums,
                                   with_bias ? sums + taps * g.channels : nullptr);
