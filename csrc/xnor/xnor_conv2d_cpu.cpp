@@ -284,7 +284,7 @@ class PackedConv {
     // 48 and 1 pixels, one thread's tasks doing all the work). tile_rows_, the scratch's
     // rows per tile, covers the largest rounded up to whole register tiles (the kernels
     // fill whole vectors).
-    pixel_tiles_ = (g.pixels() + capacity - 1) / capacity;
+    pixel_tiles_ = tiles_to_cover(g.pixels(), capacity);
     tile_rows_ = 0;
     for (int64_t i = 0; i < pixel_tiles_; ++i)
       tile_rows_ = std::max(tile_rows_, round_up(tile_pixels(i).second, kTileRowStep));
