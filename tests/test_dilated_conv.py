@@ -350,6 +350,22 @@ EXPLICIT_1D = [
 ]
 
 
+# Two-tap rows with output channels in the lanes take the Winograd pair kernel
+# (conv_row_pairs) for dilations of at least a vector (8 float32 lanes on AVX2, 16 on
+# AVX-512; every dilation in float64's scalar kernels): rows that end inside a pair,
+# padding wider than the dilation on either side, grouped blocks of 16 + 8 channels,
+# and several 512-column chunks.
+TAP_PAIRS_1D = [
+    (2, 12, 40, 1, 3001, 2, 1, (20, 1), 9, False, "contiguous"),
+    (1, 16, 64, 1, 1100, 2, 1, 0, 16, True, "contiguous"),
+    (1, 8, 48, 2, 777, 2, 1, (40, 3), 33, False, "slice"),
+    (1, 9, 17, 1, 2049, 2, 1, 0, 512, True, "contiguous"),
+    (3, 16, 16, 1, 40, 2, 1, (16, 16), 16, False, "contiguous"),
+    (1, 16, 32, 2, 20, 2, 1, (31, 31), 30, False, "contiguous"),
+    (2, 5, 20, 1, 300, 2, 1, 0, 1, True, "contiguous"),  # float64 only: below a vector
+]
+
+
 def make_1d(config, dtype, device, bias=True, seed=0):
     n, c, o, groups, length, k, stride, padding, dilation, causal, layout = config
     g = _generator(seed)
@@ -386,6 +402,26 @@ def test_conv1d_matches_f_conv1d(device, dtype, config):
     # grad_weight sums over about 1000 positions per value: float32 rounding grows with that
     long = dtype == torch.float32 and config[4] > 1000
     check_parity_1d(config, dtype, device, tolerance=dict(rtol=1e-4, atol=5e-5) if long else None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("config", TAP_PAIRS_1D, ids=[_config_id(c) for c in TAP_PAIRS_1D])
+def test_conv1d_two_tap_pairs(device, dtype, config):
+    # grad_weight sums over about 1000 positions per value: float32 rounding grows with that
+    long = dtype == torch.float32 and config[4] > 1000
+    check_parity_1d(config, dtype, device, tolerance=dict(rtol=1e-4, atol=5e-5) if long else None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_conv2d_two_tap_pairs_with_padding_rows(device, dtype):
+    """A (1, 2) kernel over several rows, with rows of padding above and below: the pair
+    kernel's transform of a row outside the image is zeros."""
+    skip_redundant_float64(device, dtype)
+    config = (2, 8, 24, 1, 5, 700, (1, 2), 1, (2, 20), (1, 12), "nchw")
+    x, weight, bias, args = make_2d(config, dtype, device)
+    check_parity(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args),
+                 lambda x, w, b: reference_conv2d(x, w, b, **args),
+                 [x, weight, bias], _out_shape_2d(x, weight, args), seed=5, key=("2d", config))
 
 
 @pytest.mark.parametrize("dilation", [2 ** i for i in range(10)])
@@ -667,7 +703,7 @@ def _everything(dtype, device):
     x, weight, bias, args = make_2d((2, 6, 6, 2, 9, 13, (3, 5), 2, ((1, 2), (3, 0)), (2, 1), "cl"), dtype, device)
     results += outputs_and_grads(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), [x, weight, bias],
                                  _randn(_out_shape_2d(x, weight, args), dtype, device, _generator(10)))
-    x, weight, bias, args = make_1d((2, 5, 6, 1, 2100, 2, 1, 0, 32, True, "contiguous"), dtype, device)
+    x, weight, bias, args = make_1d((2, 5, 24, 1, 2100, 2, 1, 0, 32, True, "contiguous"), dtype, device)  # pairs
     results += outputs_and_grads(lambda x, w, b: fastdl.ops.dilated_conv1d(x, w, b, **args), [x, weight, bias],
                                  _randn(_out_shape_1d(x, weight, args), dtype, device, _generator(11)))
     x, weight, bias, args = make_2d((2, 9, 70, 1, 7, 20, 3, 1, 3, 3, "nchw"), dtype, device)  # lanes

@@ -11,7 +11,9 @@
 // whose pixels all read padding are skipped. Narrower groups put columns in the lanes:
 // 5 output channels x up to 5 vectors of columns += a broadcast weight x a run of a
 // zero-padded copy of the input rows, shifted by kw * dilation. Either way there is
-// no space-to-batch and no im2col buffer. Taps that fall on zero-padding rows (and, in
+// no space-to-batch and no im2col buffer. Two-tap rows (WaveNet's k=2) in wide groups,
+// with a dilation d of at least a vector, pair outputs x and x + d through Winograd
+// F(2, 2): three GEMMs over the input channels where the direct kernel does four. Taps that fall on zero-padding rows (and, in
 // the lane tile, on whole tiles of padding columns) are skipped, not multiplied: a
 // non-finite weight there does not turn the output into NaN as F.conv2d's 0 * inf does
 // (padding columns elsewhere are multiplied as zeros).

@@ -1,7 +1,9 @@
 // CPU dilated convolution: the parallel loops around the kernels of
 // dilated_conv_cpu_kernels.inc (per ISA). Forward, wide groups: tasks of (group, block
 // of output channels, image, output row, column chunk), blocks outermost so that a
-// thread's tasks share one block's packed weights. Forward, narrow groups: tasks of
+// thread's tasks share one block's packed weights; two-tap rows: tasks of (group,
+// image, output row, column chunk), every block of the group over one transformed
+// copy of the chunk's input (conv_row_pairs). Forward, narrow groups: tasks of
 // (image, group, output row, column chunk), each copying the input rows it reads into a
 // zero-padded window once and running every output channel of the group over it.
 // grad_input: the forward kernel on grad_output with the weights flipped and
@@ -12,6 +14,7 @@
 // float16/bfloat16 run the float32 kernels on float32 copies.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -68,6 +71,47 @@ std::pair<at::Tensor, at::Tensor> pack_weight_blocks(const Geometry& g, const at
   return {packed, packed_bias};
 }
 
+// Two-tap rows of lane-kernel groups: conv_row_pairs (Winograd F(2, 2), see
+// dilated_conv_cpu_kernels.inc). A task is one chunk of one output row of one group
+// and runs every block of the group, so the chunk's transformed input serves them all.
+template <typename T, typename Kernels>
+void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& input,
+                       const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
+  const int64_t block = kernels.lane_block(T(0)), og = g.out_per_group();
+  Geometry one_tap = g;  // each weight set packed as a 1x1 convolution's
+  one_tap.kernel_w = 1;
+  const at::Tensor first_tap = weight.narrow(3, 0, 1).contiguous();
+  const at::Tensor second_tap = weight.narrow(3, 1, 1).contiguous();
+  auto width = [&](int64_t channels) { return kernels.lane_block_width(channels, T(0)); };
+  using Packed = std::pair<at::Tensor, at::Tensor>;  // (weights, bias)
+  const Packed firsts = pack_weight_blocks<T>(one_tap, first_tap, at::Tensor(), block, width);
+  const Packed sums = pack_weight_blocks<T>(one_tap, at::add(first_tap, second_tap), bias, block, width);
+  const Packed seconds = pack_weight_blocks<T>(one_tap, second_tap, at::Tensor(), block, width);
+  const int64_t group_blocks = tiles_to_cover(og, block), block_size = sums.first.size(1);
+  const int64_t chunk = kernels.pair_columns(g, T(0)), chunks = tiles_to_cover(g.out_w, chunk);
+  const int64_t rows = g.batch * g.out_h * chunks;  // (image, output row, chunk)
+  const T* in = input.const_data_ptr<T>();
+  T* out = output.data_ptr<T>();
+  const int64_t in_image = g.in_channels * g.in_h * g.in_w, in_group = g.in_per_group() * g.in_h * g.in_w;
+  const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
+  at::parallel_for(0, g.groups * rows, 1, [&](int64_t begin, int64_t end) {
+    AlignedVector<T> buffer(kernels.pair_buffer_size(g, std::min(g.out_w, chunk), T(0)));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t grp = task / rows, row = task % rows, x0 = row % chunks * chunk;
+      const int64_t y = row / chunks % g.out_h, n = row / (chunks * g.out_h);
+      const int64_t first_block = grp * group_blocks;
+      const TapPairWeights<T> weights{
+          firsts.first.const_data_ptr<T>() + first_block * block_size,
+          sums.first.const_data_ptr<T>() + first_block * block_size,
+          seconds.first.const_data_ptr<T>() + first_block * block_size,
+          sums.second.const_data_ptr<T>() + first_block * block, block_size};
+      kernels.conv_row_pairs(g, in + n * in_image + grp * in_group, weights, y, x0,
+                             std::min(g.out_w, x0 + chunk), buffer.data(),
+                             out + n * out_image + grp * og * plane);
+    }
+  });
+}
+
 template <typename T>
 void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                    const at::Tensor& bias, at::Tensor& output) {
@@ -80,6 +124,10 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
   const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
   with_kernels<T>([&](auto kernels) {
     const int64_t block = kernels.lane_block(T(0));
+    if (og >= block / 2 && kernels.takes_tap_pairs(g, T(0))) {
+      forward_tap_pairs<T>(kernels, g, input, weight, bias, output);
+      return;
+    }
     if (og >= block / 2) {
       // Output channels in the lanes (dilated_conv_cpu_kernels.inc says when that
       // pays). Tasks run (group, block) outermost, so a thread's consecutive tasks share

@@ -23,6 +23,18 @@ namespace fastdl::dilated_conv {
 // block[(c * kH * kW + tap) * width + lane] = w[o0 + lane][c][tap], zero past the
 // group's last channel; bias [block][lane_block()] alike.
 
+// conv_row_pairs' three weight sets, each packed as pack_weight_blocks packs a 1x1
+// convolution's weights: tap 0 (W0), the sum of the taps (W0 + W1) and tap 1 (W1), at
+// the group's first block; `bias` the sum set's packed bias.
+template <typename T>
+struct TapPairWeights {
+  const T* first_tap;
+  const T* tap_sum;
+  const T* second_tap;
+  const T* bias;
+  int64_t block_size;  // values per packed block of each set
+};
+
 #define FASTDL_DILATED_CONV_KERNEL_LIST(T)                                                  \
   static int64_t channel_tile(T);                                                           \
   static int64_t row_buffer_size(const Geometry& g, int64_t columns, T);                    \
@@ -35,6 +47,12 @@ namespace fastdl::dilated_conv {
   static int64_t lane_row_buffer_size(const Geometry& g, int64_t columns, T);               \
   static void conv_row_lanes(const Geometry& g, const T* input, const T* weights,           \
                              const T* bias, int64_t channels, int64_t y, int64_t x_begin,   \
+                             int64_t x_end, T* buffer, T* output);                          \
+  static bool takes_tap_pairs(const Geometry& g, T);                                       \
+  static int64_t pair_columns(const Geometry& g, T);                                       \
+  static int64_t pair_buffer_size(const Geometry& g, int64_t columns, T);                  \
+  static void conv_row_pairs(const Geometry& g, const T* input,                            \
+                             const TapPairWeights<T>& weights, int64_t y, int64_t x_begin,  \
                              int64_t x_end, T* buffer, T* output);                          \
   static int64_t weight_grad_chunk_width(T);                                                \
   static void weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,   \
@@ -79,6 +97,15 @@ struct Avx512Kernels {
                            T* buffer, T* output) {                                          \
     impl::conv_row_lanes<T>(g, input, weights, bias, channels, y, x_begin, x_end, buffer,    \
                             output);                                                         \
+  }                                                                                          \
+  bool Set::takes_tap_pairs(const Geometry& g, T) { return impl::takes_tap_pairs<T>(g); }   \
+  int64_t Set::pair_columns(const Geometry& g, T) { return impl::pair_columns<T>(g); }      \
+  int64_t Set::pair_buffer_size(const Geometry& g, int64_t columns, T) {                    \
+    return impl::pair_buffer_size<T>(g, columns);                                            \
+  }                                                                                          \
+  void Set::conv_row_pairs(const Geometry& g, const T* input, const TapPairWeights<T>& weights, \
+                           int64_t y, int64_t x_begin, int64_t x_end, T* buffer, T* output) { \
+    impl::conv_row_pairs<T>(g, input, weights, y, x_begin, x_end, buffer, output);           \
   }                                                                                          \
   int64_t Set::weight_grad_chunk_width(T) { return impl::weight_grad_chunk_width<T>(); }    \
   void Set::weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,     \
