@@ -283,17 +283,17 @@ lstm_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_hn,
     return reverse ? t.slice(0, 1) : t.slice(0, 0, steps - 1);
   };
   at::Tensor grad_w_hh;
-  if (batch_sizes || steps < 2) {
+  if (batch_sizes || steps == 0) {
     // h_prev of every step, (h0, out_0, ..., out_{T-2}) or the mirror; packed, rows that
-    // join a reverse pass late start from h0 too.
+    // join a reverse pass late start from h0 too. (No steps: no first step for h0.)
     at::Tensor h_prev = steps == 0 ? output
                         : reverse  ? at::cat({earlier_steps(output), h0.unsqueeze(0)})
                                    : at::cat({h0.unsqueeze(0), earlier_steps(output)});
     if (batch_sizes && reverse) start_rows_from(h_prev, h0, active);
     grad_w_hh = weight_gradient(grad_gates, h_prev, proj);
   } else {
-    // The later steps against views of the output, then the first step against h0: no
-    // (T, B, P) copy of the output shifted by a step.
+    // The later steps against views of the output (none for one step), then the first
+    // step against h0: no (T, B, P) copy of the output shifted by a step.
     grad_w_hh = weight_gradient(later_steps(grad_gates), earlier_steps(output), proj);
     grad_w_hh.addmm_(grad_gates[reverse ? steps - 1 : 0].t(), h0);
   }
