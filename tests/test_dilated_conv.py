@@ -363,6 +363,8 @@ TAP_PAIRS_1D = [
     (3, 16, 16, 1, 40, 2, 1, (16, 16), 16, False, "contiguous"),
     (1, 16, 32, 2, 20, 2, 1, (31, 31), 30, False, "contiguous"),
     (2, 5, 20, 1, 300, 2, 1, 0, 1, True, "contiguous"),  # float64 only: below a vector
+    (1, 16, 32, 1, 50, 2, 1, 0, 300, True, "contiguous"),  # every output a first of its pair
+    (1, 16, 32, 1, 1500, 2, 1, (0, 7), 600, False, "contiguous"),  # past the largest pair dilation
 ]
 
 
