@@ -6,6 +6,7 @@ causal 1-D, layouts (channels_last, slices), odd sizes and tails of the vector a
 register tiles; 16-bit dtypes; backward output_mask subsets; gradcheck; opcheck;
 empty batch; torch.compile; thread-count independence; every bad-input check."""
 
+import math
 import random
 
 import pytest
@@ -352,19 +353,19 @@ EXPLICIT_1D = [
 
 # Two-tap rows with output channels in the lanes take the Winograd pair kernel
 # (conv_row_pairs) for dilations of at least a vector (8 float32 lanes on AVX2, 16 on
-# AVX-512; every dilation in float64's scalar kernels): rows that end inside a pair,
-# padding wider than the dilation on either side, grouped blocks of 16 + 8 channels,
-# and several 512-column chunks.
+# AVX-512; every dilation in float64's scalar kernels) and at least 2048 output columns
+# in all: rows that end inside a pair, padding wider than the dilation on either side,
+# grouped blocks of 16 + 8 channels, and several chunks.
 TAP_PAIRS_1D = [
     (2, 12, 40, 1, 3001, 2, 1, (20, 1), 9, False, "contiguous"),
-    (1, 16, 64, 1, 1100, 2, 1, 0, 16, True, "contiguous"),
-    (1, 8, 48, 2, 777, 2, 1, (40, 3), 33, False, "slice"),
+    (1, 16, 64, 1, 2100, 2, 1, 0, 16, True, "contiguous"),
+    (3, 8, 48, 2, 777, 2, 1, (40, 3), 33, False, "slice"),
     (1, 9, 17, 1, 2049, 2, 1, 0, 512, True, "contiguous"),
-    (3, 16, 16, 1, 40, 2, 1, (16, 16), 16, False, "contiguous"),
-    (1, 16, 32, 2, 20, 2, 1, (31, 31), 30, False, "contiguous"),
-    (2, 5, 20, 1, 300, 2, 1, 0, 1, True, "contiguous"),  # float64 only: below a vector
-    (1, 16, 32, 1, 50, 2, 1, 0, 300, True, "contiguous"),  # every output a first of its pair
-    (1, 16, 32, 1, 1500, 2, 1, (0, 7), 600, False, "contiguous"),  # past the largest pair dilation
+    (3, 16, 16, 1, 700, 2, 1, (16, 16), 16, False, "contiguous"),
+    (40, 16, 32, 2, 20, 2, 1, (31, 31), 30, False, "contiguous"),  # rows shorter than 2d
+    (7, 5, 20, 1, 300, 2, 1, 0, 1, True, "contiguous"),  # float64 only: below a vector
+    (41, 16, 32, 1, 50, 2, 1, 0, 300, True, "contiguous"),  # every output a first of its pair
+    (2, 16, 32, 1, 1500, 2, 1, (0, 7), 600, False, "contiguous"),  # past the largest pair dilation
 ]
 
 
@@ -412,6 +413,46 @@ def test_conv1d_two_tap_pairs(device, dtype, config):
     # grad_weight sums over about 1000 positions per value: float32 rounding grows with that
     long = dtype == torch.float32 and config[4] > 1000
     check_parity_1d(config, dtype, device, tolerance=dict(rtol=1e-4, atol=5e-5) if long else None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv1d_two_tap_pairs_non_finite_and_huge_inputs(device, dtype):
+    """The pair kernel's differences would turn an infinity into NaN and overflow near
+    the largest values: such chunks run the direct products, so the output is
+    F.conv1d's (inf where it gives inf, NaN only where it gives NaN)."""
+    skip_redundant_float64(device, dtype)
+    big = torch.finfo(dtype).max / 1.5
+    x = torch.randn(2, 8, 1500, dtype=dtype, device=device)
+    x[0, 3, 20] = math.inf
+    x[0, 5, 700] = -math.inf
+    x[1, 2, 1100] = math.nan
+    x[1, :, 100:140] = big
+    x[1, :, 140:180] = -big
+    w = torch.rand(16, 8, 2, dtype=dtype, device=device) / 16  # positive: no inf - inf
+    b = torch.randn(16, dtype=dtype, device=device)
+    for d in (16, 40):
+        ours = fastdl.ops.dilated_conv1d(x, w, b, dilation=d, causal=True)
+        reference = F.conv1d(F.pad(x, (d, 0)), w, b, dilation=d)
+        assert torch.equal(ours.isnan(), reference.isnan()), d
+        assert torch.equal(ours.isinf(), reference.isinf()), d
+        finite = reference.isfinite()
+        torch.testing.assert_close(ours[finite] / big, reference[finite] / big, atol=1e-5, rtol=1e-4)
+
+
+def test_conv2d_two_tap_pairs_padding_rows_give_the_bias(device):
+    """A (1, 2) kernel's padding rows give the bias, as the direct kernel's skipped taps
+    do; a non-finite weight keeps the whole call on the direct kernel, whose padding
+    taps are skipped, so it does not reach those rows."""
+    x = torch.randn(1, 4, 2, 600, device=device)
+    w = torch.randn(16, 4, 1, 2, device=device)
+    b = torch.randn(16, device=device)
+    bias_row = b[None, :, None].expand(1, 16, 600)
+    out = fastdl.ops.dilated_conv2d(x, w, b, 1, ((1, 1), (16, 0)), (1, 16), 1)
+    torch.testing.assert_close(out[:, :, 0], bias_row, atol=0, rtol=0)
+    torch.testing.assert_close(out[:, :, 3], bias_row, atol=0, rtol=0)
+    w[0, 0, 0, 0] = math.inf
+    out = fastdl.ops.dilated_conv2d(x, w, b, 1, ((1, 1), (16, 0)), (1, 16), 1)
+    torch.testing.assert_close(out[:, :, 0], bias_row, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -73,7 +73,9 @@ std::pair<at::Tensor, at::Tensor> pack_weight_blocks(const Geometry& g, const at
 
 // Two-tap rows of lane-kernel groups: conv_row_pairs (Winograd F(2, 2), see
 // dilated_conv_cpu_kernels.inc). A task is one chunk of one output row of one group
-// and runs every block of the group, so the chunk's transformed input serves them all.
+// and runs every block of the group, so the chunk's transformed input serves them all;
+// when that leaves fewer tasks than threads (a short row, batch 1), the blocks are
+// split over tasks too, each transforming the chunk itself.
 template <typename T, typename Kernels>
 void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& input,
                        const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
@@ -90,23 +92,29 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
   const int64_t group_blocks = tiles_to_cover(og, block), block_size = sums.first.size(1);
   const int64_t chunk = kernels.pair_columns(g, T(0)), chunks = tiles_to_cover(g.out_w, chunk);
   const int64_t rows = g.batch * g.out_h * chunks;  // (image, output row, chunk)
+  const int64_t task_blocks = tiles_to_cover(
+      group_blocks, std::min(group_blocks, tiles_to_cover(at::get_num_threads(), g.groups * rows)));
+  const int64_t block_tasks = tiles_to_cover(group_blocks, task_blocks);
   const T* in = input.const_data_ptr<T>();
   T* out = output.data_ptr<T>();
   const int64_t in_image = g.in_channels * g.in_h * g.in_w, in_group = g.in_per_group() * g.in_h * g.in_w;
   const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
-  at::parallel_for(0, g.groups * rows, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.groups * block_tasks * rows, 1, [&](int64_t begin, int64_t end) {
     AlignedVector<T> buffer(kernels.pair_buffer_size(g, std::min(g.out_w, chunk), T(0)));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t grp = task / rows, row = task % rows, x0 = row % chunks * chunk;
+      const int64_t row = task % rows, blocks_task = task / rows % block_tasks;
+      const int64_t grp = task / (rows * block_tasks), x0 = row % chunks * chunk;
       const int64_t y = row / chunks % g.out_h, n = row / (chunks * g.out_h);
       const int64_t first_block = grp * group_blocks;
+      const int64_t o_begin = blocks_task * task_blocks * block;
+      const int64_t o_end = std::min(og, o_begin + task_blocks * block);
       const TapPairWeights<T> weights{
           firsts.first.const_data_ptr<T>() + first_block * block_size,
           sums.first.const_data_ptr<T>() + first_block * block_size,
           seconds.first.const_data_ptr<T>() + first_block * block_size,
           sums.second.const_data_ptr<T>() + first_block * block, block_size};
-      kernels.conv_row_pairs(g, in + n * in_image + grp * in_group, weights, y, x0,
-                             std::min(g.out_w, x0 + chunk), buffer.data(),
+      kernels.conv_row_pairs(g, in + n * in_image + grp * in_group, weights, o_begin, o_end, y,
+                             x0, std::min(g.out_w, x0 + chunk), buffer.data(),
                              out + n * out_image + grp * og * plane);
     }
   });
@@ -124,7 +132,9 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
   const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
   with_kernels<T>([&](auto kernels) {
     const int64_t block = kernels.lane_block(T(0));
-    if (og >= block / 2 && kernels.takes_tap_pairs(g, T(0))) {
+    // The pair kernel's weight sums must stay finite (see kPairSafe).
+    if (og >= block / 2 && kernels.takes_tap_pairs(g, T(0)) &&
+        kernels.pair_weights_safe(weight.const_data_ptr<T>(), weight.numel(), T(0))) {
       forward_tap_pairs<T>(kernels, g, input, weight, bias, output);
       return;
     }

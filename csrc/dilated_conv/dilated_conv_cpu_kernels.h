@@ -52,8 +52,10 @@ struct TapPairWeights {
   static int64_t pair_columns(const Geometry& g, T);                                       \
   static int64_t pair_buffer_size(const Geometry& g, int64_t columns, T);                  \
   static void conv_row_pairs(const Geometry& g, const T* input,                            \
-                             const TapPairWeights<T>& weights, int64_t y, int64_t x_begin,  \
-                             int64_t x_end, T* buffer, T* output);                          \
+                             const TapPairWeights<T>& weights, int64_t o_begin,             \
+                             int64_t o_end, int64_t y, int64_t x_begin, int64_t x_end,      \
+                             T* buffer, T* output);                                         \
+  static bool pair_weights_safe(const T* weights, int64_t count, T);                       \
   static int64_t weight_grad_chunk_width(T);                                                \
   static void weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,   \
                                 int64_t pixel_stride, int64_t kh, int64_t kw, T* acc);      \
@@ -104,8 +106,13 @@ struct Avx512Kernels {
     return impl::pair_buffer_size<T>(g, columns);                                            \
   }                                                                                          \
   void Set::conv_row_pairs(const Geometry& g, const T* input, const TapPairWeights<T>& weights, \
-                           int64_t y, int64_t x_begin, int64_t x_end, T* buffer, T* output) { \
-    impl::conv_row_pairs<T>(g, input, weights, y, x_begin, x_end, buffer, output);           \
+                           int64_t o_begin, int64_t o_end, int64_t y, int64_t x_begin,      \
+                           int64_t x_end, T* buffer, T* output) {                           \
+    impl::conv_row_pairs<T>(g, input, weights, o_begin, o_end, y, x_begin, x_end, buffer,    \
+                            output);                                                         \
+  }                                                                                          \
+  bool Set::pair_weights_safe(const T* weights, int64_t count, T) {                         \
+    return impl::pair_weights_safe<T>(weights, count);                                       \
   }                                                                                          \
   int64_t Set::weight_grad_chunk_width(T) { return impl::weight_grad_chunk_width<T>(); }    \
   void Set::weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,     \
