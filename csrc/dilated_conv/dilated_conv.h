@@ -13,10 +13,12 @@
 // zero-padded copy of the input rows, shifted by kw * dilation. Either way there is
 // no space-to-batch and no im2col buffer. Two-tap rows (WaveNet's k=2) in wide groups,
 // with a dilation d of at least a vector, pair outputs x and x + d through Winograd
-// F(2, 2): three GEMMs over the input channels where the direct kernel does four. Taps that fall on zero-padding rows (and, in
-// the lane tile, on whole tiles of padding columns) are skipped, not multiplied: a
-// non-finite weight there does not turn the output into NaN as F.conv2d's 0 * inf does
-// (padding columns elsewhere are multiplied as zeros).
+// F(2, 2): three GEMMs over the input channels where the direct kernel does four
+// (chunks with non-finite or near-overflow inputs, and such weights, stay direct).
+// Taps that fall on zero-padding rows (and, in the lane tile, on whole tiles of
+// padding columns) are skipped, not multiplied: a non-finite weight there does not
+// turn the output into NaN as F.conv2d's 0 * inf does (padding columns elsewhere are
+// multiplied as zeros).
 // grad_input is the same kernel on grad_output with the weights flipped and
 // transposed (stride 1; larger strides first spread grad_output onto the stride-1
 // grid); grad_weight is a reduction over (batch, rows, columns) per (output channel,

@@ -87,7 +87,8 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
   auto width = [&](int64_t channels) { return kernels.lane_block_width(channels, T(0)); };
   using Packed = std::pair<at::Tensor, at::Tensor>;  // (weights, bias)
   const Packed firsts = pack_weight_blocks<T>(one_tap, first_tap, at::Tensor(), block, width);
-  const Packed sums = pack_weight_blocks<T>(one_tap, at::add(first_tap, second_tap), bias, block, width);
+  const Packed sums =
+      pack_weight_blocks<T>(one_tap, at::add(first_tap, second_tap), bias, block, width);
   const Packed seconds = pack_weight_blocks<T>(one_tap, second_tap, at::Tensor(), block, width);
   const int64_t group_blocks = tiles_to_cover(og, block), block_size = sums.first.size(1);
   const int64_t chunk = kernels.pair_columns(g, T(0)), chunks = tiles_to_cover(g.out_w, chunk);
@@ -97,7 +98,7 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
   const int64_t block_tasks = tiles_to_cover(group_blocks, task_blocks);
   const T* in = input.const_data_ptr<T>();
   T* out = output.data_ptr<T>();
-  const int64_t in_image = g.in_channels * g.in_h * g.in_w, in_group = g.in_per_group() * g.in_h * g.in_w;
+  const int64_t in_group = g.in_per_group() * g.in_h * g.in_w, in_image = g.groups * in_group;
   const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
   at::parallel_for(0, g.groups * block_tasks * rows, 1, [&](int64_t begin, int64_t end) {
     AlignedVector<T> buffer(kernels.pair_buffer_size(g, std::min(g.out_w, chunk), T(0)));
