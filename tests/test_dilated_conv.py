@@ -600,6 +600,15 @@ def test_gradcheck_conv1d(plain_device):
         assert torch.autograd.gradcheck(lambda x, w, b: fastdl.ops.dilated_conv1d(x, w, b, **args), inputs)
 
 
+def test_gradcheck_conv1d_two_tap_pairs(plain_device):
+    """The Winograd pair kernel (k=2, 2048 output columns; float64's scalar kernels take
+    it at any dilation up to 512), forward and grad_input."""
+    x, weight, bias, args = make_1d((1, 1, 2, 1, 2048, 2, 1, 0, 8, True, "contiguous"),
+                                    torch.float64, plain_device)
+    inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda x, w, b: fastdl.ops.dilated_conv1d(x, w, b, **args), inputs)
+
+
 def _raw_args_2d(config, device, bias=True, dtype=torch.float32):
     x, weight, b, args = make_2d(config, dtype, device, bias=bias)
     (pt, pb), (pl, pr) = _sides_2d(weight, args)
