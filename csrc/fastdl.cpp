@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include "common/cpu_isa.h"
+#include "common/thread_scratch.h"
 #include "xnor/xnor_conv2d.h"
 
 namespace py = pybind11;
@@ -36,6 +37,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("xnor_cpu_kernel_path", [] { return fastdl::xnor::cpu_kernel_path(); },
         "The popcount method the CPU binary convolution uses now: 'avx512-vpopcntdq', "
         "'avx2-pshufb' or 'scalar-swar'.");
+  m.def("set_scratch_poison", [](bool on) { fastdl::set_scratch_poison(on); }, py::arg("on"),
+        "Fill the CPU kernels' reused per-thread scratch with NaN bytes whenever it is handed "
+        "out (for tests: a read of scratch a kernel did not write then shows in its results).");
   // Surface a bad FASTDL_ISA at import, not at the first op call.
   try {
     fastdl::cpu_isa();

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <type_traits>  // std::integral_constant, in the kernels
 
+#include "common/int_math.h"
+#include "common/prefetch.h"
 #include "depthwise/depthwise_conv2d.h"
 
 namespace fastdl::depthwise {
@@ -38,6 +40,11 @@ struct PlaneConv {
 struct ChannelsLastConv {
   int64_t in_h, in_w, out_h, out_w, channels, channel_stride;
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  // Whether the register tiles prefetch their next tiles' input into L2: for inputs
+  // read from memory. On inputs already in cache (a batch-1 layer, the NCHW path's
+  // per-thread blocks) the prefetch instructions only cost time (a 32-channel NCHW
+  // forward+backward lost 20% with them).
+  bool prefetch_input = false;
 };
 
 // Whether forward_rows_cl runs register tiles (stride 1 or 2 both ways, dilation 1,

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/int_math.h"
+#include "common/prefetch.h"
 #include "dilated_conv/dilated_conv.h"
 
 namespace fastdl::dilated_conv {

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "common/prefetch.h"
+
 namespace fastdl::lstm {
 
 // Columns per block of a recurrence panel (see lstm_recurrence_cpu.cpp): 8 vectors.
