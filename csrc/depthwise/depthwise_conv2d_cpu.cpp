@@ -367,18 +367,18 @@ int64_t row_runs(int64_t batch, int64_t rows, int64_t align) {
   return std::clamp<int64_t>(tiles_to_cover(batch * rows, align), 1, 4 * at::get_num_threads());
 }
 
+// Inputs from which the channels-last tiles prefetch (ChannelsLastConv::prefetch_input):
+// those likely to come from memory rather than a cache. Batch-32 inputs of 38-154 MB
+// gained 10-15% on a Xeon (AVX-512) and ~50% on Zen 3; a 4.8 MB batch-1 input, in L3
+// on the Xeon, lost 7%, and NCHW blocks already in L2 lost up to 20%.
+constexpr int64_t kPrefetchInputBytes = int64_t{16} << 20;
+
 // Channels-last convolution of `batch` images with weights (taps, C), in tasks of
 // near-equal runs of output rows (for_row_runs), from multiples of the register
 // tiles' height. Shapes the register tiles do not cover take, on small
 // images, one task per image through a zero-padded copy instead, so that every
 // pixel takes the interior kernel: on a 7x7 image the border pixels are
 // over half of the work.
-// Inputs from which the channels-last tiles prefetch (ChannelsLastConv::prefetch_input):
-// those likely to come from memory rather than a cache. Batch-32 inputs of 38-154 MB
-// gained 10-15% on a Xeon (AVX-512) and ~50% on Zen 3; a 4.8 MB batch-1 input, in L3
-// on the Xeon, lost 7%, as did the 1.6 MB ones (in L2) more.
-constexpr int64_t kPrefetchInputBytes = int64_t{16} << 20;
-
 template <typename T>
 void convolve_channels_last(const ChannelsLastConv& conv, int64_t batch, const T* in, const T* w,
                             const T* b, T* out) {
