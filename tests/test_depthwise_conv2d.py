@@ -162,6 +162,31 @@ def test_large_nchw_plane(device, channels):
         assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("config, channels_last", [
+    ((2, 21, 1, 13, 11, 3, 2, 1, 1), False),  # NCHW channel blocks, the second one partial
+    ((1, 5, 1, 130, 129, 3, 1, 1, 1), False),  # NCHW plane kernels
+    ((2, 6, 1, 7, 7, 4, 1, 2, 1), True),  # channels last without register tiles: padded copy
+], ids=["channel_blocks", "planes", "padded_copy"])
+def test_results_do_not_depend_on_scratch_contents(device, config, channels_last):
+    """The CPU kernels reuse per-thread scratch between calls, uninitialised; under test
+    it is filled with NaN bytes whenever it is handed out (conftest). The output and
+    gradients with and without that filling are identical, bit for bit."""
+    if device.type != "cpu":
+        pytest.skip("per-thread scratch is CPU only")
+    x, weight, bias, args = _make(config, torch.float32, device, channels_last)
+    grad_out = torch.randn_like(fastdl.ops.depthwise_conv2d(x, weight, bias, **args))
+    run = lambda: _grads(lambda x, w, b: fastdl.ops.depthwise_conv2d(x, w, b, **args),
+                         x, weight, bias, grad_out)
+    poisoned_out, poisoned_grads = run()
+    fastdl._C.set_scratch_poison(False)
+    try:
+        clean_out, clean_grads = run()
+    finally:
+        fastdl._C.set_scratch_poison(True)
+    for poisoned, clean in zip([poisoned_out, *poisoned_grads], [clean_out, *clean_grads]):
+        assert torch.equal(poisoned, clean)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_without_bias(device, channels_last):
     x, weight, _, args = _make(CONFIGS[1], torch.float64, device, channels_last, bias=False)
