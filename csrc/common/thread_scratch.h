@@ -11,9 +11,11 @@
 // Contents are uninitialised (whatever the slot's last user left): callers write
 // every element they read. Tests set poisoning (set_scratch_poison), which fills each
 // buffer with NaN bytes when handed out, so a read of unwritten scratch shows up in
-// their results. A slot keeps at most kKeptBytes between calls; larger requests get a
-// buffer of their own, freed with the ThreadScratch. Two ThreadScratch alive at once
-// on one thread must use different slots.
+// their results. A slot keeps at most kKeptBytes between calls, so each thread keeps at
+// most kSlots * kKeptBytes per element type, which bounds what all of a many-core
+// machine's OpenMP threads hold; larger requests get a buffer of their own, freed with
+// the ThreadScratch.
+// Two ThreadScratch alive at once on one thread must use different slots.
 #pragma once
 
 #include <array>
@@ -37,7 +39,7 @@ template <typename T>
 class ThreadScratch {
  public:
   static constexpr int kSlots = 4;
-  static constexpr std::size_t kKeptBytes = std::size_t(8) << 20;
+  static constexpr std::size_t kKeptBytes = std::size_t(2) << 20;
 
   ThreadScratch(int slot, std::size_t count) {
     const std::size_t bytes = count * sizeof(T);
