@@ -13,10 +13,10 @@ namespace fastdl::lstm {
 // Columns per block of a recurrence panel (see lstm_recurrence_cpu.cpp): 8 vectors.
 #define FASTDL_LSTM_KERNEL_LIST(T)                                                          \
   static int64_t panel_block(T);                                                            \
-  /* out[g * units + u] = x[g * x_stride + u] + sum over k < k_size of                    */ \
-  /*   W[g][u][k] * h[k] (g < 4 gates, u < units), W packed by pack_panel.                */ \
+  /* out[g * units + u] = x[g * x_stride + u] + bias[g * x_stride + u] + sum over       */ \
+  /*   k < k_size of W[g][u][k] * h[k] (g < 4 gates, u < units), W packed by pack_panel.  */ \
   static void gates_gemv(const T* panel, int64_t k_size, int64_t units, const T* h,         \
-                         const T* x, int64_t x_stride, T* out);                             \
+                         const T* x, const T* bias, int64_t x_stride, T* out);              \
   /* One row's cell on `units` units: gates (4 * units, [i f g o]) -> h, c, and the     */ \
   /* activated gates at act[g * act_stride + u]. */                                         \
   static void forward_units(const T* gates, const T* c_prev, int64_t units, T* h, T* c,    \
@@ -69,8 +69,8 @@ struct Avx512Kernels {
 #define FASTDL_LSTM_DEFINE_KERNELS(Set, impl, T)                                             \
   int64_t Set::panel_block(T) { return impl::kPanelVectors * impl::Vec<T>::kWidth; }         \
   void Set::gates_gemv(const T* panel, int64_t k_size, int64_t units, const T* h, const T* x, \
-                       int64_t x_stride, T* out) {                                           \
-    impl::gates_gemv<T>(panel, k_size, units, h, x, x_stride, out);                          \
+                       const T* bias, int64_t x_stride, T* out) {                            \
+    impl::gates_gemv<T>(panel, k_size, units, h, x, bias, x_stride, out);                    \
   }                                                                                          \
   void Set::forward_units(const T* gates, const T* c_prev, int64_t units, T* h, T* c, T* act, \
                           int64_t act_stride) {                                              \

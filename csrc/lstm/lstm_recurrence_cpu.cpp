@@ -19,7 +19,7 @@
 //     512 on an AMD EPYC Zen 4: the layer from 48 to 33 ms and from 190 to 152 ms against
 //     an MKL GEMM for the projection plus tiles on W_hh alone; on an Intel Xeon, one
 //     thread at hidden 1024: 155 -> 185 GFLOP/s with the packing and chunks.
-#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <utility>
@@ -141,9 +141,12 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
   if (batch <= kMaxRecurrenceBatch) {
     // A few rows: the input projection of every step as one GEMM, (T * B, I) x (I, 4H),
     // keeps W_ih out of the per-step stream (its share of L2 goes to W_hh's panel).
-    const at::Tensor x_gates =
-        at::addmm(a.bias, a.input.reshape({a.steps * batch, in_size}), a.w_ih.t());
+    // The bias goes in with the GEMV's sum: addmm's broadcast of it into the (T * B, 4H)
+    // output before the GEMM was a pass over 4 MB at batch 1, hidden 256 (1-2% of the
+    // layer's profile on an Intel Xeon).
+    const at::Tensor x_gates = at::mm(a.input.reshape({a.steps * batch, in_size}), a.w_ih.t());
     const T* x = x_gates.const_data_ptr<T>();
+    const T* bias = a.bias.const_data_ptr<T>();
     // Per gate and block of panel_block units, a (hidden, block) slab of W^T.
     const int64_t block = kernels.panel_block(T{});
     std::vector<T> gates(4 * std::max<int64_t>(hidden, 1));
@@ -162,7 +165,7 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
           for (int64_t b = 0; b < batch; ++b) {
             const int64_t row = t * batch + b;
             kernels.gates_gemv(panel, hidden, units, h_prev + b * hidden,
-                               x + row * 4 * hidden + first, hidden, own);
+                               x + row * 4 * hidden + first, bias + first, hidden, own);
             kernels.forward_units(own, c_prev + b * hidden + first, units,
                                   output + row * hidden + first,
                                   saved.cells_at(t) + b * hidden + first,
