@@ -23,8 +23,8 @@
 #include <utility>
 #include <vector>
 
-#include "common/aligned_vector.h"
 #include "common/cpu_isa.h"
+#include "common/thread_scratch.h"
 #include "common/reduced_precision.h"
 #include "dilated_conv/dilated_conv.h"
 #include "dilated_conv/dilated_conv_cpu_kernels.h"
@@ -101,7 +101,7 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
   const int64_t in_group = g.in_per_group() * g.in_h * g.in_w, in_image = g.groups * in_group;
   const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
   at::parallel_for(0, g.groups * block_tasks * rows, 1, [&](int64_t begin, int64_t end) {
-    AlignedVector<T> buffer(kernels.pair_buffer_size(g, std::min(g.out_w, chunk), T(0)));
+    const ThreadScratch<T> buffer(0, kernels.pair_buffer_size(g, std::min(g.out_w, chunk), T(0)));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task % rows, blocks_task = task / rows % block_tasks;
       const int64_t grp = task / (rows * block_tasks), x0 = row % chunks * chunk;
@@ -153,7 +153,7 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
       const T* pb = packs.second.const_data_ptr<T>();
       const int64_t block_size = packs.first.size(1);
       at::parallel_for(0, g.groups * blocks * rows, 1, [&](int64_t begin, int64_t end) {
-        AlignedVector<T> buffer(kernels.lane_row_buffer_size(g, columns, T(0)));
+        const ThreadScratch<T> buffer(0, kernels.lane_row_buffer_size(g, columns, T(0)));
         for (int64_t task = begin; task < end; ++task) {
           const int64_t gb = task / rows, grp = gb / blocks, o0 = grp * og + gb % blocks * block;
           const int64_t row = task % rows, x0 = row % column_chunks * kColumnsPerTask;
@@ -173,7 +173,7 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
     const T* pb = packs.second.const_data_ptr<T>();
     at::parallel_for(0, g.batch * g.groups * g.out_h * column_chunks, 1,
                      [&](int64_t begin, int64_t end) {
-      AlignedVector<T> rows(kernels.row_buffer_size(g, columns, T(0)));
+      const ThreadScratch<T> rows(0, kernels.row_buffer_size(g, columns, T(0)));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t chunk = task % column_chunks, row = task / column_chunks;
         const int64_t y = row % g.out_h, grp = row / g.out_h % g.groups, n = row / (g.out_h * g.groups);
@@ -279,7 +279,7 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
     const at::Tensor pixels = pixel_major<T>(kernels, g, input, pixel_stride);
     const T* px = pixels.const_data_ptr<T>();
     at::parallel_for(0, g.groups * taps * chunks, 1, [&](int64_t begin, int64_t end) {
-      AlignedVector<T> acc(og * chunk);
+      const ThreadScratch<T> acc(0, og * chunk);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t c_chunk = task % chunks, tap = task / chunks % taps, grp = task / (chunks * taps);
         const int64_t c0 = c_chunk * chunk, count = std::min(chunk, cg - c0);
@@ -287,7 +287,7 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
                                   tap / g.kernel_w, tap % g.kernel_w, acc.data());
         for (int64_t o = 0; o < og; ++o)
           for (int64_t c = 0; c < count; ++c)
-            gw[((grp * og + o) * cg + c0 + c) * taps + tap] = acc[o * chunk + c];
+            gw[((grp * og + o) * cg + c0 + c) * taps + tap] = acc.data()[o * chunk + c];
       }
     });
     if (grad_bias.defined()) {
