@@ -35,6 +35,36 @@ def check_device(op: str, **tensors: torch.Tensor) -> None:
         )
 
 
+def call_op(op, *args):
+    """``op(*args)`` for an op with an autograd formula, below the autograd layer when no
+    gradient can flow from this call: under ``torch.no_grad()``, or when no tensor argument
+    requires a gradient.
+
+    Why: ``torch.library.register_autograd`` installs a Python kernel at the op's Autograd
+    key. The dispatcher runs it on every call, even under ``torch.no_grad()``, and only
+    then finds nothing to record. Measured on an Intel Xeon, a depthwise call on a
+    1x32x8x8 input under ``no_grad`` took 13.8 us through that kernel and 9.9 us below
+    it. At batch 1 such calls add up (MobileNetV2 makes 52 of them).
+
+    While Dynamo traces (``torch.compile``), the call stays plain, so the graph holds the
+    op itself.
+    """
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and _any_requires_grad(args)):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def _any_requires_grad(values) -> bool:
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            if value.requires_grad:
+                return True
+        elif isinstance(value, (list, tuple)) and _any_requires_grad(value):
+            return True
+    return False
+
+
 def pair(op: str, name: str, value) -> list[int]:
     """An int or a pair of ints as a two-element list (the ops' int[2] arguments)."""
     values = [value, value] if isinstance(value, int) else (

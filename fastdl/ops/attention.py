@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._utils import check_device, mark_saved_outputs
+from ._utils import call_op, check_device, mark_saved_outputs
 
 
 def _with_heads(t: Tensor | None, name: str) -> Tensor | None:
@@ -58,8 +58,8 @@ def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | Non
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
     if dropout_p > 0 and seed is None:
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    output, _ = torch.ops.fastdl.attention.default(q, k, v, attn_mask, is_causal, float(scale),
-                                                   float(dropout_p), 0 if seed is None else seed)
+    output, _ = call_op(torch.ops.fastdl.attention.default, q, k, v, attn_mask, is_causal,
+                        float(scale), float(dropout_p), 0 if seed is None else seed)
     return output.squeeze(1) if unbatched_heads else output
 
 

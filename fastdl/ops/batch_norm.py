@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._utils import check_device, mark_saved_outputs
+from ._utils import call_op, check_device, mark_saved_outputs
 
 ACTIVATIONS = ("none", "relu", "relu6", "silu", "leaky_relu")
 
@@ -44,10 +44,10 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         if running_mean is None or running_var is None:
             raise ValueError("fastdl.batch_norm: running_mean and running_var are required "
                              "when training=False")
-        return torch.ops.fastdl.batch_norm_act.default(
+        return call_op(torch.ops.fastdl.batch_norm_act.default,
             input, running_mean, running_var, weight, bias, residual, eps, activation,
             negative_slope)
-    output, mean, var = torch.ops.fastdl.batch_norm_act_train.default(
+    output, mean, var = call_op(torch.ops.fastdl.batch_norm_act_train.default,
         input, weight, bias, residual, eps, activation, negative_slope)
     update_running_stats(running_mean, running_var, mean, var, input.numel() // input.shape[1],
                          momentum)

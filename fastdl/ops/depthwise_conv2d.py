@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._utils import check_device, pair
+from ._utils import call_op, check_device, pair
 
 
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
@@ -26,7 +26,7 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     """
     tensors = dict(input=input, weight=weight) | ({} if bias is None else dict(bias=bias))
     check_device("depthwise_conv2d", **tensors)
-    return torch.ops.fastdl.depthwise_conv2d.default(
+    return call_op(torch.ops.fastdl.depthwise_conv2d.default,
         input, weight, bias, pair("depthwise_conv2d", "stride", stride),
         pair("depthwise_conv2d", "padding", padding), pair("depthwise_conv2d", "dilation", dilation),
     )

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._utils import check_device, pair
+from ._utils import call_op, check_device, pair
 
 
 def _side_padding(op: str, padding, kernel: int, dilation: int) -> tuple[int, int]:
@@ -61,7 +61,7 @@ def dilated_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, st
             raise ValueError(f"fastdl.{op}: padding must be an int, a pair, 'same', 'valid' or "
                              f"((top, bottom), (left, right)), got {padding!r}")
     sides = [_side_padding(op, p, k, d) for p, k, d in zip(per_dim, weight.shape[2:], dilation)]
-    return torch.ops.fastdl.dilated_conv2d.default(
+    return call_op(torch.ops.fastdl.dilated_conv2d.default,
         input, weight, bias, stride, [sides[0][0], sides[1][0]], [sides[0][1], sides[1][1]],
         dilation, groups)
 
@@ -86,8 +86,8 @@ def dilated_conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, st
     else:
         _refuse_strided_same(op, padding, [stride])
         left, right = _side_padding(op, padding, weight.shape[2], dilation)
-    return torch.ops.fastdl.dilated_conv1d.default(input, weight, bias, stride, left, right,
-                                                   dilation, groups)
+    return call_op(torch.ops.fastdl.dilated_conv1d.default, input, weight, bias, stride, left,
+                   right, dilation, groups)
 
 
 def _size(length, kernel, stride, begin, end, dilation):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import check_device, mark_saved_outputs
+from ._utils import call_op, check_device, mark_saved_outputs
 
 
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -23,8 +23,8 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     """``h'`` for ``input`` (B, I), ``hx`` (B, H), ``w_ih`` (3H, I), ``w_hh`` (3H, H),
     optional biases (3H,): the result of ``nn.GRUCell``."""
     check_device("gru_cell", input=input, hx=hx, w_ih=w_ih, w_hh=w_hh)
-    h, _ = torch.ops.fastdl.gru_cell.default(F.linear(input, w_ih, b_ih),
-                                             F.linear(hx, w_hh, b_hh), hx)
+    h, _ = call_op(torch.ops.fastdl.gru_cell.default, F.linear(input, w_ih, b_ih),
+                   F.linear(hx, w_hh, b_hh), hx)
     return h
 
 
@@ -39,8 +39,8 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tenso
     # b_hh stays apart from b_ih: the reset gate scales (h W_hn^T + b_hn) alone.
     b_ih = w_ih.new_zeros(w_ih.shape[0]) if b_ih is None else b_ih
     b_hh = w_hh.new_zeros(w_hh.shape[0]) if b_hh is None else b_hh
-    output, h_n, _ = torch.ops.fastdl.gru_layer.default(input, hx, w_ih, w_hh, b_ih, b_hh,
-                                                        reverse, batch_sizes)
+    output, h_n, _ = call_op(torch.ops.fastdl.gru_layer.default, input, hx, w_ih, w_hh, b_ih,
+                             b_hh, reverse, batch_sizes)
     return output, h_n
 
 

@@ -17,7 +17,7 @@ layers.
 import torch
 from torch import Tensor
 
-from ._utils import check_device, mark_saved_outputs
+from ._utils import call_op, check_device, mark_saved_outputs
 
 
 def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -44,7 +44,7 @@ def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Ten
     # Without a gradient to compute, the op keeps none of its steps but the output.
     need_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, h0, c0, w_ih, w_hh, bias, w_hr))
-    output, h_n, c_n, _, _, _ = torch.ops.fastdl.lstm_layer.default(
+    output, h_n, c_n, _, _, _ = call_op(torch.ops.fastdl.lstm_layer.default,
         input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes, w_hr, need_backward)
     return output, (h_n, c_n)
 

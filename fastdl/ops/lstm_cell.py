@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import check_device, mark_saved_outputs
+from ._utils import call_op, check_device, mark_saved_outputs
 
 
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -21,7 +21,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
     h, c = hx
     check_device("lstm_cell", input=input, h=h, c=c, w_ih=w_ih, w_hh=w_hh)
     gates = F.linear(input, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
-    h_new, c_new, _ = torch.ops.fastdl.lstm_cell.default(gates, c)
+    h_new, c_new, _ = call_op(torch.ops.fastdl.lstm_cell.default, gates, c)
     return h_new, c_new
 
 
