@@ -87,6 +87,18 @@ void for_each_row_block(const Layout& l, Fn&& fn) {
   });
 }
 
+// fn(first_row, rows) over the rows of a channels-last layout, in parallel, for the
+// elementwise passes: at::parallel_for cuts the rows evenly over the threads. The fixed
+// blocks above, which reductions need so that their results do not depend on the
+// thread count, can split unevenly: 96x56x56 at batch 1 is three blocks, two of them
+// for one thread of two (measured on an Intel Xeon, an inference call 87 us against
+// 35 us in NCHW; 32x112x112, four blocks, 122 against 55 us).
+template <typename Fn>
+void for_row_ranges(const Layout& l, Fn&& fn) {
+  at::parallel_for(0, l.outer, std::max<int64_t>(1, kTaskValues / l.channels),
+                   [&](int64_t begin, int64_t end) { fn(begin, end - begin); });
+}
+
 // Reductions write one row of `channels` partial results per part: a block of rows,
 // or the same piece of every plane of one sample. part_sizes()[p] is how many values
 // per channel went into part p.
@@ -279,7 +291,7 @@ void forward_typed(const Operands& o, at::Tensor& output) {
   with_kernels<T>([&](auto kernels) {
     if (l.channels_last) {
       const auto arrays = k.arrays();
-      for_each_row_block(l, [&](int64_t, int64_t first, int64_t rows) {
+      for_row_ranges(l, [&](int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
         kernels.forward_rows(act, p.slope, p.input + offset, at_offset(p.residual, offset),
                              arrays, rows, l.channels, y + offset);
@@ -342,7 +354,7 @@ void backward_input_typed(const Operands& o, at::Tensor& grad_input, at::Tensor&
   with_kernels<T>([&](auto kernels) {
     if (l.channels_last) {
       const auto arrays = k.arrays();
-      for_each_row_block(l, [&](int64_t, int64_t first, int64_t rows) {
+      for_row_ranges(l, [&](int64_t first, int64_t rows) {
         const int64_t offset = first * l.channels;
         kernels.backward_input_rows(act, p.slope, p.grad_output + offset, p.input + offset,
                                     at_offset(p.residual, offset), arrays, rows, l.channels,
