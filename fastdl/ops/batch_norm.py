@@ -44,11 +44,12 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         if running_mean is None or running_var is None:
             raise ValueError("fastdl.batch_norm: running_mean and running_var are required "
                              "when training=False")
-        return call_op(torch.ops.fastdl.batch_norm_act.default,
-            input, running_mean, running_var, weight, bias, residual, eps, activation,
-            negative_slope)
-    output, mean, var = call_op(torch.ops.fastdl.batch_norm_act_train.default,
-        input, weight, bias, residual, eps, activation, negative_slope)
+        return call_op(
+            torch.ops.fastdl.batch_norm_act.default, input, running_mean, running_var, weight,
+            bias, residual, eps, activation, negative_slope)
+    output, mean, var = call_op(
+        torch.ops.fastdl.batch_norm_act_train.default, input, weight, bias, residual, eps,
+        activation, negative_slope)
     update_running_stats(running_mean, running_var, mean, var, input.numel() // input.shape[1],
                          momentum)
     return output

@@ -26,10 +26,10 @@ def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     """
     tensors = dict(input=input, weight=weight) | ({} if bias is None else dict(bias=bias))
     check_device("depthwise_conv2d", **tensors)
-    return call_op(torch.ops.fastdl.depthwise_conv2d.default,
-        input, weight, bias, pair("depthwise_conv2d", "stride", stride),
-        pair("depthwise_conv2d", "padding", padding), pair("depthwise_conv2d", "dilation", dilation),
-    )
+    return call_op(
+        torch.ops.fastdl.depthwise_conv2d.default, input, weight, bias,
+        pair("depthwise_conv2d", "stride", stride), pair("depthwise_conv2d", "padding", padding),
+        pair("depthwise_conv2d", "dilation", dilation))
 
 
 def _output_size(size, kernel, stride, padding, dilation):

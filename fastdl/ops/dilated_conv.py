@@ -61,9 +61,9 @@ def dilated_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, st
             raise ValueError(f"fastdl.{op}: padding must be an int, a pair, 'same', 'valid' or "
                              f"((top, bottom), (left, right)), got {padding!r}")
     sides = [_side_padding(op, p, k, d) for p, k, d in zip(per_dim, weight.shape[2:], dilation)]
-    return call_op(torch.ops.fastdl.dilated_conv2d.default,
-        input, weight, bias, stride, [sides[0][0], sides[1][0]], [sides[0][1], sides[1][1]],
-        dilation, groups)
+    return call_op(
+        torch.ops.fastdl.dilated_conv2d.default, input, weight, bias, stride,
+        [sides[0][0], sides[1][0]], [sides[0][1], sides[1][1]], dilation, groups)
 
 
 def dilated_conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,

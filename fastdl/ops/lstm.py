@@ -44,8 +44,9 @@ def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Ten
     # Without a gradient to compute, the op keeps none of its steps but the output.
     need_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, h0, c0, w_ih, w_hh, bias, w_hr))
-    output, h_n, c_n, _, _, _ = call_op(torch.ops.fastdl.lstm_layer.default,
-        input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes, w_hr, need_backward)
+    output, h_n, c_n, _, _, _ = call_op(
+        torch.ops.fastdl.lstm_layer.default, input, h0, c0, w_ih, w_hh, bias, reverse,
+        batch_sizes, w_hr, need_backward)
     return output, (h_n, c_n)
 
 

@@ -46,10 +46,10 @@ def xnor_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, strid
     module docstring). The output has the input's dtype and memory format."""
     tensors = dict(input=input, weight=weight) | ({} if bias is None else dict(bias=bias))
     check_device("xnor_conv2d", **tensors)
-    return call_op(torch.ops.fastdl.xnor_conv2d.default,
-        input, weight, bias, pair("xnor_conv2d", "stride", stride),
-        pair("xnor_conv2d", "padding", padding), pair("xnor_conv2d", "dilation", dilation), groups,
-    )
+    return call_op(
+        torch.ops.fastdl.xnor_conv2d.default, input, weight, bias,
+        pair("xnor_conv2d", "stride", stride), pair("xnor_conv2d", "padding", padding),
+        pair("xnor_conv2d", "dilation", dilation), groups)
 
 
 def xnor_conv2d_packed(input_bits: Tensor, weight_bits: Tensor, in_channels: int,
@@ -64,10 +64,10 @@ def xnor_conv2d_packed(input_bits: Tensor, weight_bits: Tensor, in_channels: int
     tensors |= {name: t for name, t in (("scale", scale), ("bias", bias)) if t is not None}
     check_device("xnor_conv2d_packed", **tensors)
     op = "xnor_conv2d_packed"
-    return call_op(torch.ops.fastdl.xnor_conv2d_packed.default,
-        input_bits, weight_bits, in_channels, scale, bias, pair(op, "stride", stride),
-        pair(op, "padding", padding), pair(op, "dilation", dilation), groups, dtype, channels_last,
-    )
+    return call_op(
+        torch.ops.fastdl.xnor_conv2d_packed.default, input_bits, weight_bits, in_channels, scale,
+        bias, pair(op, "stride", stride), pair(op, "padding", padding),
+        pair(op, "dilation", dilation), groups, dtype, channels_last)
 
 
 def xnor_cpu_kernel_path() -> str:
