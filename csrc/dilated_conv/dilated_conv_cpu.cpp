@@ -24,8 +24,8 @@
 #include <vector>
 
 #include "common/cpu_isa.h"
-#include "common/thread_scratch.h"
 #include "common/reduced_precision.h"
+#include "common/thread_scratch.h"
 #include "dilated_conv/dilated_conv.h"
 #include "dilated_conv/dilated_conv_cpu_kernels.h"
 

@@ -14,7 +14,7 @@ namespace fastdl::lstm {
 #define FASTDL_LSTM_KERNEL_LIST(T)                                                          \
   static int64_t panel_block(T);                                                            \
   /* out[g * units + u] = x[g * x_stride + u] + bias[g * x_stride + u] + sum over       */ \
-  /*   k < k_size of W[g][u][k] * h[k] (g < 4 gates, u < units), W packed by pack_panel.  */ \
+  /*   k < k_size of W[g][u][k] * h[k] (g < 4 gates, u < units), W packed by pack_units.  */ \
   static void gates_gemv(const T* panel, int64_t k_size, int64_t units, const T* h,         \
                          const T* x, const T* bias, int64_t x_stride, T* out);              \
   /* One row's cell on `units` units: gates (4 * units, [i f g o]) -> h, c, and the     */ \
