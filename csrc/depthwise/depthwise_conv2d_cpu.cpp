@@ -159,9 +159,22 @@ void for_each_plane_task(int64_t tasks, const PreparedLayout& layout, Fn&& fn) {
   });
 }
 
-// Weight (C, 1, kH, kW) -> (kH * kW, C), the channels-last kernels' order.
-at::Tensor taps_by_channel(const at::Tensor& weight) {
-  return weight.reshape({weight.size(0), -1}).t().contiguous();
+// Weight (C, 1, kH, kW) -> (kH * kW, C), the channels-last kernels' order; taps
+// reversed with `flip`. A plain loop, not reshape().t().contiguous(): that copy was a
+// tensor op of its own on every call (~9 us a call in a batch-1 MobileNetV2 profile,
+// where the convolutions themselves take tens of microseconds).
+at::Tensor taps_by_channel(const at::Tensor& weight, bool flip = false) {
+  const at::Tensor w = weight.contiguous();
+  const int64_t channels = w.size(0), taps = w.numel() / std::max<int64_t>(1, channels);
+  at::Tensor out = at::empty({taps, channels}, w.options());
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "fastdl_depthwise_taps_by_channel", [&] {
+    const scalar_t* src = w.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t t = 0; t < taps; ++t)
+        dst[(flip ? taps - 1 - t : t) * channels + c] = src[c * taps + t];
+  });
+  return out;
 }
 
 ChannelsLastConv channels_last_conv(const Geometry& g) {
@@ -528,7 +541,7 @@ void input_grad_channels_last(const Geometry& g, const at::Tensor& grad_out,
   if (g.stride_h == 1 && g.stride_w == 1) {
     // The transposed convolution at stride 1 is a convolution of grad_out with the
     // flipped filter and padding d * (k - 1) - p: the forward kernels apply.
-    const at::Tensor flipped = taps_by_channel(weight).flip(0).contiguous();
+    const at::Tensor flipped = taps_by_channel(weight, /*flip=*/true);
     convolve_channels_last<T>(transposed_stride1(channels_last_conv(g)), g.batch, go,
                               flipped.const_data_ptr<T>(), nullptr, gi);
     return;
