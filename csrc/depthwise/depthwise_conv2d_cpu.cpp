@@ -161,8 +161,8 @@ void for_each_plane_task(int64_t tasks, const PreparedLayout& layout, Fn&& fn) {
 
 // Weight (C, 1, kH, kW) -> (kH * kW, C), the channels-last kernels' order; taps
 // reversed with `flip`. A plain loop, not reshape().t().contiguous(): that copy was a
-// tensor op of its own on every call (~9 us a call in a batch-1 MobileNetV2 profile,
-// where the convolutions themselves take tens of microseconds).
+// tensor op of its own on every call (measured on an Intel Xeon, a channels-last
+// 1x96x4x4 call under no_grad: 12.4 -> 10.7 us).
 at::Tensor taps_by_channel(const at::Tensor& weight, bool flip = false) {
   const at::Tensor w = weight.contiguous();
   const int64_t channels = w.size(0), taps = w.numel() / std::max<int64_t>(1, channels);
