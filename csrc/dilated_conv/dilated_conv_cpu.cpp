@@ -43,8 +43,9 @@ void with_kernels(Fn&& fn) {
 // Both kernels' packing (dilated_conv_cpu_kernels.h): blocks of `block` output
 // channels per group, `width(channels)` lanes per step (conv_columns' tiles: always
 // `block`).
-template <typename T, typename Width>
-std::pair<at::Tensor, at::Tensor> pack_weight_blocks(const Geometry& g, const at::Tensor& weight,
+template <typename T, typename Kernels, typename Width>
+std::pair<at::Tensor, at::Tensor> pack_weight_blocks(Kernels kernels, const Geometry& g,
+                                                     const at::Tensor& weight,
                                                      const at::Tensor& bias, int64_t block,
                                                      Width&& width) {
   const int64_t og = g.out_per_group(), cg = g.in_per_group(), taps = g.kernel_h * g.kernel_w;
@@ -55,23 +56,17 @@ std::pair<at::Tensor, at::Tensor> pack_weight_blocks(const Geometry& g, const at
   const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
   T* p = packed.data_ptr<T>();
   T* pb = packed_bias.data_ptr<T>();
-  // Blocks in parallel; within one, kPackLanes output channels at a time, step outer,
-  // so each step writes a run of lanes rather than one value per channel (a weight's
-  // steps are contiguous in `weight`, a step's lanes in `packed`). Packed one channel at
-  // a time on one thread, ASPP's 2.4 MB of weights was 2-3% of its forward's profile;
-  // this way its d=6 forward went from 16.0-17.1 to 14.9-16.7 ms (medians, Intel Xeon).
-  constexpr int64_t kPackLanes = 16;
+  // A block is a transposition, its channels' steps (contiguous in `weight`) into each
+  // step's lanes; the blocks run in parallel. Packed one channel at a time on one
+  // thread, ASPP's 2.4 MB of weights was 2-3% of its forward's profile; by blocks of
+  // lanes, in parallel, its d=6 forward went from 16.0-17.1 to 14.9-16.7 ms (medians,
+  // Intel Xeon).
   at::parallel_for(0, g.groups * per_group, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t grp = task / per_group, o0 = task % per_group * block;
       const int64_t channels = std::min(block, og - o0), lanes = width(channels);
-      T* dst = p + task * steps * block;
-      for (int64_t r0 = 0; r0 < channels; r0 += kPackLanes) {
-        const int64_t count = std::min(kPackLanes, channels - r0);
-        const T* src = w + (grp * og + o0 + r0) * steps;  // steps = cg * taps per channel
-        for (int64_t step = 0; step < steps; ++step)
-          for (int64_t r = 0; r < count; ++r) dst[step * lanes + r0 + r] = src[r * steps + step];
-      }
+      kernels.transpose(w + (grp * og + o0) * steps, steps, channels, steps,
+                        p + task * steps * block, lanes);
       if (b != nullptr)
         for (int64_t r = 0; r < channels; ++r) pb[task * block + r] = b[grp * og + o0 + r];
     }
@@ -94,10 +89,12 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
   const at::Tensor second_tap = weight.narrow(3, 1, 1).contiguous();
   auto width = [&](int64_t channels) { return kernels.lane_block_width(channels, T(0)); };
   using Packed = std::pair<at::Tensor, at::Tensor>;  // (weights, bias)
-  const Packed firsts = pack_weight_blocks<T>(one_tap, first_tap, at::Tensor(), block, width);
+  const Packed firsts =
+      pack_weight_blocks<T>(kernels, one_tap, first_tap, at::Tensor(), block, width);
   const Packed sums =
-      pack_weight_blocks<T>(one_tap, at::add(first_tap, second_tap), bias, block, width);
-  const Packed seconds = pack_weight_blocks<T>(one_tap, second_tap, at::Tensor(), block, width);
+      pack_weight_blocks<T>(kernels, one_tap, at::add(first_tap, second_tap), bias, block, width);
+  const Packed seconds =
+      pack_weight_blocks<T>(kernels, one_tap, second_tap, at::Tensor(), block, width);
   const int64_t group_blocks = tiles_to_cover(og, block), block_size = sums.first.size(1);
   const int64_t chunk = kernels.pair_columns(g, T(0)), chunks = tiles_to_cover(g.out_w, chunk);
   const int64_t rows = g.batch * g.out_h * chunks;  // (image, output row, chunk)
@@ -154,7 +151,7 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
       const int64_t blocks = tiles_to_cover(og, block);
       const int64_t rows = g.batch * g.out_h * column_chunks;  // (image, output row, chunk)
       const std::pair<at::Tensor, at::Tensor> packs =
-          pack_weight_blocks<T>(g, weight, bias, block, [&](int64_t channels) {
+          pack_weight_blocks<T>(kernels, g, weight, bias, block, [&](int64_t channels) {
         return kernels.lane_block_width(channels, T(0));
       });
       const T* pw = packs.first.const_data_ptr<T>();
@@ -176,7 +173,7 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
     }
     const int64_t tile = kernels.channel_tile(T(0)), group_tiles = tiles_to_cover(og, tile);
     const std::pair<at::Tensor, at::Tensor> packs =
-        pack_weight_blocks<T>(g, weight, bias, tile, [&](int64_t) { return tile; });
+        pack_weight_blocks<T>(kernels, g, weight, bias, tile, [&](int64_t) { return tile; });
     const T* pw = packs.first.const_data_ptr<T>();
     const T* pb = packs.second.const_data_ptr<T>();
     at::parallel_for(0, g.batch * g.groups * g.out_h * column_chunks, 1,
