@@ -49,10 +49,16 @@ def call_op(op, *args):
     While Dynamo traces (``torch.compile``), the call stays plain, so the graph holds the
     op itself.
     """
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and _any_requires_grad(args)):
+    if torch.compiler.is_compiling() or needs_grad(*args):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
+
+
+def needs_grad(*values) -> bool:
+    """Whether autograd records a call on ``values``: grad mode is on and a tensor among
+    them (in lists and tuples too) requires a gradient."""
+    return torch.is_grad_enabled() and _any_requires_grad(values)
 
 
 def _any_requires_grad(values) -> bool:

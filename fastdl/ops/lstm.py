@@ -17,7 +17,7 @@ layers.
 import torch
 from torch import Tensor
 
-from ._utils import call_op, check_device, mark_saved_outputs
+from ._utils import call_op, check_device, mark_saved_outputs, needs_grad
 
 
 def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -42,8 +42,7 @@ def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Ten
     else:
         bias = (b_ih if b_hh is None else b_hh if b_ih is None else b_ih + b_hh)
     # Without a gradient to compute, the op keeps none of its steps but the output.
-    need_backward = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, h0, c0, w_ih, w_hh, bias, w_hr))
+    need_backward = needs_grad(input, h0, c0, w_ih, w_hh, bias, w_hr)
     output, h_n, c_n, _, _, _ = call_op(
         torch.ops.fastdl.lstm_layer.default, input, h0, c0, w_ih, w_hh, bias, reverse,
         batch_sizes, w_hr, need_backward)
