@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "common/checks.h"
+#include "common/first_order.h"
 
 namespace fastdl::attention {
 namespace {
@@ -186,4 +187,8 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "attention_backward(Tensor grad_output, Tensor q, Tensor k, Tensor v, Tensor output, "
       "Tensor logsumexp, Tensor? attn_mask, bool is_causal, float scale, float dropout_p, "
       "int seed) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+}
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  fastdl::register_first_order_only(m, "attention_backward");
 }

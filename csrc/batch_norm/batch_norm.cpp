@@ -11,6 +11,7 @@
 
 #include "batch_norm/batch_norm_ops.h"
 #include "common/checks.h"
+#include "common/first_order.h"
 
 namespace fastdl::batch_norm {
 
@@ -322,4 +323,10 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, Tensor? mean_dz, "
       "Tensor? mean_dz_xmu, float eps, str activation, float negative_slope, "
       "bool[2] output_mask) -> (Tensor grad_input, Tensor grad_residual)");
+}
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  fastdl::register_first_order_only(m, "batch_norm_act_backward");
+  fastdl::register_first_order_only(m, "batch_norm_act_backward_input");
+  fastdl::register_first_order_only(m, "batch_norm_act_backward_reduce");
 }

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/checks.h"
+#include "common/first_order.h"
 
 namespace fastdl::gru {
 namespace {
@@ -62,4 +63,8 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
   m.def(
       "gru_cell_backward(Tensor grad_h, Tensor saved, Tensor h_prev) -> "
       "(Tensor grad_x_gates, Tensor grad_h_gates, Tensor grad_h_prev)");
+}
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  fastdl::register_first_order_only(m, "gru_cell_backward");
 }

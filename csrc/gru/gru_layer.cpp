@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/first_order.h"
 #include "common/packed_batch.h"
 #include "common/reduced_precision.h"
 #include "gru/gru_cell.h"
@@ -221,4 +222,8 @@ TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
 TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
   m.impl("gru_layer", &fastdl::gru::gru_layer);
   m.impl("gru_layer_backward", &fastdl::gru::gru_layer_backward);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  fastdl::register_first_order_only(m, "gru_layer_backward");
 }

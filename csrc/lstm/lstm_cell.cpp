@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/first_order.h"
 
 namespace fastdl::lstm {
 namespace {
@@ -57,4 +58,8 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
   m.def(
       "lstm_cell_backward(Tensor grad_h, Tensor grad_c, Tensor activated_gates, "
       "Tensor c_prev, Tensor c) -> (Tensor grad_gates, Tensor grad_c_prev)");
+}
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  fastdl::register_first_order_only(m, "lstm_cell_backward");
 }

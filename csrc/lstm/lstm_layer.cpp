@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/first_order.h"
 #include "common/packed_batch.h"
 #include "common/reduced_precision.h"
 #include "lstm/lstm_cell.h"
@@ -337,4 +338,8 @@ TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
 TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
   m.impl("lstm_layer", &fastdl::lstm::lstm_layer);
   m.impl("lstm_layer_backward", &fastdl::lstm::lstm_layer_backward);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  fastdl::register_first_order_only(m, "lstm_layer_backward");
 }

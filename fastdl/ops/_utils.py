@@ -47,12 +47,66 @@ def call_op(op, *args):
     it. At batch 1 such calls add up (MobileNetV2 makes 52 of them).
 
     While Dynamo traces (``torch.compile``), the call stays plain, so the graph holds the
-    op itself.
+    op itself. Under a ``torch.func`` transform (``grad``, ``vjp``, ``jacrev``, ``vmap``)
+    the call goes through ``_FormulaFunction``, the same formula in the form those
+    transforms accept.
     """
-    if torch.compiler.is_compiling() or needs_grad(*args):
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if torch._C._functorch.peek_interpreter_stack() is not None and op in _FORMULAS:
+        return _FormulaFunction.apply(op, *args)
+    if needs_grad(*args):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
+
+
+# op overload -> (backward, setup_context), as given to register_autograd.
+_FORMULAS = {}
+
+
+def register_autograd(name: str, backward, setup_context) -> None:
+    """``torch.library.register_autograd(name, backward, setup_context=...)``, with the
+    formula kept for ``call_op`` under ``torch.func`` transforms. ``name``: "fastdl::op",
+    whose default overload the wrappers call."""
+    torch.library.register_autograd(name, backward, setup_context=setup_context)
+    namespace, op_name = name.split("::")
+    _FORMULAS[getattr(getattr(torch.ops, namespace), op_name).default] = (backward, setup_context)
+
+
+class _FormulaFunction(torch.autograd.Function):
+    """An op's registered autograd formula as an autograd.Function that ``torch.func``
+    transforms accept; the op is its first input.
+
+    Why: the autograd kernel ``torch.library.register_autograd`` makes for an op defined
+    in C++ runs an autograd.Function without a ``setup_context``, which every
+    ``torch.func`` transform refuses ("must override the setup_context staticmethod"), so
+    ``torch.func.grad`` of a model with fastdl layers failed. vmap runs the op once per
+    sample (PyTorch's batching fallback, which warns): correct, not fast.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(op, *args):
+        return op(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        op, *args = inputs
+        ctx.formula_op = op
+        _FORMULAS[op][1](ctx, tuple(args), output)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        # The formula sees its op's inputs only, as under register_autograd.
+        needs = ctx.needs_input_grad
+        ctx.needs_input_grad = needs[1:]
+        try:
+            result = _FORMULAS[ctx.formula_op][0](ctx, *grads)
+        finally:
+            ctx.needs_input_grad = needs
+        return (None, *result) if isinstance(result, tuple) else (None, result)
 
 
 def needs_grad(*values) -> bool:

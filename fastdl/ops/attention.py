@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._utils import call_op, check_device, mark_saved_outputs
+from ._utils import call_op, check_device, mark_saved_outputs, register_autograd
 
 
 def _with_heads(t: Tensor | None, name: str) -> Tensor | None:
@@ -99,4 +99,4 @@ def _backward(ctx, grad_output, _grad_logsumexp):
     return grad_q, grad_k, grad_v, None, None, None, None, None
 
 
-torch.library.register_autograd("fastdl::attention", _backward, setup_context=_setup_context)
+register_autograd("fastdl::attention", _backward, setup_context=_setup_context)

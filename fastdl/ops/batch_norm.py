@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._utils import call_op, check_device, mark_saved_outputs
+from ._utils import call_op, check_device, mark_saved_outputs, register_autograd
 
 ACTIVATIONS = ("none", "relu", "relu6", "silu", "leaky_relu")
 
@@ -161,7 +161,7 @@ def _eval_backward(ctx, grad_output):
     return grad_input, None, None, grad_weight, grad_bias, grad_residual, None, None, None
 
 
-torch.library.register_autograd("fastdl::batch_norm_act_train", _train_backward,
-                                setup_context=_train_setup_context)
-torch.library.register_autograd("fastdl::batch_norm_act", _eval_backward,
-                                setup_context=_eval_setup_context)
+register_autograd("fastdl::batch_norm_act_train", _train_backward,
+                  setup_context=_train_setup_context)
+register_autograd("fastdl::batch_norm_act", _eval_backward,
+                  setup_context=_eval_setup_context)

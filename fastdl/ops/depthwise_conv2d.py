@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._utils import call_op, check_device, pair
+from ._utils import call_op, check_device, pair, register_autograd
 
 
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
@@ -74,4 +74,4 @@ def _backward(ctx, grad_output):
     return grad_input, grad_weight, grad_bias, None, None, None
 
 
-torch.library.register_autograd("fastdl::depthwise_conv2d", _backward, setup_context=_setup_context)
+register_autograd("fastdl::depthwise_conv2d", _backward, setup_context=_setup_context)

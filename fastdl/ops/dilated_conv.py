@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._utils import call_op, check_device, pair
+from ._utils import call_op, check_device, pair, register_autograd
 
 
 def _side_padding(op: str, padding, kernel: int, dilation: int) -> tuple[int, int]:
@@ -147,9 +147,9 @@ def _make_backward(backward_op):
     return backward
 
 
-torch.library.register_autograd(
+register_autograd(
     "fastdl::dilated_conv2d", _make_backward(torch.ops.fastdl.dilated_conv2d_backward.default),
     setup_context=_setup_context)
-torch.library.register_autograd(
+register_autograd(
     "fastdl::dilated_conv1d", _make_backward(torch.ops.fastdl.dilated_conv1d_backward.default),
     setup_context=_setup_context)

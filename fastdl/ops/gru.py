@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import call_op, check_device, mark_saved_outputs
+from ._utils import call_op, check_device, mark_saved_outputs, register_autograd
 
 
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -104,7 +104,7 @@ def _layer_backward(ctx, grad_output, grad_h_n, _grad_saved):
     return *grads, None, None
 
 
-torch.library.register_autograd("fastdl::gru_cell", _cell_backward,
-                                setup_context=_cell_setup_context)
-torch.library.register_autograd("fastdl::gru_layer", _layer_backward,
-                                setup_context=_layer_setup_context)
+register_autograd("fastdl::gru_cell", _cell_backward,
+                  setup_context=_cell_setup_context)
+register_autograd("fastdl::gru_layer", _layer_backward,
+                  setup_context=_layer_setup_context)

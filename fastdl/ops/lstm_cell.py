@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import call_op, check_device, mark_saved_outputs
+from ._utils import call_op, check_device, mark_saved_outputs, register_autograd
 
 
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -51,4 +51,4 @@ def _backward(ctx, grad_h, grad_c, _grad_activated):
     return torch.ops.fastdl.lstm_cell_backward.default(grad_h, grad_c, activated, c_prev, c)
 
 
-torch.library.register_autograd("fastdl::lstm_cell", _backward, setup_context=_setup_context)
+register_autograd("fastdl::lstm_cell", _backward, setup_context=_setup_context)

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
 from .. import _C
-from ._utils import call_op, check_device, pair
+from ._utils import call_op, check_device, pair, register_autograd
 
 
 def pack_signs(input: Tensor, groups: int = 1) -> Tensor:
@@ -139,4 +139,4 @@ def _backward(ctx, grad_output):
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
-torch.library.register_autograd("fastdl::xnor_conv2d", _backward, setup_context=_setup_context)
+register_autograd("fastdl::xnor_conv2d", _backward, setup_context=_setup_context)

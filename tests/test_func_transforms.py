@@ -1,0 +1,119 @@
+"""torch.func transforms over fastdl layers (call_op's _FormulaFunction), and the backward
+ops' refusal of a second derivative (csrc/common/first_order.h)."""
+
+import warnings
+
+import pytest
+import torch
+
+import fastdl
+from fastdl import ops
+
+
+def _layers():
+    """(name, layer, input, inputs per sample along dim) for every differentiable op."""
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    return [
+        ("DepthwiseConv2d", fastdl.nn.DepthwiseConv2d(4, 3, padding=1), randn(3, 4, 6, 6), 0),
+        ("DilatedConv2d", fastdl.nn.DilatedConv2d(3, 4, 3, padding=2, dilation=2),
+         randn(3, 3, 9, 9), 0),
+        ("DilatedConv1d causal", fastdl.nn.DilatedConv1d(3, 4, 2, dilation=2, causal=True),
+         randn(3, 3, 9), 0),
+        ("LSTM", fastdl.nn.LSTM(5, 6, num_layers=2), randn(4, 3, 5), 1),
+        ("LSTMCell", fastdl.nn.LSTMCell(5, 6), randn(3, 5), 0),
+        ("GRU", fastdl.nn.GRU(5, 6), randn(4, 3, 5), 1),
+        ("GRUCell", fastdl.nn.GRUCell(5, 6), randn(3, 5), 0),
+        ("BatchNorm2d eval", fastdl.nn.BatchNorm2d(4).eval(), randn(3, 4, 5, 5), 0),
+        ("MultiheadAttention", fastdl.nn.MultiheadAttention(8, 2), randn(4, 3, 8), 1),
+        ("XNORConv2d", fastdl.nn.XNORConv2d(4, 5, 3, padding=1), randn(3, 4, 6, 6), 0),
+    ]
+
+
+def _loss(layer, params, x):
+    args = (x, x, x) if isinstance(layer, fastdl.nn.MultiheadAttention) else (x,)
+    out = torch.func.functional_call(layer, params, args)
+    out = out[0] if isinstance(out, tuple) else out
+    return out.square().sum()
+
+
+LAYERS = _layers()
+
+
+@pytest.mark.parametrize("name,layer,x,batch_dim", LAYERS, ids=[case[0] for case in LAYERS])
+def test_func_grad_equals_autograd(name, layer, x, batch_dim):
+    layer = layer.double()
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    grads = torch.func.grad(lambda p, x: _loss(layer, p, x), argnums=(0, 1))(params, x)
+
+    leaves = [p.requires_grad_() for p in params.values()] + [x.clone().requires_grad_()]
+    expected = torch.autograd.grad(_loss(layer, params, leaves[-1]), leaves)
+    for got, want in zip([*grads[0].values(), grads[1]], expected):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name,layer,x,batch_dim",
+                         [case for case in LAYERS if "BatchNorm" not in case[0]],
+                         ids=[case[0] for case in LAYERS if "BatchNorm" not in case[0]])
+def test_per_sample_gradients_equal_a_loop(name, layer, x, batch_dim):
+    """vmap(grad): per-sample gradients, PyTorch's batching fallback running the op once
+    per sample."""
+    layer = layer.double()
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def sample_loss(p, sample):
+        return _loss(layer, p, sample.unsqueeze(batch_dim))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the batching fallback's performance warning
+        per_sample = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, batch_dim))(
+            params, x)
+    for i in range(x.shape[batch_dim]):
+        expected = torch.func.grad(sample_loss)(params, x.select(batch_dim, i))
+        for key, value in expected.items():
+            torch.testing.assert_close(per_sample[key][i], value)
+
+
+def test_grad_through_create_graph_keeps_first_order_gradients():
+    """create_graph=True (a gradient penalty's first step) works; only a second
+    derivative through a backward op is refused."""
+    layer = fastdl.nn.GRU(5, 6).double()
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
+    (expected,) = torch.autograd.grad(layer(x)[0].sum(), x)
+    torch.testing.assert_close(grad, expected)
+
+
+def _depthwise_second(x, w, b):
+    return ops.depthwise_conv2d(x, w, b, padding=1).square().sum()
+
+
+_LSTM = fastdl.nn.LSTM(6, 3).double()
+
+
+def _lstm_second(x, w, b):
+    return _LSTM(x.flatten(2))[0].square().sum()
+
+
+def _dilated_second(x, w, b):
+    return ops.dilated_conv2d(x, w.expand(4, 4, 3, 3).contiguous(), b, padding=2,
+                              dilation=2).square().sum()
+
+
+@pytest.mark.parametrize("loss,op", [(_depthwise_second, "depthwise_conv2d_backward"),
+                                     (_lstm_second, "lstm_layer_backward"),
+                                     (_dilated_second, "dilated_conv2d_backward")])
+def test_second_derivative_raises_naming_the_backward_op(loss, op):
+    """Before, PyTorch warned and returned zeros for a second derivative."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(loss(x, w, b), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=f"fastdl::{op} is not implemented"):
+        torch.autograd.grad(grad.sum(), x)
+    with pytest.raises(RuntimeError, match=f"fastdl::{op} is not implemented"):
+        torch.func.grad(lambda x: torch.func.grad(lambda x: loss(x, w, b))(x).sum())(x.detach())
