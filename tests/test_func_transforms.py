@@ -28,14 +28,18 @@ def _layers():
         ("GRU", fastdl.nn.GRU(5, 6), randn(4, 3, 5), 1),
         ("GRUCell", fastdl.nn.GRUCell(5, 6), randn(3, 5), 0),
         ("BatchNorm2d eval", fastdl.nn.BatchNorm2d(4).eval(), randn(3, 4, 5, 5), 0),
+        ("BatchNorm2d+ReLU train", fastdl.nn.BatchNorm2d(4, activation="relu"), randn(3, 4, 5, 5),
+         0),
         ("MultiheadAttention", fastdl.nn.MultiheadAttention(8, 2), randn(4, 3, 8), 1),
         ("XNORConv2d", fastdl.nn.XNORConv2d(4, 5, 3, padding=1), randn(3, 4, 6, 6), 0),
     ]
 
 
-def _loss(layer, params, x):
+def _loss(layer, params, x, buffers=None):
+    """The layer's output squared and summed. ``buffers`` (a training batch norm's running
+    statistics, updated in place) are passed in, as a transform must see them."""
     args = (x, x, x) if isinstance(layer, fastdl.nn.MultiheadAttention) else (x,)
-    out = torch.func.functional_call(layer, params, args)
+    out = torch.func.functional_call(layer, (params, buffers or {}), args)
     out = out[0] if isinstance(out, tuple) else out
     return out.square().sum()
 
@@ -47,10 +51,12 @@ LAYERS = _layers()
 def test_func_grad_equals_autograd(name, layer, x, batch_dim):
     layer = layer.double()
     params = {k: v.detach() for k, v in layer.named_parameters()}
-    grads = torch.func.grad(lambda p, x: _loss(layer, p, x), argnums=(0, 1))(params, x)
+    buffers = {k: v.clone() for k, v in layer.named_buffers()}
+    grads = torch.func.grad(lambda p, x, b: _loss(layer, p, x, b), argnums=(0, 1))(
+        params, x, buffers)
 
     leaves = [p.requires_grad_() for p in params.values()] + [x.clone().requires_grad_()]
-    expected = torch.autograd.grad(_loss(layer, params, leaves[-1]), leaves)
+    expected = torch.autograd.grad(_loss(layer, params, leaves[-1], buffers), leaves)
     for got, want in zip([*grads[0].values(), grads[1]], expected):
         torch.testing.assert_close(got, want)
 
