@@ -123,3 +123,22 @@ def test_second_derivative_raises_naming_the_backward_op(loss, op):
         torch.autograd.grad(grad.sum(), x)
     with pytest.raises(RuntimeError, match=f"fastdl::{op} is not implemented"):
         torch.func.grad(lambda x: torch.func.grad(lambda x: loss(x, w, b))(x).sum())(x.detach())
+
+
+@pytest.mark.parametrize("name,layer,x,batch_dim",
+                         [case for case in LAYERS if "train" not in case[0]],
+                         ids=[case[0] for case in LAYERS if "train" not in case[0]])
+def test_vmap_forward_equals_a_loop(name, layer, x, batch_dim):
+    """vmap of a forward alone (inference, no gradient): one op call per sample."""
+    layer = layer.double()
+
+    def forward(sample):
+        args = (sample.unsqueeze(batch_dim),) * (3 if name == "MultiheadAttention" else 1)
+        out = layer(*args)
+        return out[0] if isinstance(out, tuple) else out
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the batching fallback's performance warning
+        batched = torch.func.vmap(forward, in_dims=batch_dim)(x)
+        for i in range(x.shape[batch_dim]):
+            torch.testing.assert_close(batched[i], forward(x.select(batch_dim, i)))
