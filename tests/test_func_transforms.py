@@ -11,7 +11,8 @@ from fastdl import ops
 
 
 def _layers():
-    """(name, layer, input, inputs per sample along dim) for every differentiable op."""
+    """(name, layer, input, the input's batch dimension), a layer for every differentiable
+    op."""
     g = torch.Generator().manual_seed(0)
 
     def randn(*shape):
