@@ -95,15 +95,17 @@ class _FormulaFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         op, *args = inputs
         ctx.formula_op = op
-        _FORMULAS[op][1](ctx, tuple(args), output)
+        _, setup = _FORMULAS[op]
+        setup(ctx, tuple(args), output)
 
     @staticmethod
     def backward(ctx, *grads):
         # The formula sees its op's inputs only, as under register_autograd.
+        backward, _ = _FORMULAS[ctx.formula_op]
         needs = ctx.needs_input_grad
         ctx.needs_input_grad = needs[1:]
         try:
-            result = _FORMULAS[ctx.formula_op][0](ctx, *grads)
+            result = backward(ctx, *grads)
         finally:
             ctx.needs_input_grad = needs
         return (None, *result) if isinstance(result, tuple) else (None, result)
