@@ -209,6 +209,31 @@ def test_opcheck(device):
     bits, w_bits = PACK_OP(x.detach(), 2), PACK_OP(weight.detach(), 1)
     torch.library.opcheck(PACKED_OP, (bits, w_bits, 70, torch.rand(4, device=device), bias.detach(),
                                       *args[:3], 2, torch.float32, True))
+    torch.library.opcheck(PACKED_OP, (bits, w_bits, 70, torch.rand(4, device=device, requires_grad=True),
+                                      bias.detach().requires_grad_(), *args[:3], 2, torch.float32,
+                                      False))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_packed_entry_point_gradcheck_scale_and_bias(device, channels_last):
+    """The packed op is differentiable in scale and bias (the bits are integers)."""
+    torch.manual_seed(4)
+    x, weight = torch.randn(2, 70, 5, 6, device=device), torch.randn(4, 35, 3, 3, device=device)
+    bits, w_bits = PACK_OP(x, 2), PACK_OP(weight, 1)
+    scale = torch.rand(4, device=device, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, device=device, dtype=torch.float64, requires_grad=True)
+
+    def packed(scale, bias):
+        return fastdl.ops.xnor_conv2d_packed(bits, w_bits, 70, scale, bias, 2, 1, (1, 2), 2,
+                                             dtype=torch.float64, channels_last=channels_last)
+
+    assert torch.autograd.gradcheck(packed, (scale, bias))
+    # One of them alone, in float32 with a float64 output: gradients keep their own dtype.
+    scale32 = scale.detach().float().requires_grad_()
+    (grad,) = torch.autograd.grad(packed(scale32, None).sum(), scale32)
+    assert grad.dtype == torch.float32
+    expected = reference(x, weight, None, 2, 1, (1, 2), 2).sum((0, 2, 3))
+    assert_close(grad, expected.float(), **TOLERANCES[torch.float32])
 
 
 def test_cpu_kernel_path_follows_the_isa():
@@ -277,6 +302,19 @@ def test_xnor_conv2d_scales_train_and_pack(device, input_scale):
     restored.load_state_dict(state)
     with torch.no_grad():
         assert torch.equal(restored(x), layer(x))
+
+
+def test_packed_layer_bias_trains_like_the_unpacked_one(device):
+    """A packed layer's bias (still a Parameter) gets the unpacked layer's gradient."""
+    torch.manual_seed(7)
+    layer = XNORConv2d(8, 4, 3, padding=1).to(device)
+    packed = XNORConv2d(8, 4, 3, padding=1).to(device)
+    packed.load_state_dict(layer.state_dict())
+    packed.pack()
+    x, grad = torch.randn(2, 8, 5, 5, device=device), torch.randn(2, 4, 5, 5, device=device)
+    (expected,) = torch.autograd.grad(layer(x), layer.bias, grad)
+    (ours,) = torch.autograd.grad(packed(x), packed.bias, grad)
+    assert_close(ours, expected)
 
 
 def test_packed_weights_are_32x_smaller_at_256_channels():

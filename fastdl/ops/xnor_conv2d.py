@@ -59,7 +59,8 @@ def xnor_conv2d_packed(input_bits: Tensor, weight_bits: Tensor, in_channels: int
     """The binary convolution of packed signs (from :func:`pack_signs`):
     ``dot * scale[o] + bias[o]`` for each output, ``dot`` being the convolution of the
     +-1 tensors over ``in_channels`` channels. Output ``(N, O, out_H, out_W)`` in
-    ``dtype``, channels_last if asked. Not differentiable (inference)."""
+    ``dtype``, channels_last if asked. Differentiable with respect to ``scale`` and
+    ``bias`` (so a packed layer's bias can be fine-tuned); the bits are integers."""
     tensors = dict(input_bits=input_bits, weight_bits=weight_bits)
     tensors |= {name: t for name, t in (("scale", scale), ("bias", bias)) if t is not None}
     check_device("xnor_conv2d_packed", **tensors)
@@ -140,3 +141,34 @@ def _backward(ctx, grad_output):
 
 
 register_autograd("fastdl::xnor_conv2d", _backward, setup_context=_setup_context)
+
+
+def _packed_setup_context(ctx, inputs, output):
+    input_bits, weight_bits, in_channels, scale, bias, *conv_args, dtype, channels_last = inputs
+    ctx.save_for_backward(input_bits, weight_bits)
+    ctx.conv_args = (in_channels, *conv_args)
+    ctx.channels_last = channels_last
+    ctx.scale_dtype = None if scale is None else scale.dtype
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _packed_backward(ctx, grad_output):
+    # out = dot * scale[o] + bias[o]: the gradients are per-channel sums over (N, H, W).
+    # dot is not saved (it would double the forward's memory); it is recomputed by the
+    # packed kernel itself, in float64 for float64 gradients (float32 holds it exactly
+    # up to 2^24 taps x channels).
+    input_bits, weight_bits = ctx.saved_tensors
+    grad_scale = grad_bias = None
+    if ctx.needs_input_grad[3]:
+        dtype = torch.float64 if grad_output.dtype == torch.float64 else torch.float32
+        dot = torch.ops.fastdl.xnor_conv2d_packed.default(
+            input_bits, weight_bits, *ctx.conv_args[:1], None, None, *ctx.conv_args[1:], dtype,
+            ctx.channels_last)
+        grad_scale = (grad_output.to(dtype) * dot).sum((0, 2, 3)).to(ctx.scale_dtype)
+    if ctx.needs_input_grad[4]:
+        grad_bias = grad_output.sum((0, 2, 3)).to(ctx.bias_dtype)
+    return None, None, None, grad_scale, grad_bias, None, None, None, None, None, None
+
+
+register_autograd("fastdl::xnor_conv2d_packed", _packed_backward,
+                  setup_context=_packed_setup_context)
