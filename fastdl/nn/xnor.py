@@ -6,7 +6,9 @@ the packed-bit kernels; gradients use the straight-through estimator (see
 :mod:`fastdl.ops.xnor_conv2d`). ``layer.pack()`` turns a trained layer into inference
 form: the weight becomes a buffer of packed sign bits (``weight_bits``, about 32x
 smaller than the float weight) plus its per-channel scale (``weight_alpha``), and
-the forward packs only the input.
+the forward packs only the input. In a packed layer no gradient flows through the
+binary product to the input (its signs are bits); the bias stays a parameter and can
+still be fine-tuned.
 
 Scaling (XNOR-Net, Rastegari et al. 2016), both optional:
   - ``weight_scale=True``: alpha[o] = mean |W[o]|, multiplying output channel o;
