@@ -209,9 +209,9 @@ def test_opcheck(device):
     bits, w_bits = PACK_OP(x.detach(), 2), PACK_OP(weight.detach(), 1)
     torch.library.opcheck(PACKED_OP, (bits, w_bits, 70, torch.rand(4, device=device), bias.detach(),
                                       *args[:3], 2, torch.float32, True))
-    torch.library.opcheck(PACKED_OP, (bits, w_bits, 70, torch.rand(4, device=device, requires_grad=True),
-                                      bias.detach().requires_grad_(), *args[:3], 2, torch.float32,
-                                      False))
+    scale = torch.rand(4, device=device, requires_grad=True)
+    torch.library.opcheck(PACKED_OP, (bits, w_bits, 70, scale, bias.detach().requires_grad_(),
+                                      *args[:3], 2, torch.float32, False))
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

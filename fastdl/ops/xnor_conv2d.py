@@ -146,7 +146,7 @@ register_autograd("fastdl::xnor_conv2d", _backward, setup_context=_setup_context
 def _packed_setup_context(ctx, inputs, output):
     input_bits, weight_bits, in_channels, scale, bias, *conv_args, dtype, channels_last = inputs
     ctx.save_for_backward(input_bits, weight_bits)
-    ctx.conv_args = (in_channels, *conv_args)
+    ctx.in_channels, ctx.conv_args = in_channels, conv_args
     ctx.channels_last = channels_last
     ctx.scale_dtype = None if scale is None else scale.dtype
     ctx.bias_dtype = None if bias is None else bias.dtype
@@ -162,7 +162,7 @@ def _packed_backward(ctx, grad_output):
     if ctx.needs_input_grad[3]:
         dtype = torch.float64 if grad_output.dtype == torch.float64 else torch.float32
         dot = torch.ops.fastdl.xnor_conv2d_packed.default(
-            input_bits, weight_bits, *ctx.conv_args[:1], None, None, *ctx.conv_args[1:], dtype,
+            input_bits, weight_bits, ctx.in_channels, None, None, *ctx.conv_args, dtype,
             ctx.channels_last)
         grad_scale = (grad_output.to(dtype) * dot).sum((0, 2, 3)).to(ctx.scale_dtype)
     if ctx.needs_input_grad[4]:
