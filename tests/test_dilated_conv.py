@@ -283,6 +283,61 @@ def test_conv2d_matches_f_conv2d(device, dtype, config):
     _check_layout(actual, expected, x, args["padding"])
 
 
+# Winograd F(2x2, 3x3) (3x3, stride 1, one group, >= 32 channels in and out on CPU):
+WINOGRAD_2D = [
+    (1, 32, 32, 1, 13, 11, 3, 1, 2, 2, "nchw"),  # ASPP-like
+    (2, 40, 36, 1, 9, 14, 3, 1, 1, 3, "cl"),  # channels past whole vectors, batch 2
+    (1, 33, 70, 1, 10, 10, 3, 1, "same", 6, "slice"),  # residues of 2 and 1 outputs: half tiles
+    (1, 32, 48, 1, 7, 7, 3, 1, 3, 1, "nchw"),  # padding past the kernel's reach
+    (1, 32, 32, 1, 5, 9, 3, 1, ((2, 0), (1, 3)), (1, 2), "nchw"),  # per-side padding
+    (1, 48, 32, 1, 20, 3, 3, 1, (9, 1), (9, 1), "nchw"),
+    (1, 32, 32, 1, 1, 1, 3, 1, 1, 1, "cl"),  # 1x1 image
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("config", WINOGRAD_2D, ids=[_config_id(c) for c in WINOGRAD_2D])
+def test_conv2d_winograd(device, dtype, config):
+    """The Winograd path's output and gradients (grad_input runs it too) against
+    F.conv2d in float64, in the tolerance of the direct kernels."""
+    skip_redundant_float64(device, dtype)
+    x, weight, bias, args = make_2d(config, dtype, device)
+    weight = weight / (3 * config[1] ** 0.5)  # outputs of unit size, as a trained layer's
+    actual, expected = check_parity(
+        lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args),
+        lambda x, w, b: reference_conv2d(x, w, b, **args),
+        [x, weight, bias], _out_shape_2d(x, weight, args), seed=1, key=("winograd", config))
+    _check_layout(actual, expected, x, args["padding"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv2d_winograd_non_finite_and_huge_inputs(device, dtype):
+    """The transforms' differences would turn an infinity into NaN and overflow near the
+    largest values: such inputs or weights keep the call on the direct kernels, so the
+    output is F.conv2d's (inf where it gives inf, NaN only where it gives NaN)."""
+    skip_redundant_float64(device, dtype)
+    big = torch.finfo(dtype).max / 1.5
+    x = torch.randn(1, 32, 9, 9, dtype=dtype, device=device)
+    w = torch.rand(32, 32, 3, 3, dtype=dtype, device=device) / 300  # positive: no inf - inf
+    b = torch.randn(32, dtype=dtype, device=device)
+    huge = x.clone()
+    huge[0, :, 2:4] = big
+    x[0, 3, 2, 2] = math.inf
+    x[0, 5, 6, 7] = -math.inf
+    x[0, 9, 4, 4] = math.nan
+    for inputs in (x, huge):
+        ours = fastdl.ops.dilated_conv2d(inputs, w, b, 1, 2, 2)
+        reference = F.conv2d(inputs, w, b, 1, 2, 2)
+        assert torch.equal(ours.isnan(), reference.isnan())
+        assert torch.equal(ours.isinf(), reference.isinf())
+        finite = reference.isfinite()
+        torch.testing.assert_close(ours[finite] / big, reference[finite] / big, atol=1e-5, rtol=1e-4)
+    w[1, 2, 0, 0] = math.inf  # no padding: the direct kernels skip padding taps, oneDNN may not
+    y = torch.randn(1, 32, 9, 9, dtype=dtype, device=device)
+    ours, reference = fastdl.ops.dilated_conv2d(y, w, b, 1, 0, 2), F.conv2d(y, w, b, 1, 0, 2)
+    assert torch.equal(ours.isinf(), reference.isinf()) and torch.equal(ours.isnan(), reference.isnan())
+
+
 @pytest.mark.parametrize("config", [DENSE_2D, ASPP12_2D, GROUPED_2D, DEPTHWISE_CL_2D, SIDES_2D], ids=str)
 def test_conv2d_without_bias(device, config):
     skip_redundant_float64(device, torch.float64)
@@ -591,6 +646,16 @@ def test_gradcheck_conv2d(plain_device):
         assert torch.autograd.gradcheck(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), inputs)
 
 
+def test_gradcheck_conv2d_winograd(plain_device):
+    x, weight, bias, args = make_2d((1, 32, 32, 1, 3, 4, 3, 1, 2, 2, "nchw"), torch.float64,
+                                    plain_device)
+    # The input's gradient runs the Winograd path too; the weight's does not (and its
+    # 9216 values would make this the slowest test of the file).
+    inputs = tuple(t.requires_grad_() for t in (x, bias))
+    assert torch.autograd.gradcheck(
+        lambda x, b: fastdl.ops.dilated_conv2d(x, weight, b, **args), inputs)
+
+
 def test_gradcheck_conv1d(plain_device):
     device = plain_device
     for causal, padding, stride in ((True, 0, 1), (False, (2, 1), 2)):
@@ -761,6 +826,9 @@ def _everything(dtype, device):
     x, weight, bias, args = make_2d((2, 9, 70, 1, 7, 20, 3, 1, 3, 3, "nchw"), dtype, device)  # lanes
     results += outputs_and_grads(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), [x, weight, bias],
                                  _randn(_out_shape_2d(x, weight, args), dtype, device, _generator(12)))
+    x, weight, bias, args = make_2d(WINOGRAD_2D[1], dtype, device)
+    results += outputs_and_grads(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), [x, weight, bias],
+                                 _randn(_out_shape_2d(x, weight, args), dtype, device, _generator(13)))
     return results
 
 

@@ -15,6 +15,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/add.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -126,6 +128,110 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
   });
 }
 
+// Winograd F(2x2, 3x3) for wide 3x3 convolutions at stride 1 (DeepLab's ASPP: 256
+// channels in and out, dilation 6, 12, 18): per tile of 2x2 outputs d apart, 16
+// products per (output, input channel) where the direct kernels take 36, and those
+// products are 16 GEMMs (tiles x C) x (C x O), one per transform point, which at::bmm
+// runs. Ours are the transforms (dilated_conv_cpu_winograd.inc), on channels-last
+// copies of the input and output, and the tiling of the dilated grid: along each axis
+// the outputs of residue r mod d pair up as (r + 2 a d, r + (2 a + 1) d), so a tile
+// never straddles two residues and reads a 4x4 grid of inputs d apart. Measured on an
+// Intel Xeon, ASPP 1x256x65x65: TODO.
+// Only with at least kWinogradMinChannels in and out: the transforms are per channel,
+// the GEMMs' saving per channel pair. Inputs or weights that are not finite or beyond
+// kPairSafe take the direct kernels: the transforms' differences would turn an
+// infinity into NaN (as the pair kernel's would) where F.conv2d gives an infinity.
+constexpr int64_t kWinogradMinChannels = 32;
+
+bool takes_winograd(const Geometry& g) {
+  return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 &&
+         g.groups == 1 && g.in_channels >= kWinogradMinChannels &&
+         g.out_channels >= kWinogradMinChannels && g.batch * g.out_h * g.out_w > 0;
+}
+
+// The first output of each tile along an axis of `size` outputs, dilation d: per
+// residue r < d, r, r + 2d, r + 4d, ...
+std::vector<int64_t> tile_origins(int64_t size, int64_t d) {
+  std::vector<int64_t> origins;
+  for (int64_t r = 0; r < std::min(d, size); ++r)
+    for (int64_t y = r; y < size; y += 2 * d) origins.push_back(y);
+  return origins;
+}
+
+// Tiles per task of `count`: at most what keeps the task's transformed inputs and
+// products (16 x tiles x C and x O) each in a ThreadScratch slot kept between calls, in
+// an even number of equal tasks (ASPP's 1225 tiles: 10 of 123, not 9 of 128 and one
+// of 73, which left a thread waiting). From the shape only, not the thread count, so
+// that the GEMMs' shapes, and so their sums' order, do not change with it.
+template <typename T>
+int64_t winograd_chunk(const Geometry& g, int64_t count) {
+  const int64_t widest = std::max(g.in_channels, g.out_channels);
+  const int64_t most =
+      std::max<int64_t>(1, int64_t(ThreadScratch<T>::kKeptBytes / sizeof(T)) / (16 * widest));
+  int64_t tasks = tiles_to_cover(count, most);
+  if (tasks > 1) tasks = round_up(tasks, 2);
+  return tiles_to_cover(count, tasks);
+}
+
+template <typename T, typename Kernels>
+void forward_winograd(Kernels kernels, const Geometry& g, const at::Tensor& input,
+                      const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
+  const int64_t in_c = g.in_channels, out_c = g.out_channels;
+  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  // The weights (O, C * 9) transposed, (C, 9, O), then transformed per input channel:
+  // u (16, C, O), the GEMMs' right-hand side, contiguous (as a transposed view of
+  // (16, O, C), MKL took 12% longer over ASPP's tiles).
+  at::Tensor taps = at::empty({in_c, 9, out_c}, weight.options());
+  at::Tensor u = at::empty({16, in_c, out_c}, weight.options());
+  at::parallel_for(0, in_c, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      T* c_taps = taps.data_ptr<T>() + c * 9 * out_c;
+      kernels.transpose(weight.const_data_ptr<T>() + c * 9, in_c * 9, out_c, 9, c_taps, out_c);
+      kernels.winograd_weights(c_taps, out_c, u.data_ptr<T>() + c * out_c, in_c * out_c);
+    }
+  });
+  // The input channels-last (N, H, W, C); the output computed so, then moved into NCHW.
+  at::Tensor in_last = at::empty({g.batch, g.in_h, g.in_w, in_c}, input.options());
+  at::Tensor out_last = at::empty({g.batch, g.out_h, g.out_w, out_c}, output.options());
+  constexpr int64_t kPixelsPerTask = 256;
+  const int64_t in_tasks = tiles_to_cover(in_plane, kPixelsPerTask);
+  at::parallel_for(0, g.batch * in_tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / in_tasks, p0 = task % in_tasks * kPixelsPerTask;
+      kernels.transpose(input.const_data_ptr<T>() + n * in_c * in_plane + p0, in_plane, in_c,
+                        std::min(kPixelsPerTask, in_plane - p0),
+                        in_last.data_ptr<T>() + (n * in_plane + p0) * in_c, in_c);
+    }
+  });
+  const std::vector<int64_t> ys = tile_origins(g.out_h, g.dilation_h);
+  const std::vector<int64_t> xs = tile_origins(g.out_w, g.dilation_w);
+  const WinogradTiles tiles{ys.data(), int64_t(ys.size()), xs.data(), int64_t(xs.size())};
+  const int64_t count = g.batch * tiles.rows * tiles.columns, chunk = winograd_chunk<T>(g, count);
+  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  at::parallel_for(0, tiles_to_cover(count, chunk), 1, [&](int64_t begin, int64_t end) {
+    const ThreadScratch<T> transformed(0, 16 * chunk * in_c), products(1, 16 * chunk * out_c);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t first = task * chunk, n = std::min(chunk, count - first);
+      kernels.winograd_input_tiles(g, tiles, in_last.const_data_ptr<T>(), first, n,
+                                   transformed.data());
+      at::Tensor m = at::from_blob(products.data(), {16, n, out_c}, output.options());
+      at::bmm_out(m, at::from_blob(transformed.data(), {16, n, in_c}, input.options()), u);
+      kernels.winograd_output_tiles(g, tiles, products.data(), first, n, b,
+                                    out_last.data_ptr<T>());
+    }
+  });
+  // (N, out_h, out_w, O) -> (N, O, out_h, out_w).
+  const int64_t out_tasks = tiles_to_cover(out_plane, kPixelsPerTask);
+  at::parallel_for(0, g.batch * out_tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / out_tasks, p0 = task % out_tasks * kPixelsPerTask;
+      kernels.transpose(out_last.const_data_ptr<T>() + (n * out_plane + p0) * out_c, out_c,
+                        std::min(kPixelsPerTask, out_plane - p0), out_c,
+                        output.data_ptr<T>() + n * out_c * out_plane + p0, out_plane);
+    }
+  });
+}
+
 template <typename T>
 void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                    const at::Tensor& bias, at::Tensor& output) {
@@ -138,6 +244,12 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
   const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
   with_kernels<T>([&](auto kernels) {
     const int64_t block = kernels.lane_block(T(0));
+    if (takes_winograd(g) &&
+        kernels.pair_weights_safe(weight.const_data_ptr<T>(), weight.numel(), T(0)) &&
+        kernels.pair_weights_safe(input.const_data_ptr<T>(), input.numel(), T(0))) {
+      forward_winograd<T>(kernels, g, input, weight, bias, output);
+      return;
+    }
     // The pair kernel's weight sums must stay finite (see kPairSafe).
     if (og >= block / 2 && kernels.takes_tap_pairs(g, T(0)) &&
         kernels.pair_weights_safe(weight.const_data_ptr<T>(), weight.numel(), T(0))) {

@@ -17,6 +17,7 @@ namespace avx2_impl {
 #include "common/simd/avx2.inc"
 #include "common/simd/loops.inc"
 #include "dilated_conv/dilated_conv_cpu_kernels.inc"
+#include "dilated_conv/dilated_conv_cpu_winograd.inc"
 }  // namespace avx2_impl
 
 FASTDL_DILATED_CONV_DEFINE_KERNELS(Avx2Kernels, avx2_impl, float)

@@ -20,6 +20,7 @@ namespace avx512_impl {
 #include "common/simd/avx512.inc"
 #include "common/simd/loops.inc"
 #include "dilated_conv/dilated_conv_cpu_kernels.inc"
+#include "dilated_conv/dilated_conv_cpu_winograd.inc"
 }  // namespace avx512_impl
 
 FASTDL_DILATED_CONV_DEFINE_KERNELS(Avx512Kernels, avx512_impl, float)

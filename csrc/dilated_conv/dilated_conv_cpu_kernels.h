@@ -36,6 +36,15 @@ struct TapPairWeights {
   int64_t block_size;  // values per packed block of each set
 };
 
+// The tiles of the Winograd forward (dilated_conv_cpu_winograd.inc): per image, tile
+// rows x tile columns, tile (r, c) with its first output at (ys[r], xs[c]).
+struct WinogradTiles {
+  const int64_t* ys;
+  int64_t rows;
+  const int64_t* xs;
+  int64_t columns;
+};
+
 #define FASTDL_DILATED_CONV_KERNEL_LIST(T)                                                  \
   static int64_t channel_tile(T);                                                           \
   static int64_t row_buffer_size(const Geometry& g, int64_t columns, T);                    \
@@ -64,7 +73,14 @@ struct TapPairWeights {
                         T* out);                                                            \
   /* dst[c * dst_stride + r] = src[r * src_stride + c], r < rows, c < columns */            \
   static void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t columns,    \
-                        T* dst, int64_t dst_stride);
+                        T* dst, int64_t dst_stride);                                        \
+  /* Winograd F(2x2, 3x3) transforms (dilated_conv_cpu_winograd.inc).                  */ \
+  static void winograd_weights(const T* taps, int64_t count, T* u, int64_t u_stride);       \
+  static void winograd_input_tiles(const Geometry& g, const WinogradTiles& tiles,           \
+                                   const T* input, int64_t first, int64_t count, T* v);     \
+  static void winograd_output_tiles(const Geometry& g, const WinogradTiles& tiles,          \
+                                    const T* m, int64_t first, int64_t count,               \
+                                    const T* bias, T* output);
 
 struct ScalarKernels {
   FASTDL_DILATED_CONV_KERNEL_LIST(float)
@@ -127,6 +143,17 @@ struct Avx512Kernels {
   void Set::transpose(const T* src, int64_t src_stride, int64_t rows, int64_t columns, T* dst, \
                       int64_t dst_stride) {                                                  \
     impl::transpose_into<T>(src, src_stride, rows, columns, dst, dst_stride);                \
+  }                                                                                          \
+  void Set::winograd_weights(const T* taps, int64_t count, T* u, int64_t u_stride) {         \
+    impl::winograd_weights<T>(taps, count, u, u_stride);                                     \
+  }                                                                                          \
+  void Set::winograd_input_tiles(const Geometry& g, const WinogradTiles& tiles,              \
+                                 const T* input, int64_t first, int64_t count, T* v) {       \
+    impl::winograd_input_tiles<T>(g, tiles, input, first, count, v);                         \
+  }                                                                                          \
+  void Set::winograd_output_tiles(const Geometry& g, const WinogradTiles& tiles, const T* m,  \
+                                  int64_t first, int64_t count, const T* bias, T* output) {  \
+    impl::winograd_output_tiles<T>(g, tiles, m, first, count, bias, output);                 \
   }
 
 }  // namespace fastdl::dilated_conv

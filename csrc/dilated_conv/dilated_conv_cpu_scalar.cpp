@@ -17,6 +17,7 @@ namespace scalar_impl {
 #include "common/simd/scalar.inc"
 #include "common/simd/loops.inc"
 #include "dilated_conv/dilated_conv_cpu_kernels.inc"
+#include "dilated_conv/dilated_conv_cpu_winograd.inc"
 }  // namespace scalar_impl
 
 FASTDL_DILATED_CONV_DEFINE_KERNELS(ScalarKernels, scalar_impl, float)
