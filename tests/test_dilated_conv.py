@@ -298,8 +298,8 @@ WINOGRAD_2D = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("config", WINOGRAD_2D, ids=[_config_id(c) for c in WINOGRAD_2D])
 def test_conv2d_winograd(device, dtype, config):
-    """The Winograd path's output and gradients (grad_input runs it too) against
-    F.conv2d in float64, in the tolerance of the direct kernels."""
+    """The Winograd path's output and gradients (grad_input and grad_weight run it too)
+    against F.conv2d in float64, in the tolerance of the direct kernels."""
     skip_redundant_float64(device, dtype)
     x, weight, bias, args = make_2d(config, dtype, device)
     weight = weight / (3 * config[1] ** 0.5)  # outputs of unit size, as a trained layer's
@@ -649,8 +649,9 @@ def test_gradcheck_conv2d(plain_device):
 def test_gradcheck_conv2d_winograd(plain_device):
     x, weight, bias, args = make_2d((1, 32, 32, 1, 3, 4, 3, 1, 2, 2, "nchw"), torch.float64,
                                     plain_device)
-    # The input's gradient runs the Winograd path too; the weight's does not (and its
-    # 9216 values would make this the slowest test of the file).
+    # The input's gradient runs the Winograd path too. The weight's does as well, but its
+    # 9216 values would make this the slowest test of the file: test_conv2d_winograd
+    # checks it against F.conv2d's in float64.
     inputs = tuple(t.requires_grad_() for t in (x, bias))
     assert torch.autograd.gradcheck(
         lambda x, b: fastdl.ops.dilated_conv2d(x, weight, b, **args), inputs)

@@ -75,12 +75,18 @@ struct WinogradTiles {
   static void transpose(const T* src, int64_t src_stride, int64_t rows, int64_t columns,    \
                         T* dst, int64_t dst_stride);                                        \
   /* Winograd F(2x2, 3x3) transforms (dilated_conv_cpu_winograd.inc).                  */ \
-  static void winograd_weights(const T* taps, int64_t count, T* u, int64_t u_stride);       \
+  static void winograd_weights(const T* taps, int64_t count, T* u, int64_t u_stride,        \
+                               bool flip);                                                  \
   static void winograd_input_tiles(const Geometry& g, const WinogradTiles& tiles,           \
-                                   const T* input, int64_t first, int64_t count, T* v);     \
+                                   const T* input, int64_t first, int64_t count,            \
+                                   int64_t stride, T* v);                                   \
   static void winograd_output_tiles(const Geometry& g, const WinogradTiles& tiles,          \
                                     const T* m, int64_t first, int64_t count,               \
-                                    const T* bias, T* output);
+                                    const T* bias, T* output);                              \
+  static void winograd_grad_output_tiles(const Geometry& g, const WinogradTiles& tiles,     \
+                                         const T* grad_output, int64_t first,               \
+                                         int64_t count, int64_t stride, T* dm);             \
+  static void winograd_weight_grad(const T* du, int64_t count, int64_t du_stride, T* taps);
 
 struct ScalarKernels {
   FASTDL_DILATED_CONV_KERNEL_LIST(float)
@@ -144,12 +150,22 @@ struct Avx512Kernels {
                       int64_t dst_stride) {                                                  \
     impl::transpose_into<T>(src, src_stride, rows, columns, dst, dst_stride);                \
   }                                                                                          \
-  void Set::winograd_weights(const T* taps, int64_t count, T* u, int64_t u_stride) {         \
-    impl::winograd_weights<T>(taps, count, u, u_stride);                                     \
+  void Set::winograd_weights(const T* taps, int64_t count, T* u, int64_t u_stride,           \
+                             bool flip) {                                                    \
+    impl::winograd_weights<T>(taps, count, u, u_stride, flip);                               \
   }                                                                                          \
   void Set::winograd_input_tiles(const Geometry& g, const WinogradTiles& tiles,              \
-                                 const T* input, int64_t first, int64_t count, T* v) {       \
-    impl::winograd_input_tiles<T>(g, tiles, input, first, count, v);                         \
+                                 const T* input, int64_t first, int64_t count,               \
+                                 int64_t stride, T* v) {                                     \
+    impl::winograd_input_tiles<T>(g, tiles, input, first, count, stride, v);                 \
+  }                                                                                          \
+  void Set::winograd_grad_output_tiles(const Geometry& g, const WinogradTiles& tiles,        \
+                                       const T* grad_output, int64_t first, int64_t count,   \
+                                       int64_t stride, T* dm) {                              \
+    impl::winograd_grad_output_tiles<T>(g, tiles, grad_output, first, count, stride, dm);    \
+  }                                                                                          \
+  void Set::winograd_weight_grad(const T* du, int64_t count, int64_t du_stride, T* taps) {   \
+    impl::winograd_weight_grad<T>(du, count, du_stride, taps);                               \
   }                                                                                          \
   void Set::winograd_output_tiles(const Geometry& g, const WinogradTiles& tiles, const T* m,  \
                                   int64_t first, int64_t count, const T* bias, T* output) {  \
