@@ -1,0 +1,227 @@
+// The CPU dilated convolution's Winograd F(2x2, 3x3) path: the loops and GEMMs around
+// the transforms of dilated_conv_cpu_winograd.inc (per ISA), for dilated_conv_cpu.cpp.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common/int_math.h"
+#include "common/thread_scratch.h"
+#include "dilated_conv/dilated_conv.h"
+#include "dilated_conv/dilated_conv_cpu_kernels.h"
+
+namespace fastdl::dilated_conv {
+
+// Winograd F(2x2, 3x3) for wide 3x3 convolutions at stride 1 (DeepLab's ASPP: 256
+// channels in and out, dilation 6, 12, 18): per tile of 2x2 outputs d apart, 16
+// products per (output, input channel) where the direct kernels take 36, and those
+// products are 16 GEMMs (tiles x C) x (C x O), one per transform point, which at::bmm
+// runs. Ours are the transforms (dilated_conv_cpu_winograd.inc), on channels-last
+// copies of the input and output, and the tiling of the dilated grid: along each axis
+// the outputs of residue r mod d pair up as (r + 2 a d, r + (2 a + 1) d), so a tile
+// never straddles two residues and reads a 4x4 grid of inputs d apart. grad_input's
+// convolution takes it too, reading the weights flipped in place. Measured on an Intel
+// Xeon, ASPP 1x256x65x65 d=6, the ops alone (medians): forward 15.0 -> 10.0 ms,
+// grad_input 15.5 -> 9.3 ms against the direct kernels; the GEMMs are two thirds of it.
+// Only where it pays, measured on an Intel Xeon (ops alone, against the direct kernels):
+//   - at least kWinogradMinChannels in and out: the transforms cost per channel, the
+//     GEMMs save per channel pair. 128x65x65 d=2 forward 4.1 -> 2.9 ms, 192x65x65 d=6
+//     8.2 -> 6.2 ms; but 64x65x65 d=6 1.05 -> 1.17-1.46 ms, 32 channels slower still;
+//   - tiles that are mostly outputs: a residue with an odd count of outputs ends in a
+//     half-empty tile, and at large d on a small image many do. kMinSaving (x 4) is the
+//     least direct products per Winograd product that the tiles must give (2.25 with no
+//     empty tile slots): ASPP 256x65x65 gives 1.94 (d=6) and 1.83 (d=12, 18) and wins;
+//     256x33x33 d=12 gives 1.39 and was slower, 3.0 -> 3.9 ms.
+// Inputs or weights that are not finite or beyond kPairSafe take the direct kernels
+// (use_winograd): the transforms' differences would turn an infinity into NaN (as the
+// pair kernel's would) where F.conv2d gives an infinity.
+constexpr int64_t kWinogradMinChannels = 128;
+constexpr int64_t kMinSaving = 7;  // 1.75, in quarters
+
+// Tiles along an axis of `size` outputs, dilation d: per residue r < d, half its
+// outputs, rounded up.
+inline int64_t tile_count(int64_t size, int64_t d) {
+  int64_t tiles = 0;
+  for (int64_t r = 0; r < std::min(d, size); ++r) tiles += tiles_to_cover(tiles_to_cover(size - r, d), 2);
+  return tiles;
+}
+
+inline bool takes_winograd(const Geometry& g) {
+  if (g.kernel_h != 3 || g.kernel_w != 3 || g.stride_h != 1 || g.stride_w != 1 ||
+      g.groups != 1 || g.in_channels < kWinogradMinChannels ||
+      g.out_channels < kWinogradMinChannels || g.batch * g.out_h * g.out_w == 0)
+    return false;
+  const int64_t tiles = tile_count(g.out_h, g.dilation_h) * tile_count(g.out_w, g.dilation_w);
+  return 4 * 9 * g.out_h * g.out_w >= kMinSaving * 16 * tiles;  // direct / Winograd products
+}
+
+// The first output of each tile along an axis of `size` outputs, dilation d: per
+// residue r < d, r, r + 2d, r + 4d, ...
+inline std::vector<int64_t> tile_origins(int64_t size, int64_t d) {
+  std::vector<int64_t> origins;
+  for (int64_t r = 0; r < std::min(d, size); ++r)
+    for (int64_t y = r; y < size; y += 2 * d) origins.push_back(y);
+  return origins;
+}
+
+// Tiles per task of `count`: at most what keeps the task's transformed inputs and
+// products (16 x tiles x C and x O) each in a ThreadScratch slot kept between calls, in
+// an even number of equal tasks (ASPP's 1225 tiles: 10 of 123, not 9 of 128 and one
+// of 73, which left a thread waiting). From the shape only, not the thread count, so
+// that the GEMMs' shapes, and so their sums' order, do not change with it.
+template <typename T>
+int64_t winograd_chunk(const Geometry& g, int64_t count) {
+  const int64_t widest = std::max(g.in_channels, g.out_channels);
+  const int64_t most =
+      std::max<int64_t>(1, int64_t(ThreadScratch<T>::kKeptBytes / sizeof(T)) / (16 * widest));
+  int64_t tasks = tiles_to_cover(count, most);
+  if (tasks > 1) tasks = round_up(tasks, 2);
+  return tiles_to_cover(count, tasks);
+}
+
+// Pixels per task of the moves between NCHW and channels-last.
+constexpr int64_t kPixelsPerTask = 256;
+
+// NCHW (N, C, plane) as channels-last (N, plane, C).
+template <typename T, typename Kernels>
+at::Tensor channels_last_copy(Kernels kernels, const at::Tensor& x, int64_t batch,
+                              int64_t channels, int64_t plane) {
+  at::Tensor out = at::empty({batch, plane, channels}, x.options());
+  const int64_t tasks = tiles_to_cover(plane, kPixelsPerTask);
+  at::parallel_for(0, batch * tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / tasks, p0 = task % tasks * kPixelsPerTask;
+      kernels.transpose(x.const_data_ptr<T>() + n * channels * plane + p0, plane, channels,
+                        std::min(kPixelsPerTask, plane - p0),
+                        out.data_ptr<T>() + (n * plane + p0) * channels, channels);
+    }
+  });
+  return out;
+}
+
+// The tile origins of a convolution's outputs (tile_origins along each axis).
+struct WinogradGrid {
+  std::vector<int64_t> ys, xs;
+  explicit WinogradGrid(const Geometry& g)
+      : ys(tile_origins(g.out_h, g.dilation_h)), xs(tile_origins(g.out_w, g.dilation_w)) {}
+  WinogradTiles tiles() const {
+    return {ys.data(), int64_t(ys.size()), xs.data(), int64_t(xs.size())};
+  }
+};
+
+// With `flipped`, `weight` is (C, O, 3, 3) and the convolution's filters are its flipped
+// transpose, w[c][o] turned by 180 degrees (grad_input's convolution), read in place.
+template <typename T, typename Kernels>
+void forward_winograd(Kernels kernels, const Geometry& g, const at::Tensor& input,
+                      const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output,
+                      bool flipped) {
+  const int64_t in_c = g.in_channels, out_c = g.out_channels, out_plane = g.out_h * g.out_w;
+  // Per input channel c, its filters' taps (9, O), then transformed into u (16, C, O),
+  // the GEMMs' right-hand side, contiguous (as a transposed view of (16, O, C), MKL took
+  // 12% longer over ASPP's tiles).
+  at::Tensor u = at::empty({16, in_c, out_c}, weight.options());
+  const T* w = weight.const_data_ptr<T>();
+  at::parallel_for(0, in_c, 1, [&](int64_t begin, int64_t end) {
+    const ThreadScratch<T> taps(0, 9 * out_c);
+    for (int64_t c = begin; c < end; ++c) {
+      if (flipped)  // w[c] is (O, 9)
+        kernels.transpose(w + c * out_c * 9, 9, out_c, 9, taps.data(), out_c);
+      else  // w[o][c] is 9 apart from w[o + 1][c]'s C * 9
+        kernels.transpose(w + c * 9, in_c * 9, out_c, 9, taps.data(), out_c);
+      kernels.winograd_weights(taps.data(), out_c, u.data_ptr<T>() + c * out_c, in_c * out_c,
+                               flipped);
+    }
+  });
+  // The input channels-last; the output computed so, then moved into NCHW.
+  const at::Tensor in_last = channels_last_copy<T>(kernels, input, g.batch, in_c, g.in_h * g.in_w);
+  at::Tensor out_last = at::empty({g.batch, out_plane, out_c}, output.options());
+  const WinogradGrid grid(g);
+  const WinogradTiles tiles = grid.tiles();
+  const int64_t count = g.batch * tiles.rows * tiles.columns, chunk = winograd_chunk<T>(g, count);
+  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  at::parallel_for(0, tiles_to_cover(count, chunk), 1, [&](int64_t begin, int64_t end) {
+    const ThreadScratch<T> transformed(0, 16 * chunk * in_c), products(1, 16 * chunk * out_c);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t first = task * chunk, n = std::min(chunk, count - first);
+      kernels.winograd_input_tiles(g, tiles, in_last.const_data_ptr<T>(), first, n, n,
+                                   transformed.data());
+      at::Tensor m = at::from_blob(products.data(), {16, n, out_c}, output.options());
+      at::bmm_out(m, at::from_blob(transformed.data(), {16, n, in_c}, input.options()), u);
+      kernels.winograd_output_tiles(g, tiles, products.data(), first, n, b,
+                                    out_last.data_ptr<T>());
+    }
+  });
+  // (N, out_h, out_w, O) -> (N, O, out_h, out_w).
+  const int64_t out_tasks = tiles_to_cover(out_plane, kPixelsPerTask);
+  at::parallel_for(0, g.batch * out_tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / out_tasks, p0 = task % out_tasks * kPixelsPerTask;
+      kernels.transpose(out_last.const_data_ptr<T>() + (n * out_plane + p0) * out_c, out_c,
+                        std::min(kPixelsPerTask, out_plane - p0), out_c,
+                        output.data_ptr<T>() + n * out_c * out_plane + p0, out_plane);
+    }
+  });
+}
+
+// The weight gradient of the same convolutions: per transform point xi, dU[xi] (O, C)
+// = sum over tiles of dM[xi]^T V[xi], V the input's transform as in the forward and dM =
+// A dY A^T the output gradient's; then dW = G^T dU G per (output, input channel). One
+// GEMM of the forward's size, where the direct kernel takes 36 products per tile and
+// pair (measured, ASPP d=6 on an Intel Xeon: 16.1 -> 12.6 ms). The tiles go in chunks, one after
+// the other, each chunk's 16 GEMMs in parallel adding into their dU[xi]: every dU[xi]
+// sums its chunks in one order whatever the thread count.
+template <typename T, typename Kernels>
+void backward_weight_winograd(Kernels kernels, const Geometry& g, const at::Tensor& grad_output,
+                              const at::Tensor& input, at::Tensor& grad_weight) {
+  const int64_t in_c = g.in_channels, out_c = g.out_channels;
+  const at::Tensor in_last = channels_last_copy<T>(kernels, input, g.batch, in_c, g.in_h * g.in_w);
+  const at::Tensor grad_last =
+      channels_last_copy<T>(kernels, grad_output, g.batch, out_c, g.out_h * g.out_w);
+  const WinogradGrid grid(g);
+  const WinogradTiles tiles = grid.tiles();
+  const int64_t count = g.batch * tiles.rows * tiles.columns, chunk = winograd_chunk<T>(g, count);
+  at::Tensor v = at::empty({16, chunk, in_c}, input.options());
+  at::Tensor dm = at::empty({16, chunk, out_c}, input.options());
+  at::Tensor du = at::zeros({16, out_c, in_c}, input.options());
+  for (int64_t first = 0; first < count; first += chunk) {
+    const int64_t n = std::min(chunk, count - first);
+    at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
+      kernels.winograd_input_tiles(g, tiles, in_last.const_data_ptr<T>(), first + begin,
+                                   end - begin, chunk, v.data_ptr<T>() + begin * in_c);
+      kernels.winograd_grad_output_tiles(g, tiles, grad_last.const_data_ptr<T>(), first + begin,
+                                         end - begin, chunk, dm.data_ptr<T>() + begin * out_c);
+    });
+    at::parallel_for(0, 16, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t xi = begin; xi < end; ++xi) {
+        at::Tensor du_xi = du[xi];
+        du_xi.addmm_(dm[xi].narrow(0, 0, n).t(), v[xi].narrow(0, 0, n));
+      }
+    });
+  }
+  at::parallel_for(0, out_c, 1, [&](int64_t begin, int64_t end) {
+    const ThreadScratch<T> taps(0, 9 * in_c);
+    for (int64_t o = begin; o < end; ++o) {
+      kernels.winograd_weight_grad(du.const_data_ptr<T>() + o * in_c, in_c, out_c * in_c,
+                                   taps.data());
+      kernels.transpose(taps.data(), in_c, 9, in_c, grad_weight.data_ptr<T>() + o * in_c * 9, 9);
+    }
+  });
+}
+
+// Whether g takes the Winograd kernels with these operands (every value finite and
+// within kPairSafe, which pair_weights_safe checks for any array).
+template <typename T, typename Kernels>
+bool use_winograd(Kernels kernels, const Geometry& g, const at::Tensor& a, const at::Tensor& b) {
+  return takes_winograd(g) && kernels.pair_weights_safe(a.const_data_ptr<T>(), a.numel(), T(0)) &&
+         kernels.pair_weights_safe(b.const_data_ptr<T>(), b.numel(), T(0));
+}
+
+}  // namespace fastdl::dilated_conv
