@@ -134,16 +134,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     grad_input = at::empty(input.sizes(), input.options());
     if (g.batch > 0) k.backward_input(g, grad, weight.contiguous(), grad_input);
   }
+  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
   if (output_mask[2]) grad_bias = at::empty({g.out_channels}, weight.options());
   if (output_mask[1] || output_mask[2]) {
-    at::Tensor weight_grad = at::empty(weight.sizes(), weight.options());
     if (g.batch > 0) {
-      k.backward_weight(g, grad, input.contiguous(), weight_grad, grad_bias);
+      k.backward_weight(g, grad, input.contiguous(), grad_weight, grad_bias);
     } else {
-      weight_grad.zero_();
+      if (grad_weight.defined()) grad_weight.zero_();
       if (grad_bias.defined()) grad_bias.zero_();
     }
-    if (output_mask[1]) grad_weight = weight_grad;
   }
   return {grad_input, grad_weight, grad_bias};
 }

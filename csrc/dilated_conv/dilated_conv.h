@@ -61,8 +61,8 @@ struct Geometry {
 // (O, C / groups, kH, kW), grad_output / output (N, O, out_H, out_W), all one dtype.
 // forward: output = conv(input) + bias (bias undefined: none).
 // backward_input: grad_input (N, C, H, W), uninitialised on entry.
-// backward_weight: grad_weight (O, C / groups, kH, kW) and, when defined, grad_bias
-// (O,), uninitialised on entry.
+// backward_weight: grad_weight (O, C / groups, kH, kW) and grad_bias (O,), each only
+// when defined (at least one is), uninitialised on entry.
 struct DeviceKernels {
   void (*forward)(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                   const at::Tensor& bias, at::Tensor& output);

@@ -287,7 +287,6 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
                            at::Tensor& grad_bias) {
   const int64_t og = g.out_per_group(), cg = g.in_per_group(), taps = g.kernel_h * g.kernel_w;
   const T* go = grad_output.const_data_ptr<T>();
-  T* gw = grad_weight.data_ptr<T>();
   const int64_t out_plane = g.out_h * g.out_w;
   with_kernels<T>([&](auto kernels) {
     if (grad_bias.defined()) {
@@ -296,6 +295,8 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
         kernels.bias_grad(g, go, begin, end - begin, gb);
       });
     }
+    if (!grad_weight.defined()) return;  // the bias gradient alone
+    T* gw = grad_weight.data_ptr<T>();
     if (use_winograd<T>(kernels, g, grad_output, input)) {
       backward_weight_winograd<T>(kernels, g, grad_output, input, grad_weight);
       return;
@@ -354,13 +355,13 @@ void backward_input_cpu(const Geometry& g, const at::Tensor& grad_output,
 void backward_weight_cpu(const Geometry& g, const at::Tensor& grad_output,
                          const at::Tensor& input, at::Tensor& grad_weight,
                          at::Tensor& grad_bias) {
-  at::Tensor gw = compute_buffer(grad_weight);
+  at::Tensor gw = grad_weight.defined() ? compute_buffer(grad_weight) : at::Tensor();
   at::Tensor gb = grad_bias.defined() ? compute_buffer(grad_bias) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(gw.scalar_type(), "fastdl_dilated_conv_backward_weight", [&] {
-    backward_weight_typed<scalar_t>(g, widened_to_float32(grad_output), widened_to_float32(input),
-                                    gw, gb);
+  const at::Tensor go = widened_to_float32(grad_output);
+  AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "fastdl_dilated_conv_backward_weight", [&] {
+    backward_weight_typed<scalar_t>(g, go, widened_to_float32(input), gw, gb);
   });
-  into(grad_weight, gw);
+  if (gw.defined()) into(grad_weight, gw);
   if (gb.defined()) into(grad_bias, gb);
 }
 

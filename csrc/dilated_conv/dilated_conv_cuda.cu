@@ -498,6 +498,12 @@ void launch_weight_grad(const Geometry& g, const at::Tensor& grad_output,
                         const at::Tensor& input, at::Tensor& grad_weight, at::Tensor& grad_bias) {
   using acc_t = at::opmath_type<T>;
   const auto stream = at::cuda::getCurrentCUDAStream();
+  if (grad_bias.defined()) {
+    bias_grad_kernel<T><<<grid_of(g.out_channels), kThreads, 0, stream>>>(
+        grad_output.const_data_ptr<T>(), g, grad_bias.mutable_data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (!grad_weight.defined()) return;  // the bias gradient alone
   const int64_t taps = g.kernel_h * g.kernel_w;
   const int64_t tiles = ceil_div<int64_t>(g.out_per_group(), kTile) *
                         ceil_div<int64_t>(g.in_per_group(), kTile) * taps * g.groups;
@@ -526,11 +532,6 @@ void launch_weight_grad(const Geometry& g, const at::Tensor& grad_output,
   if (splits > 1) {
     sum_splits_kernel<T><<<cuda::grid_for(numel, kThreads), kThreads, 0, stream>>>(
         partial.const_data_ptr<acc_t>(), splits, numel, grad_weight.mutable_data_ptr<T>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  if (grad_bias.defined()) {
-    bias_grad_kernel<T><<<grid_of(g.out_channels), kThreads, 0, stream>>>(
-        grad_output.const_data_ptr<T>(), g, grad_bias.mutable_data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
