@@ -292,6 +292,7 @@ WINOGRAD_2D = [
     (1, 128, 144, 1, 9, 9, 3, 1, 3, 1, "nchw"),  # padding past the kernel's reach
     (1, 128, 128, 1, 12, 13, 3, 1, ((2, 0), (1, 3)), (1, 2), "nchw"),  # per-side padding
     (1, 144, 128, 1, 20, 7, 3, 1, (9, 1), (9, 1), "nchw"),
+    (3, 128, 128, 1, 26, 26, 3, 1, 1, 1, "nchw"),  # 507 tiles: two tasks, one split in an image
 ]
 
 
@@ -846,7 +847,7 @@ def _everything(dtype, device):
     x, weight, bias, args = make_2d((2, 9, 70, 1, 7, 20, 3, 1, 3, 3, "nchw"), dtype, device)  # lanes
     results += outputs_and_grads(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), [x, weight, bias],
                                  _randn(_out_shape_2d(x, weight, args), dtype, device, _generator(12)))
-    x, weight, bias, args = make_2d(WINOGRAD_2D[1], dtype, device)
+    x, weight, bias, args = make_2d(WINOGRAD_2D[-1], dtype, device)  # Winograd, two tasks
     results += outputs_and_grads(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), [x, weight, bias],
                                  _randn(_out_shape_2d(x, weight, args), dtype, device, _generator(13)))
     return results
