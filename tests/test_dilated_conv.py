@@ -357,6 +357,66 @@ def test_conv2d_winograd_non_finite_and_huge_inputs(device, dtype):
     assert torch.equal(ours.isinf(), reference.isinf()) and torch.equal(ours.isnan(), reference.isnan())
 
 
+def test_conv2d_winograd_large_finite_values_stay_finite(plain_device):
+    """Values well inside the type's range whose transforms and sums could overflow (a
+    transformed input is up to 4 |x|, a transformed weight 9/4 |w|) keep the call on the
+    direct kernels: F.conv2d's finite outputs stay finite, in every gradient too."""
+    for dtype in (torch.float32, torch.float64):
+        big = torch.finfo(dtype).max / 4.5
+        x = torch.zeros(1, 128, 12, 12, dtype=dtype, device=plain_device)
+        w = torch.zeros(128, 128, 3, 3, dtype=dtype, device=plain_device)
+        w[:, 0] = 1.0
+        x[0, 0, 4:6, 4:6] = big
+        args = dict(stride=1, padding=1, dilation=1, groups=1)
+        assert _takes_winograd(x, w, args)
+        reference = F.conv2d(x, w, None, **args)
+        assert reference.isfinite().all()
+        assert fastdl.ops.dilated_conv2d(x, w, None, **args).isfinite().all(), dtype
+        grads = torch.ops.fastdl.dilated_conv2d_backward.default(
+            torch.ones_like(reference), x, w, [1, 1], [1, 1], [1, 1], [1, 1], 1, [True, True, False])
+        assert all(g.isfinite().all() for g in grads if g is not None), dtype
+
+
+def test_conv2d_winograd_keeps_float32_under_reduced_matmul_precision(plain_device):
+    """torch.set_float32_matmul_precision('medium') lets oneDNN run float32 GEMMs in
+    bfloat16; the Winograd path's GEMMs would follow (errors of 4e-3), so the call takes
+    the direct kernels, which stay float32 like F.conv2d."""
+    x, weight, bias, args = make_2d(WINOGRAD_2D[1], torch.float32, plain_device)
+    weight = (weight / 34).requires_grad_()
+    x.requires_grad_()
+    grad = _randn(_out_shape_2d(x, weight, args), torch.float32, plain_device, _generator(4))
+    expected = outputs_and_grads(lambda x, w: reference_conv2d(x, w, None, **args),
+                                 [x.double(), weight.double()], grad.double())
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        actual = outputs_and_grads(lambda x, w: fastdl.ops.dilated_conv2d(x, w, None, **args),
+                                   [x, weight], grad)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_winograd_backward_in_inference_mode(plain_device):
+    """The GEMMs run on at::parallel_for's threads, which must see the caller's
+    thread-local state: in inference mode the in-place sums of inference tensors failed
+    there with more than one thread."""
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        x, weight, _, args = make_2d(WINOGRAD_2D[0], torch.float32, plain_device)
+        grad = torch.randn(_out_shape_2d(x, weight, args), device=plain_device)
+        call = [[1, 1], [2, 2], [2, 2], [2, 2], 1, [True, True, True]]
+        expected = torch.ops.fastdl.dilated_conv2d_backward.default(grad, x, weight, *call)
+        with torch.inference_mode():
+            actual = torch.ops.fastdl.dilated_conv2d_backward.default(grad, x, weight, *call)
+    finally:
+        torch.set_num_threads(previous)
+    for a, e in zip(actual, expected):
+        assert torch.equal(a, e)
+
+
 @pytest.mark.parametrize("config", [DENSE_2D, ASPP12_2D, GROUPED_2D, DEPTHWISE_CL_2D, SIDES_2D], ids=str)
 def test_conv2d_without_bias(device, config):
     skip_redundant_float64(device, torch.float64)

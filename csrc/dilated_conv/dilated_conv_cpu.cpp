@@ -141,7 +141,7 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
   const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
   with_kernels<T>([&](auto kernels) {
     const int64_t block = kernels.lane_block(T(0));
-    if (use_winograd<T>(kernels, g, input, weight)) {
+    if (use_winograd<T>(kernels, g, input, weight, forward_growth(g.in_channels))) {
       forward_winograd<T>(kernels, g, input, weight, bias, output, /*flipped=*/false);
       return;
     }
@@ -250,7 +250,7 @@ void backward_input_typed(const Geometry& g, const at::Tensor& grad_output,
   t.pad_left = (g.kernel_w - 1) * g.dilation_w - g.pad_left;
   bool done = false;
   with_kernels<T>([&](auto kernels) {
-    if (use_winograd<T>(kernels, t, grad, weight)) {  // reads the weights in place
+    if (use_winograd<T>(kernels, t, grad, weight, forward_growth(t.in_channels))) {
       forward_winograd<T>(kernels, t, grad, weight, at::Tensor(), grad_input, /*flipped=*/true);
       done = true;
     }
@@ -297,7 +297,7 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
     }
     if (!grad_weight.defined()) return;  // the bias gradient alone
     T* gw = grad_weight.data_ptr<T>();
-    if (use_winograd<T>(kernels, g, grad_output, input)) {
+    if (use_winograd<T>(kernels, g, grad_output, input, weight_grad_growth(g))) {
       backward_weight_winograd<T>(kernels, g, grad_output, input, grad_weight);
       return;
     }

@@ -86,7 +86,8 @@ struct WinogradTiles {
   static void winograd_grad_output_tiles(const Geometry& g, const WinogradTiles& tiles,     \
                                          const T* grad_output, int64_t first,               \
                                          int64_t count, int64_t stride, T* dm);             \
-  static void winograd_weight_grad(const T* du, int64_t count, int64_t du_stride, T* taps);
+  static void winograd_weight_grad(const T* du, int64_t count, int64_t du_stride, T* taps); \
+  static T max_abs(const T* values, int64_t count, T);
 
 struct ScalarKernels {
   FASTDL_DILATED_CONV_KERNEL_LIST(float)
@@ -166,6 +167,9 @@ struct Avx512Kernels {
   }                                                                                          \
   void Set::winograd_weight_grad(const T* du, int64_t count, int64_t du_stride, T* taps) {   \
     impl::winograd_weight_grad<T>(du, count, du_stride, taps);                               \
+  }                                                                                          \
+  T Set::max_abs(const T* values, int64_t count, T) {                                        \
+    return impl::max_abs<T>(values, count);                                                  \
   }                                                                                          \
   void Set::winograd_output_tiles(const Geometry& g, const WinogradTiles& tiles, const T* m,  \
                                   int64_t first, int64_t count, const T* bias, T* output) {  \

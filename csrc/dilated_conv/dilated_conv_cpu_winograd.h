@@ -2,7 +2,9 @@
 // the transforms of dilated_conv_cpu_winograd.inc (per ISA), for dilated_conv_cpu.cpp.
 #pragma once
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
@@ -11,6 +13,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/int_math.h"
@@ -40,9 +44,11 @@ namespace fastdl::dilated_conv {
 //     least direct products per Winograd product that the tiles must give (2.25 with no
 //     empty tile slots): ASPP 256x65x65 gives 1.94 (d=6) and 1.83 (d=12, 18) and wins;
 //     256x33x33 d=12 gives 1.39 and was slower, 3.0 -> 3.9 ms.
-// Inputs or weights that are not finite or beyond kPairSafe take the direct kernels
-// (use_winograd): the transforms' differences would turn an infinity into NaN (as the
-// pair kernel's would) where F.conv2d gives an infinity.
+// Operands that are not finite, or large enough that the transforms and sums could
+// overflow where the direct products would not, take the direct kernels (use_winograd):
+// the transforms' differences would turn an infinity into NaN (as the pair kernel's
+// would) where F.conv2d gives an infinity. So does float32 while PyTorch lets oneDNN
+// run float32 GEMMs in bfloat16 (float32_gemms_exact).
 constexpr int64_t kWinogradMinChannels = 128;
 constexpr int64_t kMinSaving = 7;  // 1.75, in quarters
 
@@ -147,7 +153,12 @@ void forward_winograd(Kernels kernels, const Geometry& g, const at::Tensor& inpu
   const WinogradTiles tiles = grid.tiles();
   const int64_t count = g.batch * tiles.rows * tiles.columns, chunk = winograd_chunk<T>(g, count);
   const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  // at::parallel_for's threads start from default thread-local state, so the ATen calls
+  // in them take the caller's (inference mode, grad mode): without it, the backward in
+  // torch.inference_mode() failed on the in-place addmm_ of an inference tensor.
+  const at::ThreadLocalState state;
   at::parallel_for(0, tiles_to_cover(count, chunk), 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard guard(state);
     const ThreadScratch<T> transformed(0, 16 * chunk * in_c), products(1, 16 * chunk * out_c);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t first = task * chunk, n = std::min(chunk, count - first);
@@ -191,6 +202,7 @@ void backward_weight_winograd(Kernels kernels, const Geometry& g, const at::Tens
   at::Tensor v = at::empty({16, chunk, in_c}, input.options());
   at::Tensor dm = at::empty({16, chunk, out_c}, input.options());
   at::Tensor du = at::zeros({16, out_c, in_c}, input.options());
+  const at::ThreadLocalState state;
   for (int64_t first = 0; first < count; first += chunk) {
     const int64_t n = std::min(chunk, count - first);
     at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
@@ -200,6 +212,7 @@ void backward_weight_winograd(Kernels kernels, const Geometry& g, const at::Tens
                                          end - begin, chunk, dm.data_ptr<T>() + begin * out_c);
     });
     at::parallel_for(0, 16, 1, [&](int64_t begin, int64_t end) {
+      const at::ThreadLocalStateGuard guard(state);  // as in forward_winograd
       for (int64_t xi = begin; xi < end; ++xi) {
         at::Tensor du_xi = du[xi];
         du_xi.addmm_(dm[xi].narrow(0, 0, n).t(), v[xi].narrow(0, 0, n));
@@ -216,12 +229,50 @@ void backward_weight_winograd(Kernels kernels, const Geometry& g, const at::Tens
   });
 }
 
-// Whether g takes the Winograd kernels with these operands (every value finite and
-// within kPairSafe, which pair_weights_safe checks for any array).
+// Whether float32 GEMMs (at::bmm, addmm_) keep float32: under
+// torch.set_float32_matmul_precision('medium') (or torch.backends.mkldnn.matmul
+// .fp32_precision = 'bf16') oneDNN runs them in bfloat16 on CPUs that have it, and the
+// Winograd results drifted to 4e-3 where F.conv2d and the direct kernels stay exact.
+inline bool float32_gemms_exact() {
+  const at::Float32Precision precision =
+      at::globalContext().float32Precision(at::Float32Backend::MKLDNN, at::Float32Op::MATMUL);
+  return precision == at::Float32Precision::IEEE || precision == at::Float32Precision::NONE;
+}
+
+// Whether g takes the Winograd kernels with operands a and b: every value finite, and
+// |a| |b| growth < the type's largest value, growth bounding how far the transforms and
+// sums can take a product (forward_growth, weight_grad_growth).
 template <typename T, typename Kernels>
-bool use_winograd(Kernels kernels, const Geometry& g, const at::Tensor& a, const at::Tensor& b) {
-  return takes_winograd(g) && kernels.pair_weights_safe(a.const_data_ptr<T>(), a.numel(), T(0)) &&
-         kernels.pair_weights_safe(b.const_data_ptr<T>(), b.numel(), T(0));
+bool use_winograd(Kernels kernels, const Geometry& g, const at::Tensor& a, const at::Tensor& b,
+                  double growth) {
+  if (!takes_winograd(g)) return false;
+  if (std::is_same_v<T, float> && !float32_gemms_exact()) return false;
+  // The largest |value| of t, in parallel chunks (a max: the same whatever the split).
+  const auto largest = [&](const at::Tensor& t) {
+    constexpr int64_t kChunk = 1 << 16;
+    const int64_t n = t.numel(), chunks = tiles_to_cover(n, kChunk);
+    std::vector<T> parts(chunks, T(0));
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c)
+        parts[c] = kernels.max_abs(t.const_data_ptr<T>() + c * kChunk,
+                                   std::min(kChunk, n - c * kChunk), T(0));
+    });
+    return double(parts.empty() ? T(0) : *std::max_element(parts.begin(), parts.end()));
+  };
+  // false where either is infinite (max_abs's answer for a value that is not finite)
+  return largest(a) * largest(b) * growth < double(std::numeric_limits<T>::max());
+}
+
+// An output of the forward (or of grad_input's convolution) is A^T M A, 9 terms of M
+// at most, M a sum over `in_channels` of U V, |U| <= 9/4 |w| (G's rows sum to 3/2 at
+// most) and |V| <= 4 |x| (B^T x B takes 4 values): 81 in_channels |x| |w|.
+inline double forward_growth(int64_t in_channels) { return 81.0 * double(in_channels); }
+
+// dW = G^T dU G, 4 |dU| at most (G^T's rows sum to 2), dU a sum over the tiles of
+// dM V, |dM| <= 4 |dY| (A's rows sum to 2), |V| <= 4 |x|: 64 tiles |dY| |x|.
+inline double weight_grad_growth(const Geometry& g) {
+  return 64.0 * double(g.batch * tile_count(g.out_h, g.dilation_h) *
+                       tile_count(g.out_w, g.dilation_w));
 }
 
 }  // namespace fastdl::dilated_conv
