@@ -14,7 +14,8 @@
 // their results. A slot keeps at most kKeptBytes between calls, so each thread keeps at
 // most kSlots * kKeptBytes per element type, which bounds what all of a many-core
 // machine's OpenMP threads hold; larger requests get a buffer of their own, freed with
-// the ThreadScratch.
+// the ThreadScratch. The exception is a buffer that an op's calling thread shares with
+// its workers for the call (kCallKeptBytes): one per calling thread.
 // Two ThreadScratch alive at once on one thread must use different slots.
 #pragma once
 
@@ -40,11 +41,16 @@ class ThreadScratch {
  public:
   static constexpr int kSlots = 4;
   static constexpr std::size_t kKeptBytes = std::size_t(2) << 20;
+  // What a slot may keep for a buffer that an op's calling thread holds for the whole
+  // call and shares with its workers (one such thread per caller, not per OpenMP worker).
+  static constexpr std::size_t kCallKeptBytes = std::size_t(32) << 20;
 
-  ThreadScratch(int slot, std::size_t count) {
+  // `kept_bytes`: the largest buffer the slot keeps between calls (kKeptBytes, or
+  // kCallKeptBytes for a call's shared buffer).
+  ThreadScratch(int slot, std::size_t count, std::size_t kept_bytes = kKeptBytes) {
     const std::size_t bytes = count * sizeof(T);
     AlignedVector<std::byte>* buffer = &own_;
-    if (bytes <= kKeptBytes) {
+    if (bytes <= kept_bytes) {
       thread_local std::array<AlignedVector<std::byte>, kSlots> kept;
       buffer = &kept.at(slot);
     }
