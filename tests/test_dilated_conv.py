@@ -762,9 +762,11 @@ def _raw_args_2d(config, device, bias=True, dtype=torch.float32):
                           args["groups"]]
 
 
-# (config, bias): NCHW grouped and channels_last depthwise with a bias, one without.
-@pytest.mark.parametrize("config, bias", [(GROUPED_2D, True), (DEPTHWISE_CL_2D, True), (GROUPED_2D, False)],
-                         ids=["grouped-bias", "depthwise_cl-bias", "grouped-no_bias"])
+# (config, bias): NCHW grouped and channels_last depthwise with a bias, one without, and
+# the Winograd path.
+@pytest.mark.parametrize("config, bias", [(GROUPED_2D, True), (DEPTHWISE_CL_2D, True), (GROUPED_2D, False),
+                                          (WINOGRAD_2D[0], True)],
+                         ids=["grouped-bias", "depthwise_cl-bias", "grouped-no_bias", "winograd-bias"])
 def test_opcheck_conv2d(plain_device, config, bias):
     x, weight, b, conv_args = _raw_args_2d(config, plain_device, bias)
     torch.library.opcheck(OP2D, (x, weight, b, *conv_args))
