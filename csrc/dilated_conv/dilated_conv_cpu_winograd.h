@@ -57,7 +57,8 @@ constexpr int64_t kMinSaving = 7;  // 1.75, in quarters
 // outputs, rounded up.
 inline int64_t tile_count(int64_t size, int64_t d) {
   int64_t tiles = 0;
-  for (int64_t r = 0; r < std::min(d, size); ++r) tiles += tiles_to_cover(tiles_to_cover(size - r, d), 2);
+  for (int64_t r = 0; r < std::min(d, size); ++r)
+    tiles += tiles_to_cover(tiles_to_cover(size - r, d), 2);
   return tiles;
 }
 
