@@ -36,7 +36,7 @@ struct TapPairWeights {
   int64_t block_size;  // values per packed block of each set
 };
 
-// The tiles of the Winograd forward (dilated_conv_cpu_winograd.inc): per image, tile
+// The tiles of the Winograd path (dilated_conv_cpu_winograd.inc): per image, tile
 // rows x tile columns, tile (r, c) with its first output at (ys[r], xs[c]).
 struct WinogradTiles {
   const int64_t* ys;
