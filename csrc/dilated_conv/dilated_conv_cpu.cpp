@@ -259,25 +259,13 @@ void backward_input_typed(const Geometry& g, const at::Tensor& grad_output,
 }
 
 // input (N, C, H, W) pixel-major: (N, H, W, pixel_stride), channels contiguous, zeros
-// past the last channel; kBlock pixels of a row at a time through the ISA's register
-// transpose (a value at a time, this took 7.5% of a WaveNet training step).
+// past the last channel (copy_pixel_major).
 template <typename T, typename Kernels>
 at::Tensor pixel_major(Kernels kernels, const Geometry& g, const at::Tensor& input,
                        int64_t pixel_stride) {
   at::Tensor out = at::zeros({g.batch, g.in_h, g.in_w, pixel_stride}, input.options());
-  const T* src = input.const_data_ptr<T>();
-  T* dst = out.data_ptr<T>();
-  const int64_t plane = g.in_h * g.in_w;
-  constexpr int64_t kBlock = 64;  // pixels per block: their rows of dst stay in L1
-  const int64_t blocks = tiles_to_cover(g.in_w, kBlock);
-  at::parallel_for(0, g.batch * g.in_h * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t row = task / blocks, x0 = task % blocks * kBlock;
-      const int64_t n = row / g.in_h, y = row % g.in_h, x1 = std::min(g.in_w, x0 + kBlock);
-      kernels.transpose(src + n * g.in_channels * plane + y * g.in_w + x0, plane, g.in_channels,
-                        x1 - x0, dst + (row * g.in_w + x0) * pixel_stride, pixel_stride);
-    }
-  });
+  copy_pixel_major<T>(kernels, input.const_data_ptr<T>(), g.batch, g.in_channels,
+                      g.in_h * g.in_w, pixel_stride, out.data_ptr<T>());
   return out;
 }
 
