@@ -489,8 +489,12 @@ EXPLICIT_1D = [
 # (conv_row_pairs) for dilations of at least a vector (8 float32 lanes on AVX2, 16 on
 # AVX-512; every dilation in float64's scalar kernels) and at least 2048 output columns
 # in all: rows that end inside a pair, padding wider than the dilation on either side,
-# grouped blocks of 16 + 8 channels, and several chunks.
+# grouped blocks of 16 + 8 channels, output channels that end inside a register tile
+# (4 channels on AVX-512, 2 elsewhere), dilations that are not a multiple of the vector
+# width (a run's last vector partly unused), and several chunks.
 TAP_PAIRS_1D = [
+    (1, 16, 42, 1, 2100, 2, 1, 0, 48, True, "contiguous"),
+    (2, 24, 37, 1, 1100, 2, 1, (25, 3), 20, False, "contiguous"),
     (2, 12, 40, 1, 3001, 2, 1, (20, 1), 9, False, "contiguous"),
     (1, 16, 64, 1, 2100, 2, 1, 0, 16, True, "contiguous"),
     (3, 8, 48, 2, 777, 2, 1, (40, 3), 33, False, "slice"),

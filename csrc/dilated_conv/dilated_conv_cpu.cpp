@@ -79,49 +79,49 @@ std::pair<at::Tensor, at::Tensor> pack_weight_blocks(Kernels kernels, const Geom
 
 // Two-tap rows of lane-kernel groups: conv_row_pairs (Winograd F(2, 2), see
 // dilated_conv_cpu_kernels.inc). A task is one chunk of one output row of one group
-// and runs every block of the group, so the chunk's transformed input serves them all;
-// when that leaves fewer tasks than threads (a short row, batch 1), the blocks are
-// split over tasks too, each transforming the chunk itself.
+// and runs every tile of output channels of the group, so the chunk's transformed
+// input serves them all; when that leaves fewer tasks than threads (a short row, batch
+// 1), the tiles are split over tasks too, each transforming the chunk itself.
 template <typename T, typename Kernels>
 void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& input,
                        const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
-  const int64_t block = kernels.lane_block(T(0)), og = g.out_per_group();
+  const int64_t tile = kernels.pair_tile_channels(T(0)), og = g.out_per_group();
   Geometry one_tap = g;  // each weight set packed as a 1x1 convolution's
   one_tap.kernel_w = 1;
   const at::Tensor first_tap = weight.narrow(3, 0, 1).contiguous();
   const at::Tensor second_tap = weight.narrow(3, 1, 1).contiguous();
-  auto width = [&](int64_t channels) { return kernels.lane_block_width(channels, T(0)); };
+  auto width = [&](int64_t) { return tile; };
   using Packed = std::pair<at::Tensor, at::Tensor>;  // (weights, bias)
   const Packed firsts =
-      pack_weight_blocks<T>(kernels, one_tap, first_tap, at::Tensor(), block, width);
+      pack_weight_blocks<T>(kernels, one_tap, first_tap, at::Tensor(), tile, width);
   const Packed sums =
-      pack_weight_blocks<T>(kernels, one_tap, at::add(first_tap, second_tap), bias, block, width);
+      pack_weight_blocks<T>(kernels, one_tap, at::add(first_tap, second_tap), bias, tile, width);
   const Packed seconds =
-      pack_weight_blocks<T>(kernels, one_tap, second_tap, at::Tensor(), block, width);
-  const int64_t group_blocks = tiles_to_cover(og, block), block_size = sums.first.size(1);
+      pack_weight_blocks<T>(kernels, one_tap, second_tap, at::Tensor(), tile, width);
+  const int64_t group_tiles = tiles_to_cover(og, tile), tile_size = sums.first.size(1);
   const int64_t chunk = kernels.pair_columns(g, T(0)), chunks = tiles_to_cover(g.out_w, chunk);
   const int64_t rows = g.batch * g.out_h * chunks;  // (image, output row, chunk)
-  const int64_t task_blocks = tiles_to_cover(
-      group_blocks, std::min(group_blocks, tiles_to_cover(at::get_num_threads(), g.groups * rows)));
-  const int64_t block_tasks = tiles_to_cover(group_blocks, task_blocks);
+  const int64_t task_tiles = tiles_to_cover(
+      group_tiles, std::min(group_tiles, tiles_to_cover(at::get_num_threads(), g.groups * rows)));
+  const int64_t tile_tasks = tiles_to_cover(group_tiles, task_tiles);
   const T* in = input.const_data_ptr<T>();
   T* out = output.data_ptr<T>();
   const int64_t in_group = g.in_per_group() * g.in_h * g.in_w, in_image = g.groups * in_group;
   const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
-  at::parallel_for(0, g.groups * block_tasks * rows, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.groups * tile_tasks * rows, 1, [&](int64_t begin, int64_t end) {
     const ThreadScratch<T> buffer(0, kernels.pair_buffer_size(g, std::min(g.out_w, chunk), T(0)));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t row = task % rows, blocks_task = task / rows % block_tasks;
-      const int64_t grp = task / (rows * block_tasks), x0 = row % chunks * chunk;
+      const int64_t row = task % rows, tiles_task = task / rows % tile_tasks;
+      const int64_t grp = task / (rows * tile_tasks), x0 = row % chunks * chunk;
       const int64_t y = row / chunks % g.out_h, n = row / (chunks * g.out_h);
-      const int64_t first_block = grp * group_blocks;
-      const int64_t o_begin = blocks_task * task_blocks * block;
-      const int64_t o_end = std::min(og, o_begin + task_blocks * block);
+      const int64_t first_tile = grp * group_tiles;
+      const int64_t o_begin = tiles_task * task_tiles * tile;
+      const int64_t o_end = std::min(og, o_begin + task_tiles * tile);
       const TapPairWeights<T> weights{
-          firsts.first.const_data_ptr<T>() + first_block * block_size,
-          sums.first.const_data_ptr<T>() + first_block * block_size,
-          seconds.first.const_data_ptr<T>() + first_block * block_size,
-          sums.second.const_data_ptr<T>() + first_block * block, block_size};
+          firsts.first.const_data_ptr<T>() + first_tile * tile_size,
+          sums.first.const_data_ptr<T>() + first_tile * tile_size,
+          seconds.first.const_data_ptr<T>() + first_tile * tile_size,
+          sums.second.const_data_ptr<T>() + first_tile * tile, tile_size};
       kernels.conv_row_pairs(g, in + n * in_image + grp * in_group, weights, o_begin, o_end, y,
                              x0, std::min(g.out_w, x0 + chunk), buffer.data(),
                              out + n * out_image + grp * og * plane);

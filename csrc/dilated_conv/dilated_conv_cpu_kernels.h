@@ -25,15 +25,16 @@ namespace fastdl::dilated_conv {
 // group's last channel; bias [block][lane_block()] alike.
 
 // conv_row_pairs' three weight sets, each packed as pack_weight_blocks packs a 1x1
-// convolution's weights: tap 0 (W0), the sum of the taps (W0 + W1) and tap 1 (W1), at
-// the group's first block; `bias` the sum set's packed bias.
+// convolution's weights in tiles of pair_tile_channels() output channels: tap 0 (W0),
+// the sum of the taps (W0 + W1) and tap 1 (W1), at the group's first tile; `bias` the
+// sum set's packed bias, at the group's first tile too.
 template <typename T>
 struct TapPairWeights {
   const T* first_tap;
   const T* tap_sum;
   const T* second_tap;
   const T* bias;
-  int64_t block_size;  // values per packed block of each set
+  int64_t block_size;  // values per packed tile of each set
 };
 
 // The tiles of the Winograd path (dilated_conv_cpu_winograd.inc): per image, tile
@@ -59,6 +60,7 @@ struct WinogradTiles {
                              const T* bias, int64_t channels, int64_t y, int64_t x_begin,   \
                              int64_t x_end, T* buffer, T* output);                          \
   static bool takes_tap_pairs(const Geometry& g, T);                                       \
+  static int64_t pair_tile_channels(T);                                                     \
   static int64_t pair_columns(const Geometry& g, T);                                       \
   static int64_t pair_buffer_size(const Geometry& g, int64_t columns, T);                  \
   static void conv_row_pairs(const Geometry& g, const T* input,                            \
@@ -125,6 +127,7 @@ struct Avx512Kernels {
                             output);                                                         \
   }                                                                                          \
   bool Set::takes_tap_pairs(const Geometry& g, T) { return impl::takes_tap_pairs<T>(g); }   \
+  int64_t Set::pair_tile_channels(T) { return impl::kPairTileChannels; }                    \
   int64_t Set::pair_columns(const Geometry& g, T) { return impl::pair_columns<T>(g); }      \
   int64_t Set::pair_buffer_size(const Geometry& g, int64_t columns, T) {                    \
     return impl::pair_buffer_size<T>(g, columns);                                            \
