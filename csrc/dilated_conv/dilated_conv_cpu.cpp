@@ -259,11 +259,14 @@ void backward_input_typed(const Geometry& g, const at::Tensor& grad_output,
 }
 
 // input (N, C, H, W) pixel-major: (N, H, W, pixel_stride), channels contiguous, zeros
-// past the last channel (copy_pixel_major).
+// past the last channel (copy_pixel_major). Only those are zero-filled: filling the
+// whole 4 MB copy of a WaveNet layer's input first was a tenth of its weight gradient.
 template <typename T, typename Kernels>
 at::Tensor pixel_major(Kernels kernels, const Geometry& g, const at::Tensor& input,
                        int64_t pixel_stride) {
-  at::Tensor out = at::zeros({g.batch, g.in_h, g.in_w, pixel_stride}, input.options());
+  at::Tensor out = at::empty({g.batch, g.in_h, g.in_w, pixel_stride}, input.options());
+  if (pixel_stride > g.in_channels)
+    out.narrow(3, g.in_channels, pixel_stride - g.in_channels).zero_();
   copy_pixel_major<T>(kernels, input.const_data_ptr<T>(), g.batch, g.in_channels,
                       g.in_h * g.in_w, pixel_stride, out.data_ptr<T>());
   return out;
