@@ -490,7 +490,7 @@ EXPLICIT_1D = [
 # AVX-512; every dilation in float64's scalar kernels) and at least 2048 output columns
 # in all: rows that end inside a pair, padding wider than the dilation on either side,
 # grouped blocks of 16 + 8 channels, output channels that end inside a register tile
-# (4 channels on AVX-512, 2 elsewhere), dilations that are not a multiple of the vector
+# (4 channels on AVX-512, 3 elsewhere), dilations that are not a multiple of the vector
 # width (a run's last vector partly unused), and several chunks.
 TAP_PAIRS_1D = [
     (1, 16, 42, 1, 2100, 2, 1, 0, 48, True, "contiguous"),
