@@ -4,6 +4,7 @@
 // parallel loops, the backward's weight transposition and the dtypes.
 #pragma once
 
+#include <array>
 #include <cstdint>
 
 #include "common/int_math.h"
