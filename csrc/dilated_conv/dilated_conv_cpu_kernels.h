@@ -8,7 +8,6 @@
 #include <cstdint>
 
 #include "common/int_math.h"
-#include "common/prefetch.h"
 #include "dilated_conv/dilated_conv.h"
 
 namespace fastdl::dilated_conv {
