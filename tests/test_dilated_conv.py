@@ -487,13 +487,17 @@ EXPLICIT_1D = [
 
 # Two-tap rows with output channels in the lanes take the Winograd pair kernel
 # (conv_row_pairs) for dilations of at least a vector (8 float32 lanes on AVX2, 16 on
-# AVX-512; every dilation in float64's scalar kernels) and at least 2048 output columns
+# AVX-512; every dilation in float64's scalar kernels), and on AVX-512 the direct
+# products in the same tiles below that (conv_row_taps: rows read in place, a padded
+# copy at either end of the row); at least 2048 output columns
 # in all: rows that end inside a pair, padding wider than the dilation on either side,
 # grouped blocks of 16 + 8 channels, output channels that end inside a register tile
 # (4 channels on AVX-512, 3 elsewhere), dilations that are not a multiple of the vector
 # width (a run's last vector partly unused), and several chunks.
 TAP_PAIRS_1D = [
     (1, 16, 42, 1, 2100, 2, 1, 0, 48, True, "contiguous"),
+    (1, 16, 64, 1, 2100, 2, 1, 0, 4, True, "contiguous"),
+    (2, 8, 35, 1, 1500, 2, 1, (3, 5), 1, False, "slice"),
     (2, 24, 37, 1, 1100, 2, 1, (25, 3), 20, False, "contiguous"),
     (2, 12, 40, 1, 3001, 2, 1, (20, 1), 9, False, "contiguous"),
     (1, 16, 64, 1, 2100, 2, 1, 0, 16, True, "contiguous"),
