@@ -293,19 +293,29 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
       return;
     }
     const int64_t chunk = kernels.weight_grad_chunk_width(T(0));
+    const int64_t chunks = tiles_to_cover(cg, chunk);
+    // Two-tap kernels transpose each block of the input as their tasks read it
+    // (weight_grad_chunk_nchw); others read one pixel-major copy of the whole input.
+    const bool fused = kernels.fuses_weight_grad_transpose(g, T(0));
     // A chunk's loads reach up to chunk - 1 channels past its group's last channel: into
     // the next group, or for the last group into the padding.
-    const int64_t chunks = tiles_to_cover(cg, chunk);
     const int64_t pixel_stride = g.groups == 1 ? round_up(cg, chunk) : g.in_channels + chunk;
-    const at::Tensor pixels = pixel_major<T>(kernels, g, input, pixel_stride);
-    const T* px = pixels.const_data_ptr<T>();
+    const at::Tensor pixels = fused ? at::Tensor() : pixel_major<T>(kernels, g, input, pixel_stride);
+    const T* in = fused ? input.const_data_ptr<T>() : pixels.const_data_ptr<T>();
+    const int64_t in_plane = g.in_h * g.in_w;
     at::parallel_for(0, g.groups * taps * chunks, 1, [&](int64_t begin, int64_t end) {
       const ThreadScratch<T> acc(0, og * chunk);
+      const ThreadScratch<T> block(1, fused ? kernels.weight_grad_buffer_size(g, T(0)) : 0);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t c_chunk = task % chunks, tap = task / chunks % taps, grp = task / (chunks * taps);
         const int64_t c0 = c_chunk * chunk, count = std::min(chunk, cg - c0);
-        kernels.weight_grad_chunk(g, go + grp * og * out_plane, px + grp * cg + c0, pixel_stride,
-                                  tap / g.kernel_w, tap % g.kernel_w, acc.data());
+        const int64_t kh = tap / g.kernel_w, kw = tap % g.kernel_w;
+        if (fused)
+          kernels.weight_grad_chunk_nchw(g, go + grp * og * out_plane, in + (grp * cg + c0) * in_plane,
+                                         count, kh, kw, block.data(), acc.data());
+        else
+          kernels.weight_grad_chunk(g, go + grp * og * out_plane, in + grp * cg + c0, pixel_stride,
+                                    kh, kw, acc.data());
         for (int64_t o = 0; o < og; ++o)
           for (int64_t c = 0; c < count; ++c)
             gw[((grp * og + o) * cg + c0 + c) * taps + tap] = acc.data()[o * chunk + c];
