@@ -7,8 +7,9 @@
 // (image, group, output row, column chunk), each copying the input rows it reads into a
 // zero-padded window once and running every output channel of the group over it.
 // grad_input: the forward kernel on grad_output with the weights flipped and
-// transposed. grad_weight: tasks of (group, tap, chunk of input channels) over a
-// pixel-major copy of the input, each summing over the whole batch in a fixed order.
+// transposed. grad_weight: tasks of (group, tap, chunk of input channels), each
+// summing over the whole batch in a fixed order, over blocks of the input it transposes
+// pixel-major into L1 as it goes.
 // Wide 3x3 convolutions at stride 1 (ASPP) take Winograd F(2x2, 3x3) instead, forward,
 // grad_input and grad_weight (dilated_conv_cpu_winograd.h).
 // No task writes what another reads or writes, so results do not depend on the thread
@@ -258,20 +259,6 @@ void backward_input_typed(const Geometry& g, const at::Tensor& grad_output,
   if (!done) forward_typed<T>(t, grad, flipped_transposed<T>(g, weight), at::Tensor(), grad_input);
 }
 
-// input (N, C, H, W) pixel-major: (N, H, W, pixel_stride), channels contiguous, zeros
-// past the last channel (copy_pixel_major). Only those are zero-filled: filling the
-// whole 4 MB copy of a WaveNet layer's input first was a tenth of its weight gradient.
-template <typename T, typename Kernels>
-at::Tensor pixel_major(Kernels kernels, const Geometry& g, const at::Tensor& input,
-                       int64_t pixel_stride) {
-  at::Tensor out = at::empty({g.batch, g.in_h, g.in_w, pixel_stride}, input.options());
-  if (pixel_stride > g.in_channels)
-    out.narrow(3, g.in_channels, pixel_stride - g.in_channels).zero_();
-  copy_pixel_major<T>(kernels, input.const_data_ptr<T>(), g.batch, g.in_channels,
-                      g.in_h * g.in_w, pixel_stride, out.data_ptr<T>());
-  return out;
-}
-
 template <typename T>
 void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
                            const at::Tensor& input, at::Tensor& grad_weight,
@@ -293,29 +280,16 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
       return;
     }
     const int64_t chunk = kernels.weight_grad_chunk_width(T(0));
-    const int64_t chunks = tiles_to_cover(cg, chunk);
-    // Two-tap kernels transpose each block of the input as their tasks read it
-    // (weight_grad_chunk_nchw); others read one pixel-major copy of the whole input.
-    const bool fused = kernels.fuses_weight_grad_transpose(g, T(0));
-    // A chunk's loads reach up to chunk - 1 channels past its group's last channel: into
-    // the next group, or for the last group into the padding.
-    const int64_t pixel_stride = g.groups == 1 ? round_up(cg, chunk) : g.in_channels + chunk;
-    const at::Tensor pixels = fused ? at::Tensor() : pixel_major<T>(kernels, g, input, pixel_stride);
-    const T* in = fused ? input.const_data_ptr<T>() : pixels.const_data_ptr<T>();
-    const int64_t in_plane = g.in_h * g.in_w;
+    const int64_t chunks = tiles_to_cover(cg, chunk), in_plane = g.in_h * g.in_w;
+    const T* in = input.const_data_ptr<T>();
     at::parallel_for(0, g.groups * taps * chunks, 1, [&](int64_t begin, int64_t end) {
       const ThreadScratch<T> acc(0, og * chunk);
-      const ThreadScratch<T> block(1, fused ? kernels.weight_grad_buffer_size(g, T(0)) : 0);
+      const ThreadScratch<T> block(1, kernels.weight_grad_buffer_size(g, T(0)));
       for (int64_t task = begin; task < end; ++task) {
         const int64_t c_chunk = task % chunks, tap = task / chunks % taps, grp = task / (chunks * taps);
         const int64_t c0 = c_chunk * chunk, count = std::min(chunk, cg - c0);
-        const int64_t kh = tap / g.kernel_w, kw = tap % g.kernel_w;
-        if (fused)
-          kernels.weight_grad_chunk_nchw(g, go + grp * og * out_plane, in + (grp * cg + c0) * in_plane,
-                                         count, kh, kw, block.data(), acc.data());
-        else
-          kernels.weight_grad_chunk(g, go + grp * og * out_plane, in + grp * cg + c0, pixel_stride,
-                                    kh, kw, acc.data());
+        kernels.weight_grad_chunk(g, go + grp * og * out_plane, in + (grp * cg + c0) * in_plane,
+                                  count, tap / g.kernel_w, tap % g.kernel_w, block.data(), acc.data());
         for (int64_t o = 0; o < og; ++o)
           for (int64_t c = 0; c < count; ++c)
             gw[((grp * og + o) * cg + c0 + c) * taps + tap] = acc.data()[o * chunk + c];

@@ -69,13 +69,9 @@ struct WinogradTiles {
                              T* buffer, T* output);                                         \
   static bool pair_weights_safe(const T* weights, int64_t count, T);                       \
   static int64_t weight_grad_chunk_width(T);                                                \
-  static void weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,   \
-                                int64_t pixel_stride, int64_t kh, int64_t kw, T* acc);      \
-  static bool fuses_weight_grad_transpose(const Geometry& g, T);                            \
   static int64_t weight_grad_buffer_size(const Geometry& g, T);                             \
-  static void weight_grad_chunk_nchw(const Geometry& g, const T* grad_output,               \
-                                     const T* input, int64_t count, int64_t kh, int64_t kw, \
-                                     T* buffer, T* acc);                                    \
+  static void weight_grad_chunk(const Geometry& g, const T* grad_output, const T* input,    \
+                                int64_t count, int64_t kh, int64_t kw, T* buffer, T* acc);  \
   static void bias_grad(const Geometry& g, const T* grad_output, int64_t o0, int64_t count,  \
                         T* out);                                                            \
   /* dst[c * dst_stride + r] = src[r * src_stride + c], r < rows, c < columns */            \
@@ -147,19 +143,12 @@ struct Avx512Kernels {
     return impl::pair_weights_safe<T>(weights, count);                                       \
   }                                                                                          \
   int64_t Set::weight_grad_chunk_width(T) { return impl::weight_grad_chunk_width<T>(); }    \
-  void Set::weight_grad_chunk(const Geometry& g, const T* grad_output, const T* pixels,     \
-                              int64_t pixel_stride, int64_t kh, int64_t kw, T* acc) {       \
-    impl::weight_grad_chunk<T>(g, grad_output, pixels, pixel_stride, kh, kw, acc);           \
-  }                                                                                          \
-  bool Set::fuses_weight_grad_transpose(const Geometry& g, T) {                             \
-    return g.kernel_h * g.kernel_w <= impl::kFusedWeightGradTaps;                             \
-  }                                                                                          \
   int64_t Set::weight_grad_buffer_size(const Geometry& g, T) {                              \
     return impl::weight_grad_buffer_size<T>(g);                                               \
   }                                                                                          \
-  void Set::weight_grad_chunk_nchw(const Geometry& g, const T* grad_output, const T* input,  \
-                                   int64_t count, int64_t kh, int64_t kw, T* buffer, T* acc) { \
-    impl::weight_grad_chunk_nchw<T>(g, grad_output, input, count, kh, kw, buffer, acc);      \
+  void Set::weight_grad_chunk(const Geometry& g, const T* grad_output, const T* input,      \
+                              int64_t count, int64_t kh, int64_t kw, T* buffer, T* acc) {   \
+    impl::weight_grad_chunk<T>(g, grad_output, input, count, kh, kw, buffer, acc);           \
   }                                                                                          \
   void Set::bias_grad(const Geometry& g, const T* grad_output, int64_t o0, int64_t count,    \
                       T* out) {                                                              \

@@ -99,8 +99,8 @@ constexpr int64_t kPixelsPerTask = 64;
 // NCHW src (N, C, plane) pixel-major into dst: pixel p of image n at
 // dst + (n * plane + p) * pixel_stride, its C channels contiguous (the columns past C
 // untouched), kPixelsPerTask pixels at a time through the ISA's register transpose (a
-// value at a time, this took 7.5% of a WaveNet training step). The Winograd path's
-// channels-last copies (pixel_stride C) and the direct weight gradient's pixel_major.
+// value at a time, this took 7.5% of a WaveNet training step): the Winograd path's
+// channels-last copies (pixel_stride C).
 template <typename T, typename Kernels>
 void copy_pixel_major(Kernels kernels, const T* src, int64_t batch, int64_t channels,
                       int64_t plane, int64_t pixel_stride, T* dst) {
