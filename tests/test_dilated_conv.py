@@ -557,6 +557,19 @@ def test_conv1d_two_tap_pairs(device, dtype, config):
     check_parity_1d(config, dtype, device, tolerance=dict(rtol=1e-4, atol=5e-5) if long else None)
 
 
+def test_conv1d_two_tap_rows_with_too_many_channels_for_a_pair_chunk(plain_device):
+    """A chunk of the pair kernel holds at least one pair of every input channel's three
+    transformed rows within its byte budget; past 8192 float64 channels it could not,
+    and its column count came out 0 (a division by zero). Such rows take the direct
+    kernels. float64 runs the scalar kernels, which take the pair path from one output
+    channel."""
+    g = _generator(3)
+    x = _randn((1, 8200, 2049), torch.float64, plain_device, g)
+    weight = _randn((1, 8200, 2), torch.float64, plain_device, g)
+    torch.testing.assert_close(fastdl.ops.dilated_conv1d(x, weight, dilation=1),
+                               F.conv1d(x, weight, dilation=1))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_conv1d_two_tap_pairs_non_finite_and_huge_inputs(device, dtype):
     """The pair kernel's differences would turn an infinity into NaN and overflow near
