@@ -7,9 +7,11 @@ dilation costs no more than a dense kernel, and deterministic (no atomics) forwa
 backward. On CPU, wide 3x3 layers at stride 1 (ASPP: 128+ channels in and out) take
 Winograd F(2x2, 3x3) on the dilated grid instead: 16 products per 2x2 outputs where the
 direct kernel takes 36; in float32 its weight gradient's rounding error is up to ~2.5x
-the direct kernel's (still ~1e-6 of the gradient's size). Inputs NCHW or channels_last (2-D; the output keeps the layout: computed in
-NCHW, channels_last converted on the way in and out). dtypes: float32 and float64 on
-CPU and CUDA; float16 and bfloat16 on CUDA and on CPU (computed in float32).
+the direct kernel's (still ~1e-6 of the gradient's size).
+
+Inputs NCHW or channels_last (2-D; the output keeps the layout: computed in NCHW,
+channels_last converted on the way in and out). dtypes: float32 and float64 on CPU and
+CUDA; float16 and bfloat16 on CUDA and on CPU (computed in float32).
 """
 
 import torch
