@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/aligned_vector.h"
+#include "common/thread_scratch.h"
 #include "lstm/lstm_cell_cpu_kernels.h"
 
 #pragma GCC push_options

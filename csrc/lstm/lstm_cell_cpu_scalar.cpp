@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/aligned_vector.h"
+#include "common/thread_scratch.h"
 #include "lstm/lstm_cell_cpu_kernels.h"
 
 namespace fastdl::lstm {
