@@ -96,23 +96,40 @@ int64_t winograd_chunk(const Geometry& g, int64_t count) {
 // destination stay in L1.
 constexpr int64_t kPixelsPerTask = 64;
 
-// NCHW src (N, C, plane) pixel-major into dst: pixel p of image n at
-// dst + (n * plane + p) * pixel_stride, its C channels contiguous (the columns past C
+// Moves between NCHW (N, C, plane) and pixel-major (pixel p of image n at
+// (n * plane + p) * pixel_stride, its C channels contiguous, the columns past C
 // untouched), kPixelsPerTask pixels at a time through the ISA's register transpose (a
 // value at a time, this took 7.5% of a WaveNet training step): the Winograd path's
 // channels-last copies (pixel_stride C).
 template <typename T, typename Kernels>
-void copy_pixel_major(Kernels kernels, const T* src, int64_t batch, int64_t channels,
-                      int64_t plane, int64_t pixel_stride, T* dst) {
+void move_between_layouts(Kernels kernels, bool to_pixel_major, const T* src, int64_t batch,
+                          int64_t channels, int64_t plane, int64_t pixel_stride, T* dst) {
   const int64_t tasks = tiles_to_cover(plane, kPixelsPerTask);
   at::parallel_for(0, batch * tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / tasks, p0 = task % tasks * kPixelsPerTask;
-      kernels.transpose(src + n * channels * plane + p0, plane, channels,
-                        std::min(kPixelsPerTask, plane - p0), dst + (n * plane + p0) * pixel_stride,
-                        pixel_stride);
+      const int64_t pixels = std::min(kPixelsPerTask, plane - p0);
+      const int64_t nchw = n * channels * plane + p0, pixel_major = (n * plane + p0) * pixel_stride;
+      if (to_pixel_major)
+        kernels.transpose(src + nchw, plane, channels, pixels, dst + pixel_major, pixel_stride);
+      else
+        kernels.transpose(src + pixel_major, pixel_stride, pixels, channels, dst + nchw, plane);
     }
   });
+}
+
+// NCHW src pixel-major into dst.
+template <typename T, typename Kernels>
+void copy_pixel_major(Kernels kernels, const T* src, int64_t batch, int64_t channels,
+                      int64_t plane, int64_t pixel_stride, T* dst) {
+  move_between_layouts<T>(kernels, true, src, batch, channels, plane, pixel_stride, dst);
+}
+
+// Pixel-major src back into NCHW dst.
+template <typename T, typename Kernels>
+void copy_channel_major(Kernels kernels, const T* src, int64_t batch, int64_t channels,
+                        int64_t plane, int64_t pixel_stride, T* dst) {
+  move_between_layouts<T>(kernels, false, src, batch, channels, plane, pixel_stride, dst);
 }
 
 // The buffers a call shares among its threads (channels-last copies, transformed weights,
@@ -206,15 +223,8 @@ void forward_winograd(Kernels kernels, const Geometry& g, const at::Tensor& inpu
     }
   });
   // (N, out_h, out_w, O) -> (N, O, out_h, out_w).
-  const int64_t out_tasks = tiles_to_cover(out_plane, kPixelsPerTask);
-  at::parallel_for(0, g.batch * out_tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / out_tasks, p0 = task % out_tasks * kPixelsPerTask;
-      kernels.transpose(out_last + (n * out_plane + p0) * out_c, out_c,
-                        std::min(kPixelsPerTask, out_plane - p0), out_c,
-                        output.data_ptr<T>() + n * out_c * out_plane + p0, out_plane);
-    }
-  });
+  copy_channel_major<T>(kernels, out_last, g.batch, out_c, out_plane, out_c,
+                        output.data_ptr<T>());
 }
 
 // The weight gradient of the same convolutions: per transform point xi, dU[xi] (O, C)
