@@ -1,5 +1,7 @@
 """Helpers shared by every op wrapper in fastdl.ops."""
 
+import functools
+
 import torch
 
 from .. import _C
@@ -59,6 +61,65 @@ def call_op(op, *args):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
+
+
+# Where the autocast kernels are registered (kept alive with the module).
+_AUTOCAST_LIB = torch.library.Library("fastdl", "FRAGMENT")
+
+
+def _floating_on(args, device_type: str):
+    """The floating tensors among ``args`` (through lists and tuples) on ``device_type``."""
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and value.device.type == device_type:
+                yield value
+        elif isinstance(value, (list, tuple)):
+            yield from _floating_on(value, device_type)
+
+
+def _autocast_cast(value, device_type: str, dtype: torch.dtype, lower: bool):
+    """value with its floating tensors on ``device_type`` cast to ``dtype``, through lists
+    and tuples; ``lower``: float64 ones kept, as torch's autocast keeps them."""
+    if isinstance(value, torch.Tensor):
+        eligible = (value.is_floating_point() and value.device.type == device_type
+                    and not (lower and value.dtype == torch.float64))
+        return value.to(dtype) if eligible else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_autocast_cast(v, device_type, dtype, lower) for v in value)
+    return value
+
+
+def register_autocast(*names: str) -> None:
+    """Under ``torch.autocast``, runs each op ("fastdl::op") with autocast off, its
+    floating inputs first cast to one dtype: on CUDA the region's (float16 unless the
+    region says otherwise), as torch runs cuDNN's RNNs and its RNN cells there; on CPU
+    the widest among them (as torch's nn.GRU, nn.LSTMCell and nn.GRUCell return float32
+    there), so that float32 layers keep fastdl's float32 kernels.
+
+    Why: without it an op ran with autocast still on, so the ATen GEMMs inside it
+    returned the lower precision while its other tensors stayed float32, and every
+    recurrent layer and cell failed with a dtype mismatch where nn.LSTM and its kin run.
+    (``torch.library.register_autocast`` fixes one dtype per device; this follows the
+    region's.)"""
+    for name in names:
+        op_name = name.split("::")[1]
+        op = getattr(torch.ops.fastdl, op_name).default
+        for device_type in SUPPORTED_DEVICE_TYPES:
+
+            def kernel(_keys, *args, _device_type=device_type, _op=op):
+                if _device_type == "cpu":
+                    dtypes = {t.dtype for t in _floating_on(args, _device_type)}
+                    if len(dtypes) > 1:
+                        widest = functools.reduce(torch.promote_types, dtypes)
+                        args = _autocast_cast(args, _device_type, widest, lower=False)
+                else:
+                    args = _autocast_cast(args, _device_type,
+                                          torch.get_autocast_dtype(_device_type), lower=True)
+                with torch.autocast(_device_type, enabled=False):
+                    return _op(*args)
+
+            _AUTOCAST_LIB.impl(op_name, kernel, "Autocast" + device_type.upper(),
+                               with_keyset=True)
 
 
 # op overload -> (backward, setup_context), as given to register_autograd.

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import call_op, check_device, mark_saved_outputs, register_autograd
+from ._utils import (call_op, check_device, mark_saved_outputs, register_autocast,
+                     register_autograd)
 
 
 def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -108,3 +109,5 @@ register_autograd("fastdl::gru_cell", _cell_backward,
                   setup_context=_cell_setup_context)
 register_autograd("fastdl::gru_layer", _layer_backward,
                   setup_context=_layer_setup_context)
+register_autocast("fastdl::gru_cell", "fastdl::gru_cell_backward", "fastdl::gru_layer",
+                  "fastdl::gru_layer_backward")

@@ -17,7 +17,8 @@ layers.
 import torch
 from torch import Tensor
 
-from ._utils import call_op, check_device, mark_saved_outputs, needs_grad, register_autograd
+from ._utils import (call_op, check_device, mark_saved_outputs, needs_grad, register_autocast,
+                     register_autograd)
 
 
 def lstm_layer(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -100,3 +101,4 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_activated, _grad_cells
 
 
 register_autograd("fastdl::lstm_layer", _backward, setup_context=_setup_context)
+register_autocast("fastdl::lstm_layer", "fastdl::lstm_layer_backward")

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import call_op, check_device, mark_saved_outputs, register_autograd
+from ._utils import (call_op, check_device, mark_saved_outputs, register_autocast,
+                     register_autograd)
 
 
 def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor,
@@ -52,3 +53,4 @@ def _backward(ctx, grad_h, grad_c, _grad_activated):
 
 
 register_autograd("fastdl::lstm_cell", _backward, setup_context=_setup_context)
+register_autocast("fastdl::lstm_cell", "fastdl::lstm_cell_backward")
