@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._utils import call_op, check_device, mark_saved_outputs, register_autograd
+from ._utils import call_op, check_device, mark_saved_outputs, register_autocast, register_autograd
 
 
 def _with_heads(t: Tensor | None, name: str) -> Tensor | None:
@@ -100,3 +100,4 @@ def _backward(ctx, grad_output, _grad_logsumexp):
 
 
 register_autograd("fastdl::attention", _backward, setup_context=_setup_context)
+register_autocast("fastdl::attention", "fastdl::attention_backward")

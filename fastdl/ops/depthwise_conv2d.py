@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._utils import call_op, check_device, pair, register_autograd
+from ._utils import call_op, check_device, pair, register_autocast, register_autograd
 
 
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
@@ -75,3 +75,4 @@ def _backward(ctx, grad_output):
 
 
 register_autograd("fastdl::depthwise_conv2d", _backward, setup_context=_setup_context)
+register_autocast("fastdl::depthwise_conv2d", "fastdl::depthwise_conv2d_backward")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._utils import call_op, check_device, pair, register_autograd
+from ._utils import call_op, check_device, pair, register_autocast, register_autograd
 
 
 def _side_padding(op: str, padding, kernel: int, dilation: int) -> tuple[int, int]:
@@ -158,3 +158,5 @@ register_autograd(
 register_autograd(
     "fastdl::dilated_conv1d", _make_backward(torch.ops.fastdl.dilated_conv1d_backward.default),
     setup_context=_setup_context)
+register_autocast("fastdl::dilated_conv2d", "fastdl::dilated_conv2d_backward",
+                  "fastdl::dilated_conv1d", "fastdl::dilated_conv1d_backward")

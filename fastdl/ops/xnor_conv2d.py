@@ -28,7 +28,7 @@ from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
 from .. import _C
-from ._utils import call_op, check_device, pair, register_autograd
+from ._utils import call_op, check_device, pair, register_autocast, register_autograd
 
 
 def pack_signs(input: Tensor, groups: int = 1) -> Tensor:
@@ -172,3 +172,4 @@ def _packed_backward(ctx, grad_output):
 
 register_autograd("fastdl::xnor_conv2d_packed", _packed_backward,
                   setup_context=_packed_setup_context)
+register_autocast("fastdl::xnor_conv2d", "fastdl::xnor_conv2d_packed")
