@@ -132,7 +132,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   const at::Tensor grad = grad_output.contiguous();
   if (output_mask[0]) {
     grad_input = at::empty(input.sizes(), input.options());
-    if (g.batch > 0) k.backward_input(g, grad, weight.contiguous(), grad_input);
+    // An empty input (rows or columns of 0, the output all padding) has nothing to fill:
+    // the CUDA kernel would be launched on a grid of 0 blocks, an error.
+    if (grad_input.numel() > 0) k.backward_input(g, grad, weight.contiguous(), grad_input);
   }
   if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
   if (output_mask[2]) grad_bias = at::empty({g.out_channels}, weight.options());

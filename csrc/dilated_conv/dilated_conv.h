@@ -18,7 +18,8 @@
 // Taps that fall on zero-padding rows (and, in the lane tile, on whole tiles of
 // padding columns) are skipped, not multiplied: a non-finite weight there does not
 // turn the output into NaN as F.conv2d's 0 * inf does (padding columns elsewhere are
-// multiplied as zeros).
+// multiplied as zeros; so is all padding in the CUDA implicit GEMM, where such a
+// weight gives NaN as F.conv2d does).
 // grad_input is the same kernel on grad_output with the weights flipped and
 // transposed (stride 1; larger strides first spread grad_output onto the stride-1
 // grid); grad_weight is a reduction over (batch, rows, columns) per (output channel,
