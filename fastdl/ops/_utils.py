@@ -92,13 +92,14 @@ def _autocast_cast(value, device_type: str, dtype: torch.dtype, lower: bool):
 def register_autocast(*names: str) -> None:
     """Under ``torch.autocast``, runs each op ("fastdl::op") with autocast off, its
     floating inputs first cast to one dtype: on CUDA the region's (float16 unless the
-    region says otherwise), as torch runs cuDNN's RNNs and its RNN cells there; on CPU
-    the widest among them (as torch's nn.GRU, nn.LSTMCell and nn.GRUCell return float32
-    there), so that float32 layers keep fastdl's float32 kernels.
+    region says otherwise), as torch runs its convolutions, attention and RNNs there; on
+    CPU the widest among them, so that float32 layers keep fastdl's float32 kernels
+    (torch's nn.GRU, nn.LSTMCell and nn.GRUCell also return float32 there).
 
-    Why: without it an op ran with autocast still on, so the ATen GEMMs inside it
-    returned the lower precision while its other tensors stayed float32, and every
-    recurrent layer and cell failed with a dtype mismatch where nn.LSTM and its kin run.
+    Why: without it a recurrent op ran with autocast still on, so the ATen GEMMs inside
+    it returned the lower precision while its other tensors stayed float32 (a dtype
+    mismatch); and a convolution behind an autocast layer got its lower-precision output
+    against float32 weights and refused the mix, where nn.Conv2d and its kin cast both.
     (``torch.library.register_autocast`` fixes one dtype per device; this follows the
     region's.)"""
     for name in names:
