@@ -42,11 +42,11 @@ class GRU(nn.GRU):
 
     def forward(self, input, hx: Tensor | None = None):
         if isinstance(input, PackedSequence):
-            data, mask = _packed.padded(input)
+            data, positions = _packed.padded(input)
             h0 = (self._zero_state(data, data.shape[1]) if hx is None
                   else _packed.sorted_state(input, hx))
             output, h_n = self._run_layers(data, h0, input.batch_sizes)
-            return _packed.repacked(input, output, mask), _packed.caller_order(input, h_n)
+            return _packed.repacked(input, output, positions), _packed.caller_order(input, h_n)
         if input.dim() not in (2, 3):
             raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
         unbatched = input.dim() == 2

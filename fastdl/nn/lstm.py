@@ -71,11 +71,11 @@ class LSTM(nn.LSTM):
     def _forward_packed(self, packed: PackedSequence, hx):
         """The packed data, padded to (T, B, I) in its sorted order, through the layers
         with the batch sizes; the same permutations of hx and h_n/c_n as nn.LSTM."""
-        data, mask = _packed.padded(packed)
+        data, positions = _packed.padded(packed)
         hx = (self._zero_state(data, data.shape[1]) if hx is None
               else tuple(_packed.sorted_state(packed, h) for h in hx))
         output, h_n, c_n = self._run_layers(data, hx, packed.batch_sizes)
-        return (_packed.repacked(packed, output, mask),
+        return (_packed.repacked(packed, output, positions),
                 (_packed.caller_order(packed, h_n), _packed.caller_order(packed, c_n)))
 
     def _zero_state(self, like: Tensor, batch: int):
