@@ -78,6 +78,27 @@ def test_cell_is_a_drop_in():
         ours(torch.randn(1, 2, 4))
 
 
+def test_inductor_backward_batch_first_and_transposed_state():
+    """Under inductor, whose generated code checks the kernels' results against the fake
+    kernels' strides: a batch_first layer's input reaches the op as a transposed view, and
+    a cell's state may be one (the fakes copied those strides; the kernels return
+    contiguous gradients)."""
+    torch.manual_seed(0)
+    reference, ours = nn.GRU(5, 7, batch_first=True), fastdl.nn.GRU(5, 7, batch_first=True)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    actual = torch.autograd.grad(torch.compile(ours)(x)[0].sum(), x)[0]
+    assert_close(actual, torch.autograd.grad(reference(x)[0].sum(), x)[0])
+
+    reference_cell, cell = nn.GRUCell(5, 7), fastdl.nn.GRUCell(5, 7)
+    cell.load_state_dict(reference_cell.state_dict())
+    h = torch.randn(7, 3).t().requires_grad_()
+    x = torch.randn(3, 5)
+    grads = [torch.autograd.grad(layer(x, h).sum(), h)[0]
+             for layer in (torch.compile(cell), reference_cell)]
+    assert_close(*grads)
+
+
 def test_cell_under_torch_compile():
     ours, reference = pair(4, 6, torch.float32, "cpu")
     compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")

@@ -300,6 +300,28 @@ def test_lstm_under_torch_compile():
         assert_close(compiled(x)[0], reference(x)[0])
 
 
+def test_inductor_backward_batch_first_and_transposed_state():
+    """Under inductor, whose generated code checks the kernels' results against the fake
+    kernels' strides: a batch_first layer's input reaches the op as a transposed view, and
+    a cell's state may be one. The backward's fake kernels copied those strides with
+    empty_like, the kernels return contiguous gradients, and the backward failed."""
+    torch.manual_seed(0)
+    reference, ours = nn.LSTM(5, 7, batch_first=True), fastdl.nn.LSTM(5, 7, batch_first=True)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    actual = torch.autograd.grad(torch.compile(ours)(x)[0].sum(), x)[0]
+    assert_close(actual, torch.autograd.grad(reference(x)[0].sum(), x)[0])
+
+    reference_cell, cell = nn.LSTMCell(5, 7), fastdl.nn.LSTMCell(5, 7)
+    cell.load_state_dict(reference_cell.state_dict())
+    h, c = (torch.randn(7, 3).t().requires_grad_() for _ in range(2))
+    x = torch.randn(3, 5)
+    grads = [torch.autograd.grad(sum(o.sum() for o in layer(x, (h, c))), (h, c))
+             for layer in (torch.compile(cell), reference_cell)]
+    for actual, expected in zip(*grads):
+        assert_close(actual, expected)
+
+
 def test_lstm_unbatched_default_state_and_dropout():
     torch.manual_seed(0)
     reference, ours = nn.LSTM(3, 4, num_layers=2, dropout=0.5), fastdl.nn.LSTM(3, 4, num_layers=2, dropout=0.5)

@@ -56,7 +56,7 @@ def _gru_cell_fake(x_gates, h_gates, h_prev):
 def _gru_cell_backward_fake(grad_h, saved, h_prev):
     batch, four_hidden = saved.shape
     three = (batch, 3 * (four_hidden // 4))
-    return saved.new_empty(three), saved.new_empty(three), torch.empty_like(h_prev)
+    return saved.new_empty(three), saved.new_empty(three), h_prev.new_empty(h_prev.shape)
 
 
 @torch.library.register_fake("fastdl::gru_layer")
@@ -70,8 +70,11 @@ def _gru_layer_fake(input, h0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes=None
 @torch.library.register_fake("fastdl::gru_layer_backward")
 def _gru_layer_backward_fake(grad_output, grad_h_n, input, h0, w_ih, w_hh, output, saved,
                              reverse, batch_sizes=None):
-    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape[0]))
+    # Contiguous, as the kernels return them (a batch_first layer's input is a transposed
+    # view: empty_like kept its strides and inductor's check of the real result failed).
+    return tuple(t.new_empty(shape) for t, shape in (
+        (input, input.shape), (h0, h0.shape), (w_ih, w_ih.shape), (w_hh, w_hh.shape),
+        (w_ih, w_ih.shape[:1]), (w_hh, w_hh.shape[:1])))
 
 
 def _cell_setup_context(ctx, inputs, output):

@@ -68,9 +68,11 @@ def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse, batch_sizes=None,
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output,
                               activated_gates, cells, reverse, batch_sizes=None, w_hr=None,
                               unprojected=None):
-    return (torch.empty_like(input), torch.empty_like(h0), torch.empty_like(c0),
-            torch.empty_like(w_ih), torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]),
-            torch.empty_like(w_hr) if w_hr is not None else w_hh.new_empty(0))
+    # Contiguous, as the kernel returns them (a batch_first layer's input is a transposed
+    # view: empty_like kept its strides and inductor's check of the real result failed).
+    return (input.new_empty(input.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_hh.new_empty(w_hh.shape[0]),
+            w_hr.new_empty(w_hr.shape) if w_hr is not None else w_hh.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):

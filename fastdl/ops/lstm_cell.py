@@ -35,7 +35,8 @@ def _lstm_cell_fake(gates, c_prev):
 
 @torch.library.register_fake("fastdl::lstm_cell_backward")
 def _lstm_cell_backward_fake(grad_h, grad_c, activated_gates, c_prev, c):
-    return torch.empty_like(activated_gates), torch.empty_like(c_prev)
+    # Contiguous, as the kernel returns them (empty_like kept a transposed c_prev's strides).
+    return activated_gates.new_empty(activated_gates.shape), c_prev.new_empty(c_prev.shape)
 
 
 def _setup_context(ctx, inputs, output):
