@@ -2,8 +2,11 @@
 nn.GRU (outputs and every gradient), edge shapes, dtypes, gradcheck, opcheck, the
 layers as drop-ins, torch.compile, bad input, convert."""
 
+import re
+
 import pytest
 import torch
+import torch._inductor.config
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -78,6 +81,7 @@ def test_cell_is_a_drop_in():
         ours(torch.randn(1, 2, 4))
 
 
+@torch._inductor.config.patch(force_disable_caches=True)  # compiled code of older fakes
 def test_inductor_backward_batch_first_and_transposed_state():
     """Under inductor, whose generated code checks the kernels' results against the fake
     kernels' strides: a batch_first layer's input reaches the op as a transposed view, and
@@ -345,3 +349,22 @@ def test_convert_gru_shares_parameters_and_matches():
     for actual, expected in zip((*converted["gru"](x), converted["cell"](x[:, 0])),
                                 (*model["gru"](x), model["cell"](x[:, 0]))):
         assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("make, call", [
+    (lambda m: m.GRU(5, 7), lambda layer: layer(torch.randn(4, 3, 5), torch.randn(2, 3, 7))),
+    (lambda m: m.GRU(5, 7, 2), lambda layer: layer(torch.randn(4, 3, 5), torch.randn(1, 3, 7))),
+    (lambda m: m.GRU(5, 7), lambda layer: layer(
+        pack_padded_sequence(torch.randn(4, 3, 5), [4, 3, 2]), torch.randn(1, 2, 7))),
+    (lambda m: m.GRUCell(5, 7), lambda cell: cell(torch.randn(3, 5), torch.randn(7))),
+    (lambda m: m.GRUCell(5, 7), lambda cell: cell(torch.randn(3, 5), torch.randn(3, 8))),
+])
+def test_state_shapes_checked_as_torch_does(make, call):
+    """A state of the wrong layers, batch or size fails with torch's message: it used to
+    be partly ignored or broadcast."""
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError) as expected:
+        call(make(nn))
+    with pytest.raises(RuntimeError, match=re.escape(str(expected.value))):
+        call(make(fastdl.nn))
+

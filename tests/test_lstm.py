@@ -2,8 +2,11 @@
 nn.LSTM (outputs and every gradient), edge shapes, dtypes, gradcheck, opcheck, the
 layers as drop-ins, torch.compile, bad input."""
 
+import re
+
 import pytest
 import torch
+import torch._inductor.config
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -300,6 +303,7 @@ def test_lstm_under_torch_compile():
         assert_close(compiled(x)[0], reference(x)[0])
 
 
+@torch._inductor.config.patch(force_disable_caches=True)  # compiled code of older fakes
 def test_inductor_backward_batch_first_and_transposed_state():
     """Under inductor, whose generated code checks the kernels' results against the fake
     kernels' strides: a batch_first layer's input reaches the op as a transposed view, and
@@ -437,3 +441,32 @@ def test_lstm_unsupported_inputs_fail_clearly():
     with pytest.raises(ValueError, match=r"fastdl.lstm_layer: w_ih must have shape \(4 \* H, I\)"):
         OPS.lstm_layer(torch.randn(3, 2, 4), torch.randn(2, 5), torch.randn(2, 5),
                        torch.randn(20, 3), torch.randn(20, 5), torch.randn(20), False)
+
+
+@pytest.mark.parametrize("make, call", [
+    # a state of too many or too few layers, or another batch: torch raises, it must not
+    # be partly ignored (or fail with an IndexError)
+    (lambda m: m.LSTM(5, 7), lambda layer: layer(torch.randn(4, 3, 5), (torch.randn(2, 3, 7),) * 2)),
+    (lambda m: m.LSTM(5, 7, 3), lambda layer: layer(torch.randn(4, 3, 5), (torch.randn(2, 3, 7),) * 2)),
+    (lambda m: m.LSTM(5, 7, batch_first=True),
+     lambda layer: layer(torch.randn(3, 4, 5), (torch.randn(1, 4, 7),) * 2)),
+    (lambda m: m.LSTM(5, 7), lambda layer: layer(torch.randn(4, 3, 6))),
+    # a cell state of one row for a batch of three: torch raises, it must not broadcast
+    (lambda m: m.LSTMCell(5, 7), lambda cell: cell(torch.randn(3, 5), (torch.randn(1, 7),) * 2)),
+    (lambda m: m.LSTMCell(5, 7), lambda cell: cell(torch.randn(3, 5), (torch.randn(3, 8),) * 2)),
+    (lambda m: m.LSTMCell(5, 7), lambda cell: cell(torch.randn(3, 6))),
+])
+def test_state_and_input_shapes_checked_as_torch_does(make, call):
+    torch.manual_seed(0)
+    with pytest.raises(RuntimeError) as expected:
+        call(make(nn))
+    with pytest.raises(RuntimeError, match=re.escape(str(expected.value))):
+        call(make(fastdl.nn))
+
+
+def test_packed_input_state_of_another_batch():
+    """(torch fails here too, on a size mismatch inside; fastdl says which state.)"""
+    packed = pack_padded_sequence(torch.randn(4, 3, 5), [4, 3, 2])
+    with pytest.raises(RuntimeError, match=re.escape("Expected hidden[0] size (1, 3, 7), got [1, 2, 7]")):
+        fastdl.nn.LSTM(5, 7)(packed, (torch.randn(1, 2, 7),) * 2)
+

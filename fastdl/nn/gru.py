@@ -8,6 +8,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
 from . import _packed
+from ._recurrent_checks import check_cell, check_layer
 
 
 class GRUCell(nn.GRUCell):
@@ -27,6 +28,7 @@ class GRUCell(nn.GRUCell):
             hx = input.new_zeros(input.shape[0], self.hidden_size)
         elif unbatched:
             hx = hx.unsqueeze(0)
+        check_cell(input, (hx,), self.input_size, self.hidden_size)
         h = ops.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return h.squeeze(0) if unbatched else h
 
@@ -42,6 +44,8 @@ class GRU(nn.GRU):
 
     def forward(self, input, hx: Tensor | None = None):
         if isinstance(input, PackedSequence):
+            if hx is not None:
+                self.check_forward_args(input.data, hx, input.batch_sizes)
             data, positions = _packed.padded(input)
             h0 = (self._zero_state(data, data.shape[1]) if hx is None
                   else _packed.sorted_state(input, hx))
@@ -50,6 +54,7 @@ class GRU(nn.GRU):
         if input.dim() not in (2, 3):
             raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
         unbatched = input.dim() == 2
+        check_layer(self, input, hx, unbatched)
         if unbatched:
             input = input.unsqueeze(1)
             hx = None if hx is None else hx.unsqueeze(1)

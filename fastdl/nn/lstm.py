@@ -8,6 +8,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
 from . import _packed
+from ._recurrent_checks import check_cell, check_layer
 
 
 class LSTMCell(nn.LSTMCell):
@@ -28,6 +29,7 @@ class LSTMCell(nn.LSTMCell):
             hx = (zeros, zeros)
         elif unbatched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        check_cell(input, hx, self.input_size, self.hidden_size)
         h, c = ops.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
                              self.bias_hh)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
@@ -54,6 +56,7 @@ class LSTM(nn.LSTM):
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
         unbatched = input.dim() == 2
+        check_layer(self, input, hx, unbatched)
         if unbatched:
             input = input.unsqueeze(1)
             hx = None if hx is None else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
@@ -71,6 +74,8 @@ class LSTM(nn.LSTM):
     def _forward_packed(self, packed: PackedSequence, hx):
         """The packed data, padded to (T, B, I) in its sorted order, through the layers
         with the batch sizes; the same permutations of hx and h_n/c_n as nn.LSTM."""
+        if hx is not None:
+            self.check_forward_args(packed.data, tuple(hx), packed.batch_sizes)
         data, positions = _packed.padded(packed)
         hx = (self._zero_state(data, data.shape[1]) if hx is None
               else tuple(_packed.sorted_state(packed, h) for h in hx))
