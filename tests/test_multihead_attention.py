@@ -202,6 +202,11 @@ def test_bad_masks_name_the_argument():
         layer(*args, key_padding_mask=torch.zeros(3, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match="attn_mask must have shape \\(5, 7\\) or \\(6, 5, 7\\)"):
         layer(*args, attn_mask=torch.zeros(4, 7, dtype=torch.bool))
+    # integer masks: torch's layer refuses them too (they were read as additive)
+    with pytest.raises(TypeError, match="key_padding_mask must be boolean or floating, got torch.int32"):
+        layer(*args, key_padding_mask=torch.zeros(3, 7, dtype=torch.int32))
+    with pytest.raises(TypeError, match="attn_mask must be boolean or floating, got torch.int64"):
+        layer(*args, attn_mask=torch.ones(5, 7, dtype=torch.int64))
 
 
 @pytest.mark.parametrize("training", [False, True])

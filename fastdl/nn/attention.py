@@ -103,6 +103,11 @@ class MultiheadAttention(nn.MultiheadAttention):
         if query.dim() not in (2, 3):
             raise ValueError(f"MultiheadAttention: query must be 2-D (unbatched) or 3-D, "
                              f"got {query.dim()}-D")
+        for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
+                # torch's MHA refuses them too; read as additive, they were silently wrong
+                raise TypeError(f"MultiheadAttention: {name} must be boolean or floating, "
+                                f"got {mask.dtype}")
         if is_causal and attn_mask is None:
             raise RuntimeError("MultiheadAttention: is_causal is a hint that attn_mask is the "
                                "causal mask; attn_mask must be given too")
