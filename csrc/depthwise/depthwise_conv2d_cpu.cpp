@@ -35,6 +35,7 @@
 #include "common/checks.h"
 #include "common/cpu_isa.h"
 #include "common/int_math.h"
+#include "common/reduced_precision.h"
 #include "common/thread_scratch.h"
 #include "depthwise/depthwise_conv2d.h"
 #include "depthwise/depthwise_conv2d_cpu_kernels.h"
@@ -444,7 +445,15 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   const char* op = "depthwise_conv2d";
   const Geometry g = check_forward_args(op, input, weight, bias ? &*bias : nullptr, stride,
                                         padding, dilation);
-  check_dtype(op, "input", input, {c10::kFloat, c10::kDouble}, " on CPU");
+  check_dtype(op, "input", input, {c10::kFloat, c10::kDouble, c10::kHalf, c10::kBFloat16},
+              " on CPU");
+  if (is_16bit_float(input)) {  // through float32 copies (common/reduced_precision.h)
+    const std::optional<at::Tensor> wide_bias =
+        bias ? std::optional<at::Tensor>(widened_to_float32(*bias)) : std::nullopt;
+    return depthwise_conv2d_cpu(widened_to_float32(input), widened_to_float32(weight), wide_bias,
+                                stride, padding, dilation)
+        .to(input.scalar_type());
+  }
   const bool channels_last = use_channels_last(input);
   const auto format = output_format(input);
   const at::Tensor w = weight.contiguous();
@@ -644,7 +653,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
     c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
     std::array<bool, 3> output_mask) {
   const Geometry g = check_backward_args(grad_output, input, weight, stride, padding, dilation);
-  check_dtype("depthwise_conv2d_backward", "input", input, {c10::kFloat, c10::kDouble}, " on CPU");
+  check_dtype("depthwise_conv2d_backward", "input", input,
+              {c10::kFloat, c10::kDouble, c10::kHalf, c10::kBFloat16}, " on CPU");
+  if (is_16bit_float(input)) {  // through float32 copies, the gradients back in their dtypes
+    auto grads = depthwise_conv2d_backward_cpu(widened_to_float32(grad_output),
+                                               widened_to_float32(input),
+                                               widened_to_float32(weight), stride, padding,
+                                               dilation, output_mask);
+    auto& [grad_input, grad_weight, grad_bias] = grads;
+    if (grad_input.defined()) grad_input = grad_input.to(input.scalar_type());
+    if (grad_weight.defined()) grad_weight = grad_weight.to(weight.scalar_type());
+    if (grad_bias.defined()) grad_bias = grad_bias.to(weight.scalar_type());
+    return grads;
+  }
   const bool channels_last = use_channels_last(input);
   const bool cl_kernels = channels_last && g.multiplier == 1;
   const auto work_format = cl_kernels ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;

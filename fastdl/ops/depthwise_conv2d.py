@@ -7,7 +7,8 @@ grouped convolution with ``groups = C`` does. Any kernel size (unrolled kernels 
 padding modes) and dilation. NCHW and channels_last inputs; the output takes the
 input's memory format. Differentiable in input, weight and bias (first order).
 
-dtypes: float32 and float64 on CPU and CUDA; float16 and bfloat16 on CUDA.
+dtypes: float32, float64, float16 and bfloat16 (on CPU the 16-bit ones through float32
+copies, as torch's CPU convolution computes them).
 """
 
 import torch
