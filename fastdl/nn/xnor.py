@@ -46,7 +46,8 @@ class XNORConv2d(nn.Conv2d):
     int, a pair, ``'same'`` or ``'valid'``; ``padding_mode`` must be ``'zeros'``: the
     zero padding contributes exactly 0, as in ``F.conv2d`` of the +-1 tensors), plus
     ``weight_scale`` and ``input_scale`` (module docstring). Without scales the output
-    equals ``F.conv2d(sign(x), sign(W), bias, ...)`` exactly.
+    equals ``F.conv2d(sign(x), sign(W), bias, ...)`` exactly, with sign(0) = +1
+    (``torch.sign`` gives 0 there).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -133,7 +134,8 @@ class BinaryLinear(nn.Linear):
 
     Same constructor, parameters and ``state_dict`` as ``nn.Linear``, plus
     ``weight_scale`` and ``input_scale`` (module docstring; K is mean |x| per row).
-    Without scales the output equals ``F.linear(sign(x), sign(W), bias)`` exactly.
+    Without scales the output equals ``F.linear(sign(x), sign(W), bias)`` exactly, with
+    sign(0) = +1 (``torch.sign`` gives 0 there).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
