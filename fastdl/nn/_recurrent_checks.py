@@ -13,6 +13,9 @@ def check_cell(input: Tensor, states: tuple[Tensor, ...], input_size: int,
         raise RuntimeError(f"input has inconsistent input_size: got {input.shape[1]} "
                            f"expected {input_size}")
     for index, state in enumerate(states):
+        if state.dim() > 2:
+            raise RuntimeError(f"hidden{index} must be 2-D (batch, hidden_size) for a batched "
+                               f"input, got {state.dim()}-D")
         if state.dim() != 2 or state.shape[0] != input.shape[0]:
             raise RuntimeError(f"Input batch size {input.shape[0]} doesn't match hidden{index} "
                                f"batch size {state.shape[0] if state.dim() else 1}")
