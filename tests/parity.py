@@ -26,3 +26,20 @@ def assert_same_indices(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert torch.equal(actual.cpu(), expected.cpu()), (
         f"\nfastdl:    {actual.tolist()[:50]}\nreference: {expected.tolist()[:50]}"
     )
+
+
+def assert_compiled_grads_match(ours, reference, inputs, states) -> None:
+    """The gradients of the ``states`` (and inputs) through ``torch.compile(ours)`` (inductor,
+    whose generated code checks each kernel's result against its fake kernel's strides)
+    match ``reference``'s, ``ours`` loaded with ``reference``'s weights. ``inputs``: the
+    call's arguments; ``states``: the tensors among them to differentiate."""
+    ours.load_state_dict(reference.state_dict())
+    results = []
+    for layer in (torch.compile(ours), reference):
+        out = layer(*inputs)
+        outputs = out if isinstance(out, tuple) else (out,)
+        loss = sum(o.sum() for o in outputs if isinstance(o, torch.Tensor))
+        results.append(torch.autograd.grad(loss, states))
+    for actual, expected in zip(*results):
+        assert_close(actual, expected)
+

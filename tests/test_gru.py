@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import fastdl
 from conftest import TOLERANCES
-from parity import assert_close
+from parity import assert_close, assert_compiled_grads_match
 
 OPS = torch.ops.fastdl
 
@@ -83,24 +83,16 @@ def test_cell_is_a_drop_in():
 
 @torch._inductor.config.patch(force_disable_caches=True)  # compiled code of older fakes
 def test_inductor_backward_batch_first_and_transposed_state():
-    """Under inductor, whose generated code checks the kernels' results against the fake
-    kernels' strides: a batch_first layer's input reaches the op as a transposed view, and
-    a cell's state may be one (the fakes copied those strides; the kernels return
+    """Under inductor: a batch_first layer's input reaches the op as a transposed view,
+    and a cell's state may be one (the fakes copied those strides; the kernels return
     contiguous gradients)."""
     torch.manual_seed(0)
-    reference, ours = nn.GRU(5, 7, batch_first=True), fastdl.nn.GRU(5, 7, batch_first=True)
-    ours.load_state_dict(reference.state_dict())
     x = torch.randn(3, 4, 5, requires_grad=True)
-    actual = torch.autograd.grad(torch.compile(ours)(x)[0].sum(), x)[0]
-    assert_close(actual, torch.autograd.grad(reference(x)[0].sum(), x)[0])
-
-    reference_cell, cell = nn.GRUCell(5, 7), fastdl.nn.GRUCell(5, 7)
-    cell.load_state_dict(reference_cell.state_dict())
+    assert_compiled_grads_match(fastdl.nn.GRU(5, 7, batch_first=True),
+                                nn.GRU(5, 7, batch_first=True), (x,), (x,))
     h = torch.randn(7, 3).t().requires_grad_()
-    x = torch.randn(3, 5)
-    grads = [torch.autograd.grad(layer(x, h).sum(), h)[0]
-             for layer in (torch.compile(cell), reference_cell)]
-    assert_close(*grads)
+    assert_compiled_grads_match(fastdl.nn.GRUCell(5, 7), nn.GRUCell(5, 7),
+                                (torch.randn(3, 5), h), (h,))
 
 
 def test_cell_under_torch_compile():

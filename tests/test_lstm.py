@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import fastdl
 from conftest import TOLERANCES, TOLERANCES_VS_FLOAT64
-from parity import assert_close
+from parity import assert_close, assert_compiled_grads_match
 
 OPS = torch.ops.fastdl
 
@@ -305,25 +305,16 @@ def test_lstm_under_torch_compile():
 
 @torch._inductor.config.patch(force_disable_caches=True)  # compiled code of older fakes
 def test_inductor_backward_batch_first_and_transposed_state():
-    """Under inductor, whose generated code checks the kernels' results against the fake
-    kernels' strides: a batch_first layer's input reaches the op as a transposed view, and
-    a cell's state may be one. The backward's fake kernels copied those strides with
+    """Under inductor: a batch_first layer's input reaches the op as a transposed view,
+    and a cell's state may be one. The backward's fake kernels copied those strides with
     empty_like, the kernels return contiguous gradients, and the backward failed."""
     torch.manual_seed(0)
-    reference, ours = nn.LSTM(5, 7, batch_first=True), fastdl.nn.LSTM(5, 7, batch_first=True)
-    ours.load_state_dict(reference.state_dict())
     x = torch.randn(3, 4, 5, requires_grad=True)
-    actual = torch.autograd.grad(torch.compile(ours)(x)[0].sum(), x)[0]
-    assert_close(actual, torch.autograd.grad(reference(x)[0].sum(), x)[0])
-
-    reference_cell, cell = nn.LSTMCell(5, 7), fastdl.nn.LSTMCell(5, 7)
-    cell.load_state_dict(reference_cell.state_dict())
+    assert_compiled_grads_match(fastdl.nn.LSTM(5, 7, batch_first=True),
+                                nn.LSTM(5, 7, batch_first=True), (x,), (x,))
     h, c = (torch.randn(7, 3).t().requires_grad_() for _ in range(2))
-    x = torch.randn(3, 5)
-    grads = [torch.autograd.grad(sum(o.sum() for o in layer(x, (h, c))), (h, c))
-             for layer in (torch.compile(cell), reference_cell)]
-    for actual, expected in zip(*grads):
-        assert_close(actual, expected)
+    assert_compiled_grads_match(fastdl.nn.LSTMCell(5, 7), nn.LSTMCell(5, 7),
+                                (torch.randn(3, 5), (h, c)), (h, c))
 
 
 def test_lstm_unbatched_default_state_and_dropout():
