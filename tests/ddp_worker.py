@@ -52,6 +52,9 @@ def run(rank, out_dir, port):
     ddp = nn.parallel.DistributedDataParallel(model)
     train(ddp, batches(), slice(rank * 4, rank * 4 + 4))
     torch.save(model.state_dict(), f"{out_dir}/rank{rank}.pt")
+    # Both ranks done before either tears gloo down: one CI run saw rank 0 abort in
+    # teardown ("terminate called without an active exception") once in many runs.
+    dist.barrier()
     dist.destroy_process_group()
 
 
