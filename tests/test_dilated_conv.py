@@ -489,10 +489,12 @@ EXPLICIT_1D = [
 
 # Two-tap rows with output channels in the lanes take the Winograd pair kernel
 # (conv_row_pairs) for dilations of at least a vector (8 float32 lanes on AVX2, 16 on
-# AVX-512; every dilation in float64's scalar kernels), and on AVX-512 the direct
-# products in the same tiles below that (conv_row_taps: rows read in place, a padded
-# copy at either end of the row); at least 2048 output columns
-# in all: rows that end inside a pair, padding wider than the dilation on either side,
+# AVX-512; every dilation in float64's scalar kernels), and on AVX-512 below that:
+# for d = 1, 2, 4, 8 the same pairs gathered into vectors by lane permutes
+# (conv_row_interleaved_pairs: chunks that end inside a vector, padded copies at
+# either end of the row), for other d the direct products in the same tiles
+# (conv_row_taps: rows read in place, a padded copy at either end of the row); at
+# least 2048 output columns in all: rows that end inside a pair, padding wider than the dilation on either side,
 # grouped blocks of 16 + 8 channels, output channels that end inside a register tile
 # (4 channels on AVX-512, 3 elsewhere), dilations that are not a multiple of the vector
 # width (a run's last vector partly unused), and several chunks.
@@ -510,6 +512,9 @@ TAP_PAIRS_1D = [
     (7, 5, 20, 1, 300, 2, 1, 0, 1, True, "contiguous"),  # float64 only: below a vector
     (41, 16, 32, 1, 50, 2, 1, 0, 300, True, "contiguous"),  # every output a first of its pair
     (2, 16, 32, 1, 1500, 2, 1, (0, 7), 600, False, "contiguous"),  # past the largest pair dilation
+    (1, 16, 36, 1, 2059, 2, 1, 0, 2, True, "contiguous"),  # interleaved: a partial last vector
+    (2, 24, 72, 2, 1037, 2, 1, (11, 9), 8, False, "slice"),  # interleaved: groups, wide padding
+    (1, 32, 64, 1, 5000, 2, 1, (1, 0), 1, False, "contiguous"),  # interleaved: ten chunks
 ]
 
 
@@ -585,15 +590,18 @@ def test_conv1d_two_tap_pairs_non_finite_and_huge_inputs(device, dtype):
     x[1, 2, 1100] = math.nan
     x[1, :, 100:140] = big
     x[1, :, 140:180] = -big
-    w = torch.rand(16, 8, 2, dtype=dtype, device=device) / 16  # positive: no inf - inf
-    b = torch.randn(16, dtype=dtype, device=device)
-    for d in (16, 40):
+    # 32 output channels: AVX-512 takes the pair kernel from half a block of 64
+    w = torch.rand(32, 8, 2, dtype=dtype, device=device) / 16  # positive: no inf - inf
+    b = torch.randn(32, dtype=dtype, device=device)
+    for d in (1, 2, 4, 8, 16, 40):
         ours = fastdl.ops.dilated_conv1d(x, w, b, dilation=d, causal=True)
         reference = F.conv1d(F.pad(x, (d, 0)), w, b, dilation=d)
         assert torch.equal(ours.isnan(), reference.isnan()), d
         assert torch.equal(ours.isinf(), reference.isinf()), d
         finite = reference.isfinite()
         torch.testing.assert_close(ours[finite] / big, reference[finite] / big, atol=1e-5, rtol=1e-4)
+        # image 0 has no huge values: its finite outputs at the usual scale
+        torch.testing.assert_close(ours[0][finite[0]], reference[0][finite[0]], atol=1e-5, rtol=1e-4)
 
 
 def test_conv2d_two_tap_pairs_padding_rows_give_the_bias(device):
