@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ._fx import leaf_forward
 
 
 def _decline_fused_encoder_path(module, args):
@@ -96,6 +97,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         layer.train(mha.training)
         return layer
 
+    @leaf_forward
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
                 key_padding_mask: Tensor | None = None, need_weights: bool = True,
                 attn_mask: Tensor | None = None, average_attn_weights: bool = True,

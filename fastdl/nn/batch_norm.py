@@ -6,6 +6,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import ops
+from ._fx import leaf_forward
 from ..ops.batch_norm import ACTIVATIONS, update_running_stats
 
 
@@ -61,6 +62,7 @@ class _FusedBatchNorm:
         return (batch_stats, self.running_mean if keep else None,
                 self.running_var if keep else None, momentum)
 
+    @leaf_forward
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
         """``activation(batch_norm(input) + residual)``; ``residual`` is optional and has
         the input's shape."""
@@ -137,6 +139,7 @@ class SyncBatchNorm(_FusedBatchNorm, nn.modules.batchnorm._BatchNorm):
         group = self.process_group or dist.group.WORLD
         return group if dist.get_world_size(group) > 1 else None
 
+    @leaf_forward
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
         self._check_input_dim(input)
         group = self._process_group()

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ._fx import leaf_forward
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -48,6 +49,7 @@ class DepthwiseConv2d(nn.Conv2d):
         layer.train(conv.training)
         return layer
 
+    @leaf_forward
     def forward(self, input: Tensor) -> Tensor:
         unbatched = input.dim() == 3
         if unbatched:

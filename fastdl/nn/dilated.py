@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ._fx import leaf_forward
 
 
 class DilatedConv2d(nn.Conv2d):
@@ -34,6 +35,7 @@ class DilatedConv2d(nn.Conv2d):
         layer.train(conv.training)
         return layer
 
+    @leaf_forward
     def forward(self, input: Tensor) -> Tensor:
         unbatched = input.dim() == 3
         if unbatched:
@@ -135,6 +137,7 @@ class DilatedConv1d(nn.Conv1d):
         layer.train(conv.training)
         return layer
 
+    @leaf_forward
     def forward(self, input: Tensor) -> Tensor:
         unbatched = input.dim() == 2
         if unbatched:

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
+from ._fx import leaf_forward
 from . import _packed
 from ._recurrent_checks import check_cell, check_layer
 
@@ -18,6 +19,7 @@ class GRUCell(nn.GRUCell):
     input; ``hx=None`` means zeros. Returns ``h'``.
     """
 
+    @leaf_forward
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         if input.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
@@ -42,6 +44,7 @@ class GRU(nn.GRU):
     last state).
     """
 
+    @leaf_forward
     def forward(self, input, hx: Tensor | None = None):
         if isinstance(input, PackedSequence):
             if hx is not None:

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
+from ._fx import leaf_forward
 from . import _packed
 from ._recurrent_checks import check_cell, check_layer
 
@@ -18,6 +19,7 @@ class LSTMCell(nn.LSTMCell):
     input; ``hx=None`` means zeros. Returns ``(h', c')``.
     """
 
+    @leaf_forward
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
@@ -50,6 +52,7 @@ class LSTM(nn.LSTM):
     otherwise, as it does ``nn.LSTM``).
     """
 
+    @leaf_forward
     def forward(self, input, hx: tuple[Tensor, Tensor] | None = None):
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ._fx import leaf_forward
 
 
 def _register_packed(layer: nn.Module, weight: Tensor, bits: Tensor) -> None:
@@ -83,6 +84,7 @@ class XNORConv2d(nn.Conv2d):
             _register_packed(self, self.weight, ops.pack_signs(self.weight.detach(), 1))
         return self
 
+    @leaf_forward
     def forward(self, input: Tensor) -> Tensor:
         _check_floating_input(self, input)
         unbatched = input.dim() == 3
@@ -164,6 +166,7 @@ class BinaryLinear(nn.Linear):
             _register_packed(self, self.weight, bits)
         return self
 
+    @leaf_forward
     def forward(self, input: Tensor) -> Tensor:
         _check_floating_input(self, input)
         if input.shape[-1] != self.in_features:
