@@ -564,6 +564,19 @@ def test_conv1d_two_tap_pairs(device, dtype, config):
     check_parity_1d(config, dtype, device, tolerance=dict(rtol=1e-4, atol=5e-5) if long else None)
 
 
+@pytest.mark.parametrize("length", [16000, 4133])
+def test_conv1d_two_tap_pairs_over_a_long_row(plain_device, length):
+    """WaveNet's layers at full length, one image: every pair path (interleaved, d >= a
+    vector, runs longer than a chunk's default) over many chunks, the last one partial."""
+    g = _generator(5)
+    x = _randn((1, 64, length), torch.float32, plain_device, g)
+    for d in (1, 8, 16, 128, 256, 512):
+        weight = _randn((64, 64, 2), torch.float32, plain_device, g) / 8
+        torch.testing.assert_close(fastdl.ops.dilated_conv1d(x, weight, dilation=d, causal=True),
+                                   F.conv1d(F.pad(x, (d, 0)), weight, dilation=d),
+                                   atol=1e-4, rtol=1e-4)
+
+
 def test_conv1d_two_tap_rows_with_too_many_channels_for_a_pair_chunk(plain_device):
     """A chunk of the pair kernel holds at least one pair of every input channel's three
     transformed rows within its byte budget; past 8192 float64 channels it could not,
