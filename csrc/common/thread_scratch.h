@@ -14,8 +14,10 @@
 // their results. A slot keeps at most kKeptBytes between calls, so each thread keeps at
 // most kSlots * kKeptBytes per element type, which bounds what all of a many-core
 // machine's OpenMP threads hold; larger requests get a buffer of their own, freed with
-// the ThreadScratch. The exception is a buffer that an op's calling thread shares with
-// its workers for the call (kCallKeptBytes): one per calling thread.
+// the ThreadScratch. The exceptions: a buffer that an op's calling thread shares with
+// its workers for the call (kCallKeptBytes), one per calling thread; and a thread's
+// share of a packed weight panel (kPanelKeptBytes, the LSTM's slots 3 and 4), whose
+// shares over a team add up to about one copy of a layer's weights.
 // Two ThreadScratch alive at once on one thread must use different slots.
 #pragma once
 
@@ -39,11 +41,13 @@ inline void set_scratch_poison(bool on) { scratch_poison_flag().store(on); }
 template <typename T>
 class ThreadScratch {
  public:
-  static constexpr int kSlots = 4;
+  static constexpr int kSlots = 5;
   static constexpr std::size_t kKeptBytes = std::size_t(2) << 20;
   // What a slot may keep for a buffer that an op's calling thread holds for the whole
   // call and shares with its workers (one such thread per caller, not per OpenMP worker).
   static constexpr std::size_t kCallKeptBytes = std::size_t(32) << 20;
+  // What a slot may keep for a thread's share of a packed weight panel.
+  static constexpr std::size_t kPanelKeptBytes = std::size_t(32) << 20;
 
   // `kept_bytes`: the largest buffer the slot keeps between calls (kKeptBytes, or
   // kCallKeptBytes for a call's shared buffer).

@@ -78,11 +78,11 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
   const T* w_hh = a.w_hh.const_data_ptr<T>();
   const T* w_ih = a.w_ih.const_data_ptr<T>();
   if (rows_apart(batch, width * (hidden + in_size) * int64_t(sizeof(T)))) {
-    const AlignedVector<T> h_panel = pack_columns(w_hh, width, hidden, 0, hidden, block);
-    const AlignedVector<T> x_panel = pack_columns(w_ih, width, in_size, 0, in_size, block);
+    const Panel<T> h_panel = pack_columns(kHiddenPanelSlot, w_hh, width, hidden, 0, hidden, block);
+    const Panel<T> x_panel = pack_columns(kInputPanelSlot, w_ih, width, in_size, 0, in_size, block);
     split_rows(batch, [&](int64_t r0, int64_t rows) {
       AlignedVector<T> packs(2 * rows * width);
-      run(r0, rows, 0, hidden, 0, in_size, h_panel.data(), x_panel.data(), packs.data(), nullptr);
+      run(r0, rows, 0, hidden, 0, in_size, h_panel->data(), x_panel->data(), packs.data(), nullptr);
     });
     return;
   }
@@ -90,9 +90,10 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
   split_units(hidden, block, [&](int64_t id, int64_t team, int64_t first, int64_t units,
                                  TeamBarrier& barrier) {
     const auto [x_first, x_columns] = block_share(in_size, block, id, team);
-    const AlignedVector<T> h_panel = pack_columns(w_hh, width, hidden, first, units, block);
-    const AlignedVector<T> x_panel = pack_columns(w_ih, width, in_size, x_first, x_columns, block);
-    run(0, batch, first, units, x_first, x_columns, h_panel.data(), x_panel.data(), packs.data(),
+    const Panel<T> h_panel = pack_columns(kHiddenPanelSlot, w_hh, width, hidden, first, units, block);
+    const Panel<T> x_panel =
+        pack_columns(kInputPanelSlot, w_ih, width, in_size, x_first, x_columns, block);
+    run(0, batch, first, units, x_first, x_columns, h_panel->data(), x_panel->data(), packs.data(),
         &barrier);
   });
 }

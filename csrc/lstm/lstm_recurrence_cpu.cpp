@@ -73,11 +73,11 @@ void split_recurrence(const RecurrenceArgs& a, const StepOutputs<T>& saved, int6
                       Pack&& pack, Step&& step) {
   split_units(a.hidden, block, [&](int64_t, int64_t, int64_t first, int64_t units,
                                    TeamBarrier& barrier) {
-    const AlignedVector<T> panel = pack(first, units, (units + block - 1) / block);
+    const Panel<T> panel = pack(first, units, (units + block - 1) / block);
     run_steps<T>(
         a, saved, 0,
         [&](int64_t t, const T* h_prev, const T* c_prev) {
-          if (units > 0) step(panel.data(), first, units, t, h_prev, c_prev);
+          if (units > 0) step(panel->data(), first, units, t, h_prev, c_prev);
         },
         [&] { barrier.wait(); });
   });
@@ -186,10 +186,10 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
                          });
   };
   if (rows_apart(batch, 4 * hidden * depth * int64_t(sizeof(T)))) {
-    const AlignedVector<T> panel = pack(0, hidden, (hidden + block - 1) / block);
+    const Panel<T> panel = pack(0, hidden, (hidden + block - 1) / block);
     split_rows(batch, [&](int64_t r0, int64_t rows) {
       RowPacks<T> packs(rows, in_size, hidden);
-      tiled_steps<T>(kernels, a, saved, panel.data(), r0, rows, 0, hidden, 0, 1, packs,
+      tiled_steps<T>(kernels, a, saved, panel->data(), r0, rows, 0, hidden, 0, 1, packs,
                      [] {});  // rows never wait for one another
     });
     return;
@@ -197,8 +197,8 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
   RowPacks<T> packs(batch, in_size, hidden);  // shared by the team
   split_units(hidden, block, [&](int64_t id, int64_t team, int64_t first, int64_t units,
                                  TeamBarrier& barrier) {
-    const AlignedVector<T> panel = pack(first, units, (units + block - 1) / block);
-    tiled_steps<T>(kernels, a, saved, panel.data(), 0, batch, first, units, id, team, packs,
+    const Panel<T> panel = pack(first, units, (units + block - 1) / block);
+    tiled_steps<T>(kernels, a, saved, panel->data(), 0, batch, first, units, id, team, packs,
                    [&] { barrier.wait(); });
   });
 }
