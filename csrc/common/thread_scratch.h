@@ -49,8 +49,8 @@ class ThreadScratch {
   // What a slot may keep for a thread's share of a packed weight panel.
   static constexpr std::size_t kPanelKeptBytes = std::size_t(32) << 20;
 
-  // `kept_bytes`: the largest buffer the slot keeps between calls (kKeptBytes, or
-  // kCallKeptBytes for a call's shared buffer).
+  // `kept_bytes`: the largest buffer the slot keeps between calls (kKeptBytes,
+  // kCallKeptBytes for a call's shared buffer, kPanelKeptBytes for a panel's share).
   ThreadScratch(int slot, std::size_t count, std::size_t kept_bytes = kKeptBytes) {
     const std::size_t bytes = count * sizeof(T);
     AlignedVector<std::byte>* buffer = &own_;

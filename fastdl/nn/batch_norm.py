@@ -6,8 +6,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import ops
-from ._fx import leaf_forward
 from ..ops.batch_norm import ACTIVATIONS, update_running_stats
+from ._fx import leaf_forward
 
 
 def _check_activation(cls_name: str, activation: str, negative_slope: float) -> None:

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
-from ._fx import leaf_forward
 from . import _packed
+from ._fx import leaf_forward
 from ._recurrent_checks import check_cell, check_layer
 
 
