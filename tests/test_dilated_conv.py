@@ -494,10 +494,11 @@ EXPLICIT_1D = [
 # (conv_row_interleaved_pairs: chunks that end inside a vector, padded copies at
 # either end of the row), for other d the direct products in the same tiles
 # (conv_row_taps: rows read in place, a padded copy at either end of the row); at
-# least 2048 output columns in all: rows that end inside a pair, padding wider than the dilation on either side,
-# grouped blocks of 16 + 8 channels, output channels that end inside a register tile
-# (4 channels on AVX-512, 3 elsewhere), dilations that are not a multiple of the vector
-# width (a run's last vector partly unused), and several chunks.
+# least 2048 output columns in all: rows that end inside a pair, padding wider than
+# the dilation on either side, grouped blocks of 16 + 8 channels, output channels that
+# end inside a register tile (4 channels on AVX-512, 3 elsewhere), dilations that are
+# not a multiple of the vector width (a run's last vector partly unused), and several
+# chunks.
 TAP_PAIRS_1D = [
     (1, 16, 42, 1, 2100, 2, 1, 0, 48, True, "contiguous"),
     (1, 16, 64, 1, 2100, 2, 1, 0, 4, True, "contiguous"),

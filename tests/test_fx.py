@@ -53,20 +53,22 @@ def leaves(value):
     return [t for t in torch.utils._pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
+def assert_same_outputs(model, graph_module, inputs):
+    for expected, actual in zip(leaves(model(*inputs)), leaves(graph_module(*inputs)), strict=True):
+        assert torch.equal(actual, expected)
+
+
 @pytest.mark.parametrize("name", LAYERS)
 def test_a_layer_is_one_node_of_the_traced_graph(name):
     model, graph_module, inputs = traced(name)
     calls = [node for node in graph_module.graph.nodes if node.op == "call_function"]
     assert [node.target for node in calls[:1]] == [call_layer]
     assert calls[0].args[0].op == "get_attr" and calls[0].args[0].target == "layer"
-    for expected, actual in zip(leaves(model(*inputs)), leaves(graph_module(*inputs)), strict=True):
-        assert torch.equal(actual, expected)
+    assert_same_outputs(model, graph_module, inputs)
     # the graph refers to the model's own layer: the same parameters, which train
     leaves(graph_module(*inputs))[0].sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    again = pickle.loads(pickle.dumps(graph_module))
-    for expected, actual in zip(leaves(model(*inputs)), leaves(again(*inputs)), strict=True):
-        assert torch.equal(actual, expected)
+    assert_same_outputs(model, pickle.loads(pickle.dumps(graph_module)), inputs)
 
 
 def test_a_layer_called_on_constants_while_tracing_fails_as_before():
