@@ -50,6 +50,7 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
   const auto run = [&](int64_t r0, int64_t rows, int64_t first, int64_t units,
                        int64_t x_first, int64_t x_columns, const T* h_panel,
                        const T* x_panel, T* packs, TeamBarrier* barrier) {
+    AlignedVector<T> partial(rows * block);  // the products' sums between chunks
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = time(s), row = t * batch + r0;
       const T* c_prev = (s > 0 ? cells + time(s - 1) * batch * hidden : c0) + r0 * hidden;
@@ -69,10 +70,11 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
         kernels.packed_times_panel(
             h_panel, width, rows, pack, units,
             s > 0 ? grad_output + (time(s - 1) * batch + r0) * hidden + first : nullptr, hidden,
-            h, hidden);
+            h, hidden, partial.data());
       if (x_columns > 0)
         kernels.packed_times_panel(x_panel, width, rows, pack, x_columns, nullptr, 0,
-                                   grad_input + row * in_size + x_first, in_size);
+                                   grad_input + row * in_size + x_first, in_size,
+                                   partial.data());
     }
   };
   const T* w_hh = a.w_hh.const_data_ptr<T>();

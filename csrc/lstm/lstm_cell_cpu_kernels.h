@@ -44,11 +44,13 @@ namespace fastdl::lstm {
                             const T* c_prev, const T* c, int64_t rows, int64_t units,       \
                             int64_t hidden, T* grad_gates, T* grad_c_prev);                 \
   /* out (rows, columns) = addend (or 0 if null) + pack (rows x k_size, packed by      */ \
-  /* pack_rows) x a matrix packed in blocks of product_block columns, [block][k][col]. */ \
+  /* pack_rows) x a matrix packed in blocks of product_block columns, [block][k][col]; */ \
+  /* partial: rows * product_block values of scratch.                                   */ \
   static int64_t product_block(T);                                                          \
   static void packed_times_panel(const T* panel, int64_t k_size, int64_t rows,              \
                                  const T* pack, int64_t columns, const T* addend,           \
-                                 int64_t addend_stride, T* out, int64_t out_stride);        \
+                                 int64_t addend_stride, T* out, int64_t out_stride,         \
+                                 T* partial);                                               \
   /* out (m, columns) = gates[:, :m]^T x inputs[:, :columns].                          */ \
   static void gates_transposed_times(const T* gates, int64_t gates_stride, int64_t m,       \
                                      const T* inputs, int64_t inputs_stride,                \
@@ -103,9 +105,9 @@ struct Avx512Kernels {
   int64_t Set::product_block(T) { return 4 * impl::Vec<T>::kWidth; }                        \
   void Set::packed_times_panel(const T* panel, int64_t k_size, int64_t rows, const T* pack, \
                                int64_t columns, const T* addend, int64_t addend_stride,      \
-                               T* out, int64_t out_stride) {                                 \
+                               T* out, int64_t out_stride, T* partial) {                     \
     impl::packed_times_panel<T>(panel, k_size, rows, pack, columns, addend, addend_stride,    \
-                                out, out_stride);                                            \
+                                out, out_stride, partial);                                   \
   }                                                                                          \
   void Set::gates_transposed_times(const T* gates, int64_t gates_stride, int64_t m,          \
                                    const T* inputs, int64_t inputs_stride, int64_t columns,  \
