@@ -127,15 +127,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // With a projection the cell's own h (o * tanh(c)) is kept for the backward.
   at::Tensor unprojected = w_hr ? allocate(hidden) : at::empty({0}, input.options());
   // On CPU without projection or packing lstm_recurrence_cpu.cpp runs the layer. Without
-  // a backward it keeps only what the next step reads: two alternating steps of cells
-  // and one of gates, which stay in cache (otherwise five sixths of its memory).
+  // a backward it keeps only what the next step reads: two alternating steps of cells,
+  // which stay in cache, and no gates (otherwise five sixths of its memory).
   const bool cpu_layer = cpu_kernel_dtype(input) && !batch_sizes && !w_hr && steps > 0;
   const bool keep_steps = need_backward || !cpu_layer;
   at::Tensor cells = keep_steps ? allocate(hidden)
                                 : at::empty({std::min<int64_t>(steps, 2), batch, hidden},
                                             input.options());
   at::Tensor activated =
-      keep_steps ? allocate(4 * hidden) : at::empty({1, batch, 4 * hidden}, input.options());
+      keep_steps ? allocate(4 * hidden) : at::empty({0, batch, 4 * hidden}, input.options());
   // What the backward needs, or nothing.
   const auto result = [&](const at::Tensor& h_n, const at::Tensor& c_n) {
     const auto none = [&] { return at::empty({0}, input.options()); };  // no aliases

@@ -34,8 +34,8 @@ namespace fastdl::lstm {
 namespace {
 
 // Where step t's cells and activated gates go (row 0): every step's for the backward,
-// or (need_backward=False) slots reused in turn: two of cells, as a step reads the one
-// before, and one of gates.
+// or (need_backward=False) two slots of cells reused in turn, as a step reads the one
+// before, and no gates (null).
 template <typename T>
 struct StepOutputs {
   T* cells;
@@ -45,7 +45,10 @@ struct StepOutputs {
       : cells(a.cells.data_ptr<T>()), activated(a.activated.data_ptr<T>()),
         cell_slots(a.cells.size(0)), gate_slots(a.activated.size(0)), size(a.batch * a.hidden) {}
   T* cells_at(int64_t t) const { return cells + t % cell_slots * size; }
-  T* gates_at(int64_t t) const { return activated + t % gate_slots * 4 * size; }
+  // Step t's gates from `offset` on, or null where no gates are kept.
+  T* gates_at(int64_t t, int64_t offset) const {
+    return gate_slots == 0 ? nullptr : activated + t % gate_slots * 4 * size + offset;
+  }
 };
 
 // Runs the steps in time order for the rows from r0: step(t, h_prev, c_prev), both
@@ -124,7 +127,7 @@ void tiled_steps(Kernels kernels, const RecurrenceArgs& a, const StepOutputs<T>&
     if (units > 0)
       kernels.step_blocks(panel, units, first, rows, packs.x_at(s), in_size, packs.h_at(s), bias,
                           c_prev, hidden, output + (t * batch + r0) * hidden,
-                          saved.cells_at(t) + r0 * hidden, saved.gates_at(t) + r0 * 4 * hidden,
+                          saved.cells_at(t) + r0 * hidden, saved.gates_at(t, r0 * 4 * hidden),
                           more ? packs.h_at(s + 1) : nullptr, partial.data());
     if (more) pack_input(s + 1);
     sync();
@@ -169,7 +172,7 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
             kernels.forward_units(own, c_prev + b * hidden + first, units,
                                   output + row * hidden + first,
                                   saved.cells_at(t) + b * hidden + first,
-                                  saved.gates_at(t) + b * 4 * hidden + first, hidden);
+                                  saved.gates_at(t, b * 4 * hidden + first), hidden);
           }
         });
     return;
