@@ -62,7 +62,7 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
                               c_prev + first, cells + row * hidden + first, rows, units, hidden,
                               step_gates + first, grad_c + r0 * hidden + first);
         for (int64_t g = 0; g < 4; ++g)
-          kernels.pack_rows(step_gates, width, 1, rows, width, g * hidden + first,
+          kernels.pack_rows(step_gates, width, rows, width, g * hidden + first,
                             g * hidden + first + units, 0, 1, pack);
       }
       if (barrier != nullptr) barrier->wait();

@@ -23,12 +23,11 @@ namespace fastdl::lstm {
                             T* act, int64_t act_stride);                                    \
   /* Units per block of the tiled recurrence's panel: one vector.                       */ \
   static int64_t unit_block(T);                                                             \
-  /* Columns [k_begin, k_end) of src (value (row, k) at row * row_stride + k *         */ \
-  /* k_stride) packed as the tiles read rows (rows x cols), tiles part, part + parts,  */ \
-  /* ... only.                                                                          */ \
-  static void pack_rows(const T* src, int64_t row_stride, int64_t k_stride, int64_t rows,   \
-                        int64_t cols, int64_t k_begin, int64_t k_end, int64_t part,          \
-                        int64_t parts, T* pack);                                            \
+  /* Columns [k_begin, k_end) of src (value (row, k) at row * row_stride + k) packed   */ \
+  /* as the tiles read rows (rows x cols), tiles part, part + parts, ... only.          */ \
+  static void pack_rows(const T* src, int64_t row_stride, int64_t rows, int64_t cols,       \
+                        int64_t k_begin, int64_t k_end, int64_t part, int64_t parts,         \
+                        T* pack);                                                           \
   /* One step of `units` units (from unit `first`) for every row, input projection     */ \
   /* included, from the block panel and packed rows of lstm_cell_cpu_kernels.inc: h, c, */ \
   /* act as forward_rows writes them, and h packed for the next step (if h_pack_next). */ \
@@ -79,11 +78,9 @@ struct Avx512Kernels {
     impl::forward_units<T>(gates, c_prev, units, h, c, act, act_stride);                     \
   }                                                                                          \
   int64_t Set::unit_block(T) { return impl::Vec<T>::kWidth; }                               \
-  void Set::pack_rows(const T* src, int64_t row_stride, int64_t k_stride, int64_t rows,     \
-                      int64_t cols, int64_t k_begin, int64_t k_end, int64_t part,            \
-                      int64_t parts, T* pack) {                                              \
-    impl::pack_rows<T>(src, row_stride, k_stride, rows, cols, k_begin, k_end, part, parts,    \
-                       pack);                                                                \
+  void Set::pack_rows(const T* src, int64_t row_stride, int64_t rows, int64_t cols,         \
+                      int64_t k_begin, int64_t k_end, int64_t part, int64_t parts, T* pack) { \
+    impl::pack_rows<T>(src, row_stride, rows, cols, k_begin, k_end, part, parts, pack);       \
   }                                                                                          \
   void Set::step_blocks(const T* panel, int64_t units, int64_t first, int64_t batch,       \
                         const T* x_pack, int64_t in_size, const T* h_pack, const T* bias,    \

@@ -112,12 +112,12 @@ void tiled_steps(Kernels kernels, const RecurrenceArgs& a, const StepOutputs<T>&
   T* output = a.output.data_ptr<T>();
   const auto pack_input = [&](int64_t s) {
     const int64_t t = step_index(s, a.steps, a.reverse);
-    kernels.pack_rows(input + (t * batch + r0) * in_size, in_size, 1, rows, in_size, 0, in_size,
-                      id, team, packs.x_at(s));
+    kernels.pack_rows(input + (t * batch + r0) * in_size, in_size, rows, in_size, 0, in_size, id,
+                      team, packs.x_at(s));
   };
   pack_input(0);
-  kernels.pack_rows(a.h0.const_data_ptr<T>() + r0 * hidden, hidden, 1, rows, hidden, 0, hidden,
-                    id, team, packs.h_at(0));
+  kernels.pack_rows(a.h0.const_data_ptr<T>() + r0 * hidden, hidden, rows, hidden, 0, hidden, id,
+                    team, packs.h_at(0));
   sync();
   AlignedVector<T> partial(rows * 4 * kernels.unit_block(T{}));
   const T* c_prev = a.c0.const_data_ptr<T>() + r0 * hidden;
