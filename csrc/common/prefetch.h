@@ -19,4 +19,13 @@ inline void prefetch_l2(const void* address) {
 #endif
 }
 
+// The same into L1 (prefetcht0).
+inline void prefetch_l1(const void* address) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetcht0 (%0)" : : "r"(address));
+#else
+  __builtin_prefetch(address, 0, 3);
+#endif
+}
+
 }  // namespace fastdl
