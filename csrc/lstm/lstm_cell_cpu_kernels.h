@@ -30,11 +30,12 @@ namespace fastdl::lstm {
                         T* pack);                                                           \
   /* One step of `units` units (from unit `first`) for every row, input projection     */ \
   /* included, from the block panel and packed rows of lstm_cell_cpu_kernels.inc: h, c, */ \
-  /* act as forward_rows writes them, and h packed for the next step (if h_pack_next). */ \
+  /* act as forward_rows writes them, and h packed for the next step (if h_pack_next); */ \
+  /* only k in [k_begin, k_end) of [x | h], the sums in between kept in partial.        */ \
   static void step_blocks(const T* panel, int64_t units, int64_t first, int64_t batch,     \
                           const T* x_pack, int64_t in_size, const T* h_pack, const T* bias, \
                           const T* c_prev, int64_t hidden, T* h, T* c, T* act,              \
-                          T* h_pack_next, T* partial);                                      \
+                          T* h_pack_next, int64_t k_begin, int64_t k_end, T* partial);      \
   static void forward_rows(const T* gates, const T* c_prev, int64_t rows, int64_t hidden,   \
                            T* h, T* c, T* activated);                                       \
   /* The cell backward on `units` units of `rows` rows (pointers at the first unit,    */ \
@@ -85,9 +86,9 @@ struct Avx512Kernels {
   void Set::step_blocks(const T* panel, int64_t units, int64_t first, int64_t batch,       \
                         const T* x_pack, int64_t in_size, const T* h_pack, const T* bias,    \
                         const T* c_prev, int64_t hidden, T* h, T* c, T* act,                 \
-                        T* h_pack_next, T* partial) {                                        \
+                        T* h_pack_next, int64_t k_begin, int64_t k_end, T* partial) {        \
     impl::step_blocks<T>(panel, units, first, batch, x_pack, in_size, h_pack, bias, c_prev,   \
-                         hidden, h, c, act, h_pack_next, partial);                           \
+                         hidden, h, c, act, h_pack_next, k_begin, k_end, partial);           \
   }                                                                                          \
   void Set::forward_rows(const T* gates, const T* c_prev, int64_t rows, int64_t hidden,     \
                          T* h, T* c, T* activated) {                                         \
