@@ -281,6 +281,37 @@ def test_opcheck(device, channels_last):
         torch.library.opcheck(BACKWARD_OP, (grad_out, x.detach(), weight.detach(), *conv_args, mask))
 
 
+@pytest.mark.parametrize("x_cl, w_cl", [(False, True), (True, False), (True, True)],
+                         ids=["weight-cl", "input-cl", "both-cl"])
+def test_layout_follows_input_or_weight(device, x_cl, w_cl):
+    """As F.conv2d: the output and grad_input are channels_last when the input or the
+    weight is (a model moved to channels_last and fed an NCHW input), and the fake kernels
+    say so too (opcheck compares their strides with the real ones). float32: PyTorch's
+    rule is its oneDNN and cuDNN paths'; its float64 paths differ (on CPU a dilated float64
+    convolution ignores the weight's layout, on CUDA a float64 one drops channels_last).
+    fastdl takes the same rule for every dtype."""
+    dtype = torch.float32
+    x, weight, bias, args = _make(CONFIGS[5], dtype, device, x_cl)
+    if w_cl:
+        weight = weight.to(memory_format=torch.channels_last)  # as module.to() does it
+    groups = x.shape[1]
+    grad_out = torch.randn(F.conv2d(x, weight, bias, groups=groups, **args).shape,
+                           dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    out, grads = _grads(lambda x, w, b: fastdl.ops.depthwise_conv2d(x, w, b, **args), x, weight, bias, grad_out)
+    with exact_cudnn():
+        ref_out, ref_grads = _grads(lambda x, w, b: F.conv2d(x, w, b, groups=groups, **args), x, weight, bias, grad_out)
+    tol = _tolerance(dtype, ref_out[:, :1].numel())
+    assert_close(out, ref_out, **tol)
+    assert_close(grads[0], ref_grads[0], **tol)
+    assert ref_out.is_contiguous(memory_format=torch.channels_last) and not ref_out.is_contiguous()
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        assert out.is_contiguous(memory_format=fmt) == ref_out.is_contiguous(memory_format=fmt), fmt
+        assert grads[0].is_contiguous(memory_format=fmt) == ref_grads[0].is_contiguous(memory_format=fmt), fmt
+    conv_args = [list(_pair(args[k])) for k in ("stride", "padding", "dilation")]
+    torch.library.opcheck(OP, (x, weight, bias, *conv_args))
+    torch.library.opcheck(BACKWARD_OP, (grad_out, x, weight, *conv_args, [True, True, True]))
+
+
 # ---------------------------------------------------------------- the nn layer
 
 

@@ -283,6 +283,41 @@ def test_conv2d_matches_f_conv2d(device, dtype, config):
     _check_layout(actual, expected, x, args["padding"])
 
 
+@pytest.mark.parametrize("x_cl, w_cl", [(False, True), (True, False), (True, True)],
+                         ids=["weight-cl", "input-cl", "both-cl"])
+def test_conv2d_layout_follows_input_or_weight(device, x_cl, w_cl):
+    """As F.conv2d: the output and grad_input are channels_last when the input or the
+    weight is (a model moved to channels_last and fed an NCHW input), and the fake kernels
+    say so too (opcheck compares their strides with the real ones). float32: PyTorch's
+    rule is its oneDNN and cuDNN paths'; its float64 paths differ (on CPU a dilated float64
+    convolution ignores the weight's layout, on CUDA a float64 one drops channels_last).
+    fastdl takes the same rule for every dtype."""
+    dtype = torch.float32
+    g = _generator(5)
+    x, weight, bias = (_randn(shape, dtype, device, g) for shape in ((2, 6, 9, 8), (4, 3, 3, 2), (4,)))
+    if x_cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if w_cl:
+        weight = weight.to(memory_format=torch.channels_last)  # as module.to() does it
+    args = dict(stride=1, padding=2, dilation=(2, 1), groups=2)
+    grad_out = _randn((2, 4, 9, 11), dtype, device, g)
+    out, *grads = outputs_and_grads(lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args),
+                                    [x, weight, bias], grad_out)
+    with exact_cudnn():
+        ref, *ref_grads = outputs_and_grads(lambda x, w, b: F.conv2d(x, w, b, **args),
+                                            [x, weight, bias], grad_out)
+    tolerance = dict(rtol=1e-5, atol=1e-5)
+    assert_close(out, ref, **tolerance)
+    assert_close(grads[0], ref_grads[0], **tolerance)
+    assert ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous()
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        assert out.is_contiguous(memory_format=fmt) == ref.is_contiguous(memory_format=fmt), fmt
+        assert grads[0].is_contiguous(memory_format=fmt) == ref_grads[0].is_contiguous(memory_format=fmt), fmt
+    call = ([1, 1], [2, 2], [2, 2], [2, 1], 2)
+    torch.library.opcheck(OP2D, (x, weight, bias, *call))
+    torch.library.opcheck(BACKWARD2D, (grad_out, x, weight, *call, [True, True, True]))
+
+
 # Winograd F(2x2, 3x3) on CPU: 3x3, stride 1, one group, >= 128 channels in and out, and
 # tiles mostly outputs (dilated_conv_cpu_winograd.h; each of these passes that test):
 WINOGRAD_2D = [

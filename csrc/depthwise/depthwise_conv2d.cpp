@@ -3,6 +3,8 @@
 // autograd: fastdl/ops/depthwise_conv2d.py.
 #include "depthwise/depthwise_conv2d.h"
 
+#include "common/conv_layout.h"
+
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -71,12 +73,12 @@ Geometry check_backward_args(const at::Tensor& grad_output, const at::Tensor& in
   return g;
 }
 
-bool use_channels_last(const at::Tensor& input) {
-  return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+at::MemoryFormat output_format(const at::Tensor& input, const at::Tensor& weight) {
+  return conv_memory_format(input, weight);
 }
 
-at::MemoryFormat output_format(const at::Tensor& input) {
-  return use_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+bool use_channels_last(const at::Tensor& input, const at::Tensor& weight) {
+  return output_format(input, weight) == at::MemoryFormat::ChannelsLast;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_grads(const Geometry& g,
@@ -84,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_grads(const Geometry& g,
                                                               const at::Tensor& weight,
                                                               std::array<bool, 3> output_mask) {
   at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options(), output_format(input));
+  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options(), output_format(input, weight));
   if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
   if (output_mask[2]) grad_bias = at::zeros({g.out_channels()}, weight.options());
   return {grad_input, grad_weight, grad_bias};

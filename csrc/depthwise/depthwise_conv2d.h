@@ -35,12 +35,12 @@ Geometry check_backward_args(const at::Tensor& grad_output, const at::Tensor& in
                              const at::Tensor& weight, c10::IntArrayRef stride,
                              c10::IntArrayRef padding, c10::IntArrayRef dilation);
 
-// Layout the output takes: channels_last when the input is (PyTorch's rule).
-bool use_channels_last(const at::Tensor& input);
-at::MemoryFormat output_format(const at::Tensor& input);
+// Layout the output takes: PyTorch's rule (common/conv_layout.h).
+at::MemoryFormat output_format(const at::Tensor& input, const at::Tensor& weight);
+bool use_channels_last(const at::Tensor& input, const at::Tensor& weight);
 
 // The backward op's outputs that output_mask asks for (undefined otherwise):
-// grad_input uninitialised in the input's layout, grad_weight and grad_bias zeroed.
+// grad_input uninitialised in the output's layout, grad_weight and grad_bias zeroed.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_grads(const Geometry& g,
                                                               const at::Tensor& input,
                                                               const at::Tensor& weight,

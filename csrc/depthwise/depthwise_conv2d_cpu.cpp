@@ -454,8 +454,8 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
                                 stride, padding, dilation)
         .to(input.scalar_type());
   }
-  const bool channels_last = use_channels_last(input);
-  const auto format = output_format(input);
+  const bool channels_last = use_channels_last(input, weight);
+  const auto format = output_format(input, weight);
   const at::Tensor w = weight.contiguous();
   const bool cl_kernels = channels_last && g.multiplier == 1;
   const at::Tensor w_taps = cl_kernels ? taps_by_channel(w) : at::Tensor();
@@ -666,7 +666,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
     if (grad_bias.defined()) grad_bias = grad_bias.to(weight.scalar_type());
     return grads;
   }
-  const bool channels_last = use_channels_last(input);
+  const bool channels_last = use_channels_last(input, weight);
   const bool cl_kernels = channels_last && g.multiplier == 1;
   const auto work_format = cl_kernels ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   auto [grad_input, grad_weight, grad_bias] = allocate_grads(g, input, weight, output_mask);

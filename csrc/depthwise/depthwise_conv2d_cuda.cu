@@ -194,7 +194,7 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
                                         padding, dilation);
   check_cuda_dtype(op, input);
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto format = output_format(input);
+  const auto format = output_format(input, weight);
   at::Tensor out = at::empty({g.batch, g.out_channels(), g.out_h, g.out_w}, input.options(), format);
   if (out.numel() == 0) return out;
   const at::Tensor in = input.contiguous(format), w = weight.contiguous();
@@ -228,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   const Geometry g = check_backward_args(grad_output, input, weight, stride, padding, dilation);
   check_cuda_dtype("depthwise_conv2d_backward", input);
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto format = output_format(input);
+  const auto format = output_format(input, weight);
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   auto [grad_input, grad_weight, grad_bias] = allocate_grads(g, input, weight, output_mask);
   if (g.batch == 0) {

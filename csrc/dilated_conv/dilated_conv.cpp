@@ -7,6 +7,7 @@
 #include <ATen/ops/zeros.h>
 
 #include "common/checks.h"
+#include "common/conv_layout.h"
 #include "common/conv_shape.h"
 #include "common/first_order.h"
 
@@ -92,13 +93,10 @@ Geometry check_args(const Call& call, const at::Tensor& input, const at::Tensor&
   return g;
 }
 
-bool channels_last(const at::Tensor& input) {
-  return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-}
-
-// The layout PyTorch's convolution gives: channels_last in, channels_last out.
-at::Tensor in_input_layout(const at::Tensor& t, const at::Tensor& input) {
-  return channels_last(input) ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
+// t (an output or an input gradient, NCHW from the kernels) in the layout PyTorch's
+// convolution gives it (common/conv_layout.h).
+at::Tensor in_conv_layout(const at::Tensor& t, const at::Tensor& input, const at::Tensor& weight) {
+  return t.contiguous(conv_memory_format(input, weight));
 }
 
 // The kernels' outputs, NCHW (the callers pick the layout).
@@ -172,9 +170,9 @@ at::Tensor conv2d_op(const DeviceKernels& k, const at::Tensor& input, const at::
                      c10::IntArrayRef padding_begin, c10::IntArrayRef padding_end,
                      c10::IntArrayRef dilation, int64_t groups) {
   const Call call{"dilated_conv2d", false, input.sizes(), weight.sizes()};
-  return in_input_layout(forward(k, call, input, weight, bias, stride, padding_begin,
-                                 padding_end, dilation, groups),
-                         input);
+  return in_conv_layout(forward(k, call, input, weight, bias, stride, padding_begin,
+                                padding_end, dilation, groups),
+                        input, weight);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_op(
@@ -186,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_op(
   auto [grad_input, grad_weight, grad_bias] =
       backward(k, call, grad_output, input, weight, stride, padding_begin, padding_end, dilation,
                groups, output_mask);
-  if (grad_input.defined()) grad_input = in_input_layout(grad_input, input);
+  if (grad_input.defined()) grad_input = in_conv_layout(grad_input, input, weight);
   return {grad_input, grad_weight, grad_bias};
 }
 

@@ -3,10 +3,20 @@
 import functools
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 from .. import _C
 
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def conv_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """The memory format of a convolution's output and input gradient, as PyTorch's own
+    convolution picks it (csrc/common/conv_layout.h): channels_last when the input or the
+    weight is channels_last, else contiguous."""
+    if torch.channels_last in (suggest_memory_format(input), suggest_memory_format(weight)):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def check_device(op: str, **tensors: torch.Tensor) -> None:

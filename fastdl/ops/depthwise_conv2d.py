@@ -4,8 +4,8 @@ groups=C)`` with ``weight`` of shape ``(C * multiplier, 1, kH, kW)``.
 Output channel ``oc`` reads input channel ``oc // multiplier``, exactly as PyTorch's
 grouped convolution with ``groups = C`` does. Any kernel size (unrolled kernels for
 3x3, 5x5 and 7x7), stride, padding (symmetric, zeros; the nn layer adds 'same' and
-padding modes) and dilation. NCHW and channels_last inputs; the output takes the
-input's memory format. Differentiable in input, weight and bias (first order).
+padding modes) and dilation. NCHW and channels_last inputs; the output is channels_last when the input or the
+weight is, as with ``F.conv2d``. Differentiable in input, weight and bias (first order).
 
 dtypes: float32, float64, float16 and bfloat16 (on CPU the 16-bit ones through float32
 copies, as torch's CPU convolution computes them).
@@ -13,9 +13,8 @@ copies, as torch's CPU convolution computes them).
 
 import torch
 from torch import Tensor
-from torch._prims_common import suggest_memory_format
-
-from ._utils import call_op, check_device, pair, register_autocast, register_autograd
+from ._utils import (call_op, check_device, conv_memory_format, pair, register_autocast,
+                     register_autograd)
 
 
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
@@ -43,14 +42,14 @@ def _depthwise_conv2d_fake(input, weight, bias, stride, padding, dilation):
     out_h = _output_size(h, weight.shape[2], stride[0], padding[0], dilation[0])
     out_w = _output_size(w, weight.shape[3], stride[1], padding[1], dilation[1])
     return torch.empty((n, weight.shape[0], out_h, out_w), dtype=input.dtype, device=input.device,
-                       memory_format=suggest_memory_format(input))
+                       memory_format=conv_memory_format(input, weight))
 
 
 @torch.library.register_fake("fastdl::depthwise_conv2d_backward")
 def _depthwise_conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation,
                                     output_mask):
     grad_input = (torch.empty(input.shape, dtype=input.dtype, device=input.device,
-                              memory_format=suggest_memory_format(input))
+                              memory_format=conv_memory_format(input, weight))
                   if output_mask[0] else None)
     grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format) \
         if output_mask[1] else None

@@ -9,16 +9,16 @@ Winograd F(2x2, 3x3) on the dilated grid instead: 16 products per 2x2 outputs wh
 direct kernel takes 36; in float32 its weight gradient's rounding error is up to ~2.5x
 the direct kernel's (still ~1e-6 of the gradient's size).
 
-Inputs NCHW or channels_last (2-D; the output keeps the layout: computed in NCHW,
-channels_last converted on the way in and out). dtypes: float32 and float64 on CPU and
+Inputs NCHW or channels_last (2-D; computed in NCHW, channels_last converted on the
+way in and out; the output is channels_last when the input or the weight is, as with
+``F.conv2d``). dtypes: float32 and float64 on CPU and
 CUDA; float16 and bfloat16 on CUDA and on CPU (computed in float32).
 """
 
 import torch
 from torch import Tensor
-from torch._prims_common import suggest_memory_format
-
-from ._utils import call_op, check_device, pair, register_autocast, register_autograd
+from ._utils import (call_op, check_device, conv_memory_format, pair, register_autocast,
+                     register_autograd)
 
 
 def _side_padding(op: str, padding, kernel: int, dilation: int) -> tuple[int, int]:
@@ -105,7 +105,7 @@ def _conv2d_fake(input, weight, bias, stride, padding_begin, padding_end, dilati
     out_h = _size(h, weight.shape[2], stride[0], padding_begin[0], padding_end[0], dilation[0])
     out_w = _size(w, weight.shape[3], stride[1], padding_begin[1], padding_end[1], dilation[1])
     return torch.empty((n, weight.shape[0], out_h, out_w), dtype=input.dtype, device=input.device,
-                       memory_format=suggest_memory_format(input))
+                       memory_format=conv_memory_format(input, weight))
 
 
 @torch.library.register_fake("fastdl::dilated_conv1d")
@@ -126,7 +126,8 @@ def _backward_fake(grad_output, input, weight, output_mask, memory_format):
 @torch.library.register_fake("fastdl::dilated_conv2d_backward")
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding_begin, padding_end,
                           dilation, groups, output_mask):
-    return _backward_fake(grad_output, input, weight, output_mask, suggest_memory_format(input))
+    return _backward_fake(grad_output, input, weight, output_mask,
+                          conv_memory_format(input, weight))
 
 
 @torch.library.register_fake("fastdl::dilated_conv1d_backward")
