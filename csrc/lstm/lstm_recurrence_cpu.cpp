@@ -116,7 +116,8 @@ struct RowPacks {
 // input packed), runs the next step's x part, and only then waits for the others, so
 // that a thread late by up to an x part's time keeps no one waiting. Measured on an
 // Intel Xeon, two threads, batch 64, hidden 256: the barrier's waits and yields had been
-// ~4.5% of each thread's samples.
+// ~4.5% of each thread's samples, 0.15% after; the 2-layer forward 42.1-43.4 -> 41.1-42.1
+// ms (alternating processes).
 template <typename T, typename Kernels>
 void tiled_steps(Kernels kernels, const RecurrenceArgs& a, const StepOutputs<T>& saved,
                  const T* panel, int64_t r0, int64_t rows, int64_t first, int64_t units,

@@ -19,7 +19,8 @@ class DepthwiseConv2d(nn.Conv2d):
 
     Accepts ``padding`` as an int, a pair, ``'same'`` or ``'valid'``, and every
     ``padding_mode`` of ``nn.Conv2d``; batched ``(N, C, H, W)`` or unbatched ``(C, H, W)``
-    input, NCHW or channels_last (the output keeps the input's memory format).
+    input, NCHW or channels_last (as with ``nn.Conv2d``, the output is channels_last when
+    the input or the weight is, e.g. after ``module.to(memory_format=torch.channels_last)``).
     """
 
     def __init__(self, in_channels: int, kernel_size, stride=1, padding=0, dilation=1,

@@ -22,7 +22,8 @@ class DilatedConv2d(nn.Conv2d):
     dilated extent (e.g. ``kernel_size=2``) goes to the kernel as uneven per-side
     padding, without a padded copy. A ``padding_mode`` other than ``'zeros'`` pads with
     ``F.pad`` first (as ``nn.Conv2d`` does). Batched ``(N, C, H, W)`` or unbatched
-    ``(C, H, W)`` input, NCHW or channels_last (the output keeps the input's layout).
+    ``(C, H, W)`` input, NCHW or channels_last (as with ``nn.Conv2d``, the output is
+    channels_last when the input or the weight is).
     """
 
     @classmethod
