@@ -11,6 +11,13 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, **overrides) -> N
     torch.testing.assert_close(actual, expected, **tolerance)
 
 
+def assert_same_layout(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """actual is laid out as expected is: contiguous, channels_last, both (a tensor whose
+    strides satisfy both) or neither."""
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        assert actual.is_contiguous(memory_format=fmt) == expected.is_contiguous(memory_format=fmt), fmt
+
+
 def outputs_and_grads(fn, tensors, grad_out) -> list[torch.Tensor]:
     """[fn(*tensors), then the gradient of sum(fn(*tensors) * grad_out) for each tensor],
     on detached copies of the tensors (leaves of their own)."""

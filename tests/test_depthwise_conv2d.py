@@ -12,7 +12,7 @@ from torch import nn
 
 import fastdl
 from conftest import TOLERANCES
-from parity import assert_close, outputs_and_grads
+from parity import assert_close, assert_same_layout, outputs_and_grads
 
 OP = torch.ops.fastdl.depthwise_conv2d.default
 BACKWARD_OP = torch.ops.fastdl.depthwise_conv2d_backward.default
@@ -143,9 +143,8 @@ def test_matches_conv2d_forward_and_backward(device, dtype, channels_last, confi
     if x.is_cuda and dtype == torch.float64:
         assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         return
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        assert out.is_contiguous(memory_format=fmt) == ref_out.is_contiguous(memory_format=fmt)
-        assert grads[0].is_contiguous(memory_format=fmt) == ref_grads[0].is_contiguous(memory_format=fmt)
+    assert_same_layout(out, ref_out)
+    assert_same_layout(grads[0], ref_grads[0])
 
 
 @pytest.mark.parametrize("channels", [5, 16])
@@ -304,9 +303,8 @@ def test_layout_follows_input_or_weight(device, x_cl, w_cl):
     assert_close(out, ref_out, **tol)
     assert_close(grads[0], ref_grads[0], **tol)
     assert ref_out.is_contiguous(memory_format=torch.channels_last) and not ref_out.is_contiguous()
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        assert out.is_contiguous(memory_format=fmt) == ref_out.is_contiguous(memory_format=fmt), fmt
-        assert grads[0].is_contiguous(memory_format=fmt) == ref_grads[0].is_contiguous(memory_format=fmt), fmt
+    assert_same_layout(out, ref_out)
+    assert_same_layout(grads[0], ref_grads[0])
     conv_args = [list(_pair(args[k])) for k in ("stride", "padding", "dilation")]
     torch.library.opcheck(OP, (x, weight, bias, *conv_args))
     torch.library.opcheck(BACKWARD_OP, (grad_out, x, weight, *conv_args, [True, True, True]))

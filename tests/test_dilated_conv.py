@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import fastdl
 from conftest import TOLERANCES_VS_FLOAT64, requires_cuda
-from parity import assert_close, outputs_and_grads
+from parity import assert_close, assert_same_layout, outputs_and_grads
 
 # F.conv2d's own warning for 'same' with an even dilated extent (the reference's copy).
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
@@ -286,12 +286,7 @@ def test_conv2d_matches_f_conv2d(device, dtype, config):
 @pytest.mark.parametrize("x_cl, w_cl", [(False, True), (True, False), (True, True)],
                          ids=["weight-cl", "input-cl", "both-cl"])
 def test_conv2d_layout_follows_input_or_weight(device, x_cl, w_cl):
-    """As F.conv2d: the output and grad_input are channels_last when the input or the
-    weight is (a model moved to channels_last and fed an NCHW input), and the fake kernels
-    say so too (opcheck compares their strides with the real ones). float32: PyTorch's
-    rule is its oneDNN and cuDNN paths'; its float64 paths differ (on CPU a dilated float64
-    convolution ignores the weight's layout, on CUDA a float64 one drops channels_last).
-    fastdl takes the same rule for every dtype."""
+    """test_depthwise_conv2d.py's test_layout_follows_input_or_weight for this op."""
     dtype = torch.float32
     g = _generator(5)
     x, weight, bias = (_randn(shape, dtype, device, g) for shape in ((2, 6, 9, 8), (4, 3, 3, 2), (4,)))
@@ -310,9 +305,8 @@ def test_conv2d_layout_follows_input_or_weight(device, x_cl, w_cl):
     assert_close(out, ref, **tolerance)
     assert_close(grads[0], ref_grads[0], **tolerance)
     assert ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous()
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        assert out.is_contiguous(memory_format=fmt) == ref.is_contiguous(memory_format=fmt), fmt
-        assert grads[0].is_contiguous(memory_format=fmt) == ref_grads[0].is_contiguous(memory_format=fmt), fmt
+    assert_same_layout(out, ref)
+    assert_same_layout(grads[0], ref_grads[0])
     call = ([1, 1], [2, 2], [2, 2], [2, 1], 2)
     torch.library.opcheck(OP2D, (x, weight, bias, *call))
     torch.library.opcheck(BACKWARD2D, (grad_out, x, weight, *call, [True, True, True]))
