@@ -3,9 +3,10 @@
 // barrier` 0.36-0.49 us, this one (a counter and a generation on their own cache lines)
 // 0.04 us; a batch-1 LSTM layer (1000 steps, hidden 256) 2-6% faster. Waiters spin
 // with a pause for 256 rounds (2.5 us on an Intel Xeon whose pause takes 10 ns, 5-15 us
-// on older cores), longer than a step's usual imbalance, then yield. That only for a team with a processor per thread; a larger one takes
-// libgomp's barrier, as a spinning waiter would hold the processor that the thread it
-// waits for needs (measured: 4 threads on 2 cores, 4x slower than libgomp's).
+// on older cores), longer than a step's usual imbalance, then yield. That only for a
+// team with a processor per thread; a larger one takes libgomp's barrier, as a spinning
+// waiter would hold the processor that the thread it waits for needs (measured: 4
+// threads on 2 cores, 4x slower than libgomp's).
 #pragma once
 
 #include <omp.h>

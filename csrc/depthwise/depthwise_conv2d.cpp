@@ -3,13 +3,12 @@
 // autograd: fastdl/ops/depthwise_conv2d.py.
 #include "depthwise/depthwise_conv2d.h"
 
-#include "common/conv_layout.h"
-
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/conv_layout.h"
 #include "common/first_order.h"
 
 namespace fastdl::depthwise {
@@ -86,7 +85,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_grads(const Geometry& g,
                                                               const at::Tensor& weight,
                                                               std::array<bool, 3> output_mask) {
   at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options(), output_format(input, weight));
+  if (output_mask[0])
+    grad_input = at::empty(input.sizes(), input.options(), output_format(input, weight));
   if (output_mask[1]) grad_weight = at::zeros(weight.sizes(), weight.options());
   if (output_mask[2]) grad_bias = at::zeros({g.out_channels()}, weight.options());
   return {grad_input, grad_weight, grad_bias};
