@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fastdl
-from conftest import TOLERANCES
+from conftest import TOLERANCES, TOLERANCES_VS_FLOAT64
 from parity import assert_close, assert_compiled_grads_match
 
 OPS = torch.ops.fastdl
@@ -165,6 +165,34 @@ def test_gru_matches_nn_gru(device, config, steps, batch, dtype):
         results.append([out, h_n, *torch.autograd.grad(loss, (x, h0, *layer.parameters()))])
     for actual, expected in zip(*results):
         assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_gru_recurrence_splits_columns_between_threads(device, dtype, threads):
+    """The CPU recurrence (gru_recurrence_cpu.cpp) splits h_gates' 3H columns between
+    threads in blocks of a register tile's width (64 on AVX-512): hidden 100 gives several
+    blocks, so every thread has some (3 threads on a 2-core machine meet at libgomp's
+    barrier). Against nn.GRU in float64, forward and every gradient."""
+    torch.manual_seed(0)
+    reference = nn.GRU(12, 100, num_layers=2, bidirectional=True).double()
+    ours = fastdl.nn.GRU(12, 100, num_layers=2, bidirectional=True).to(device=device, dtype=dtype)
+    ours.load_state_dict(reference.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x, h0 = torch.randn(6, 9, 12, generator=g, dtype=torch.float64), torch.randn(4, 9, 100, generator=g, dtype=torch.float64)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        torch.set_num_threads(threads)
+        for layer, inputs in ((ours, (x.to(device, dtype), h0.to(device, dtype))), (reference, (x, h0))):
+            inputs = [t.detach().requires_grad_() for t in inputs]
+            out, h_n = layer(*inputs)
+            loss = (out * out.detach().cos()).sum() + h_n.sin().sum()
+            results.append([out, h_n, *torch.autograd.grad(loss, (*inputs, *layer.parameters()))])
+    finally:
+        torch.set_num_threads(previous)
+    for actual, expected in zip(*results):
+        torch.testing.assert_close(actual.double().cpu(), expected, **TOLERANCES_VS_FLOAT64[dtype])
 
 
 @pytest.mark.parametrize("pick", [0, 1], ids=["output", "h_n"])

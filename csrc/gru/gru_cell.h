@@ -32,4 +32,16 @@ void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& saved,
                             const at::Tensor& h_prev, at::Tensor& grad_x_gates,
                             at::Tensor& grad_h_gates, at::Tensor& grad_h_prev);
 
+// The recurrence of one GRU layer on CPU, every row every step (no packed sequence):
+// from x_gates = x W_ih^T + b_ih (T, B, 3H), h0 (B, H), w_hh (3H, H) and b_hh (3H),
+// writes output (T, B, H) and saved (T, B, 4H) as the cell does, all contiguous, one
+// dtype. Returns false (nothing done) off CPU or for dtypes other than float32/64
+// (gru_recurrence_cpu.cpp).
+struct RecurrenceArgs {
+  at::Tensor x_gates, h0, w_hh, b_hh, output, saved;
+  int64_t steps, batch, hidden;
+  bool reverse;
+};
+bool cpu_recurrence(const RecurrenceArgs& args);
+
 }  // namespace fastdl::gru

@@ -1,6 +1,7 @@
 // One GRU layer over a whole sequence, in one direction: the input projection of all
-// timesteps as one GEMM, then per step one GEMM with W_hh (at::addmm, b_hh included)
-// and the fused cell (fastdl::gru_cell, per device); backward through time runs the
+// timesteps as one GEMM, then per step one GEMM with W_hh (at::addmm, b_hh included;
+// on CPU without packing, gru_recurrence_cpu.cpp's tiles instead) and the fused cell
+// (fastdl::gru_cell, per device); backward through time runs the
 // fused cell backward and one GEMM with W_hh per step, and batches the weight, bias
 // and input gradients across time into GEMMs and sums over all timesteps. The
 // sequence loop is here in C++, not in Python.
@@ -115,6 +116,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer(
   at::Tensor output = allocate(s.hidden), saved = allocate(4 * s.hidden);
   at::Tensor h_gates = at::empty({s.batch, 3 * s.hidden}, input.options());
   const at::Tensor w_hh_t = w_hh.t();
+  if (!batch_sizes && s.steps > 0 &&
+      cpu_recurrence({x_gates, h0.contiguous(), w_hh.contiguous(), b_hh.contiguous(), output,
+                      saved, s.steps, s.batch, s.hidden, reverse}))
+    return {output, output[step_index(s.steps - 1, s.steps, reverse)].clone(), saved};
   if (!batch_sizes) {  // every row every step: the state is the previous step's output
     at::Tensor h = h0.contiguous();
     for (int64_t step = 0; step < s.steps; ++step) {
