@@ -44,4 +44,15 @@ struct RecurrenceArgs {
 };
 bool cpu_recurrence(const RecurrenceArgs& args);
 
+// Its backward through time (every row every step): from the forward's output and saved,
+// grad_output (T, B, H) and dh = grad_h_n (B, H), writes grad_x_gates and grad_h_gates
+// (T, B, 3H) and leaves grad_h0 in dh; contiguous, one dtype. Returns false (nothing
+// done) off CPU or for dtypes other than float32/64.
+struct RecurrenceBackwardArgs {
+  at::Tensor grad_output, output, saved, h0, w_hh, grad_x_gates, grad_h_gates, dh;
+  int64_t steps, batch, hidden;
+  bool reverse;
+};
+bool cpu_recurrence_backward(const RecurrenceBackwardArgs& args);
+
 }  // namespace fastdl::gru

@@ -172,7 +172,12 @@ gru_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous), grad_h = at::empty_like(dh);
   // Only a packed reverse pass joins rows (state_before then needs the scratch).
   at::Tensor h_joined = batch_sizes ? at::empty_like(dh) : at::Tensor();
-  for (int64_t step = s.steps - 1; step >= 0; --step) {
+  const bool ran_on_cpu =
+      !batch_sizes && s.steps > 0 &&
+      cpu_recurrence_backward({grad_output.contiguous(), output, saved, h_first, w_hh.contiguous(),
+                               grad_x_gates, grad_h_gates, dh, s.steps, s.batch, s.hidden,
+                               reverse});
+  for (int64_t step = ran_on_cpu ? -1 : s.steps - 1; step >= 0; --step) {
     const int64_t t = step_index(step, s.steps, reverse), rows = active[t];
     at::Tensor h_prev = rows_of(h_first, rows);
     if (step > 0) {
