@@ -8,9 +8,10 @@
 // per call, each thread taking whole blocks of h_gates' columns; then each thread runs
 // the cell on its share of the rows. Every h_gates value is summed by one thread in one
 // order, whatever the thread count (the input projection before, at::addmm, is MKL's).
-// Measured on an Intel Xeon, two threads, against nn.GRU (oneDNN) in the bench: the char-LM forward (batch 64, 100 steps, 2 layers) at
-// hidden 512 0.99x -> 1.27x and at hidden 1024 0.93x -> 1.07x; batch-1 inference
-// (1000 steps, hidden 256) 1.64x -> 2.74x; training 1.09-1.41x -> 1.14-1.44x.
+// Measured on an Intel Xeon, two threads, against nn.GRU (oneDNN) in the bench: the
+// char-LM forward (batch 64, 100 steps, 2 layers) at hidden 512 0.99x -> 1.27x and at
+// hidden 1024 0.93x -> 1.07x; batch-1 inference (1000 steps, hidden 256) 1.64x ->
+// 2.74x; training 1.09-1.41x -> 1.14-1.44x.
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
