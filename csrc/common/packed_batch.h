@@ -1,5 +1,5 @@
-// Packed (variable-length) batches for the recurrent layers: the rows a
-// PackedSequence's batch_sizes make active at each step.
+// The recurrent layers' steps: the order a direction runs them in, and for packed
+// (variable-length) batches the rows a PackedSequence's batch_sizes make active at each.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -11,6 +11,11 @@
 #include "common/checks.h"
 
 namespace fastdl {
+
+// The timestep a direction runs s-th: s, or from the end for the reverse direction.
+inline int64_t step_index(int64_t s, int64_t steps, bool reverse) {
+  return reverse ? steps - 1 - s : s;
+}
 
 // Rows of the batch active at each timestep. With a PackedSequence's batch_sizes
 // (sequences sorted by decreasing length) step t runs only rows [0, batch_sizes[t]);

@@ -92,8 +92,6 @@ LayerShape check_layer(const char* op, const at::Tensor& input, const at::Tensor
   return s;
 }
 
-// Timestep order of a direction.
-int64_t step_index(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -114,12 +112,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer(
                        : at::empty({s.steps, s.batch, width}, input.options());
   };
   at::Tensor output = allocate(s.hidden), saved = allocate(4 * s.hidden);
-  at::Tensor h_gates = at::empty({s.batch, 3 * s.hidden}, input.options());
-  const at::Tensor w_hh_t = w_hh.t();
   if (!batch_sizes && s.steps > 0 &&
       cpu_recurrence({x_gates, h0.contiguous(), w_hh.contiguous(), b_hh.contiguous(), output,
                       saved, s.steps, s.batch, s.hidden, reverse}))
     return {output, output[step_index(s.steps - 1, s.steps, reverse)].clone(), saved};
+  at::Tensor h_gates = at::empty({s.batch, 3 * s.hidden}, input.options());
+  const at::Tensor w_hh_t = w_hh.t();
   if (!batch_sizes) {  // every row every step: the state is the previous step's output
     at::Tensor h = h0.contiguous();
     for (int64_t step = 0; step < s.steps; ++step) {
@@ -169,26 +167,29 @@ gru_layer_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor grad_h_gates = batch_sizes ? at::zeros_like(grad_x_gates) : at::empty_like(grad_x_gates);
   // dh: the gradient reaching h after step t from later steps (and h_n); rows outside
   // a packed step's active prefix keep theirs.
-  at::Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous), grad_h = at::empty_like(dh);
-  // Only a packed reverse pass joins rows (state_before then needs the scratch).
-  at::Tensor h_joined = batch_sizes ? at::empty_like(dh) : at::Tensor();
+  at::Tensor dh = grad_h_n.clone(at::MemoryFormat::Contiguous);
   const bool ran_on_cpu =
       !batch_sizes && s.steps > 0 &&
       cpu_recurrence_backward({grad_output.contiguous(), output, saved, h_first, w_hh.contiguous(),
                                grad_x_gates, grad_h_gates, dh, s.steps, s.batch, s.hidden,
                                reverse});
-  for (int64_t step = ran_on_cpu ? -1 : s.steps - 1; step >= 0; --step) {
-    const int64_t t = step_index(step, s.steps, reverse), rows = active[t];
-    at::Tensor h_prev = rows_of(h_first, rows);
-    if (step > 0) {
-      const int64_t before = step_index(step - 1, s.steps, reverse);
-      h_prev = state_before(output[before], active[before], h_first, rows, h_joined);
+  if (!ran_on_cpu) {
+    at::Tensor grad_h = at::empty_like(dh);
+    // Only a packed reverse pass joins rows (state_before then needs the scratch).
+    at::Tensor h_joined = batch_sizes ? at::empty_like(dh) : at::Tensor();
+    for (int64_t step = s.steps - 1; step >= 0; --step) {
+      const int64_t t = step_index(step, s.steps, reverse), rows = active[t];
+      at::Tensor h_prev = rows_of(h_first, rows);
+      if (step > 0) {
+        const int64_t before = step_index(step - 1, s.steps, reverse);
+        h_prev = state_before(output[before], active[before], h_first, rows, h_joined);
+      }
+      at::Tensor step_grad_h = rows_of(grad_h, rows), step_dh = rows_of(dh, rows);
+      at::add_out(step_grad_h, rows_of(grad_output[t], rows), step_dh);
+      cell_backward_into(step_grad_h, rows_of(saved[t], rows), h_prev,
+                         rows_of(grad_x_gates[t], rows), rows_of(grad_h_gates[t], rows), step_dh);
+      step_dh.addmm_(rows_of(grad_h_gates[t], rows), w_hh);  // through h_gates = h W_hh^T + b_hh
     }
-    at::Tensor step_grad_h = rows_of(grad_h, rows), step_dh = rows_of(dh, rows);
-    at::add_out(step_grad_h, rows_of(grad_output[t], rows), step_dh);
-    cell_backward_into(step_grad_h, rows_of(saved[t], rows), h_prev, rows_of(grad_x_gates[t], rows),
-                       rows_of(grad_h_gates[t], rows), step_dh);
-    step_dh.addmm_(rows_of(grad_h_gates[t], rows), w_hh);  // through h_gates = h W_hh^T + b_hh
   }
   // h_prev of every step, in time order: (h0, out_0, ..., out_{T-2}), or the mirror.
   const at::Tensor first = h_first.unsqueeze(0);

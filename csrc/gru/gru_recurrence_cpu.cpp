@@ -18,6 +18,7 @@
 
 #include "common/aligned_vector.h"
 #include "common/cpu_isa.h"
+#include "common/packed_batch.h"
 #include "common/team_barrier.h"
 #include "gru/gru_cell.h"
 #include "gru/gru_cell_cpu_kernels.h"
@@ -35,7 +36,7 @@ void run_recurrence(ProductKernels products, CellKernels cells, const Recurrence
   const T* b_hh = a.b_hh.const_data_ptr<T>();
   T* output = a.output.data_ptr<T>();
   T* saved = a.saved.data_ptr<T>();
-  const auto time = [&](int64_t s) { return a.reverse ? a.steps - 1 - s : s; };
+  const auto time = [&](int64_t s) { return step_index(s, a.steps, a.reverse); };
   // Shared by the team: h_prev packed as the tiles read rows, and the step's h_gates.
   AlignedVector<T> pack(batch * hidden), h_gates(batch * width);
   lstm::split_units(width, block, [&](int64_t id, int64_t team, int64_t first, int64_t columns,
@@ -81,7 +82,7 @@ void run_recurrence_backward(ProductKernels products, CellKernels cells,
   T* grad_x_gates = a.grad_x_gates.data_ptr<T>();
   T* grad_h_gates = a.grad_h_gates.data_ptr<T>();
   T* dh = a.dh.data_ptr<T>();
-  const auto time = [&](int64_t s) { return a.reverse ? a.steps - 1 - s : s; };
+  const auto time = [&](int64_t s) { return step_index(s, a.steps, a.reverse); };
   AlignedVector<T> pack(batch * width);  // shared: the step's grad_h_gates packed
   lstm::split_units(hidden, block, [&](int64_t id, int64_t team, int64_t first, int64_t units,
                                        TeamBarrier& barrier) {

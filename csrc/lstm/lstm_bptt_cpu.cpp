@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/cpu_isa.h"
+#include "common/packed_batch.h"
 #include "lstm/lstm_cell.h"
 #include "lstm/lstm_cell_cpu_kernels.h"
 #include "lstm/lstm_recurrence_split.h"

@@ -31,11 +31,6 @@ void cpu_cell_backward_into(const at::Tensor& grad_h, const at::Tensor& grad_c,
                             const at::Tensor& c, at::Tensor& grad_gates,
                             at::Tensor& grad_c_prev);
 
-// The timestep a direction runs s-th: s, or from the end for the reverse direction.
-inline int64_t step_index(int64_t s, int64_t steps, bool reverse) {
-  return reverse ? steps - 1 - s : s;
-}
-
 // The CPU recurrence (lstm_recurrence_cpu.cpp): one direction of one layer, input
 // projection included, no projection of h, every row every step. All tensors
 // contiguous and of one dtype: input (T, B, I), w_ih (4H, I), w_hh (4H, H), bias (4H,)

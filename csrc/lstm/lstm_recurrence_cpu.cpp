@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/cpu_isa.h"
+#include "common/packed_batch.h"
 #include "common/prefetch.h"
 #include "common/thread_scratch.h"
 #include "lstm/lstm_cell.h"
