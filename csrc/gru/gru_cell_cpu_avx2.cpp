@@ -2,7 +2,9 @@
 // Everything with inline code of its own is included before the target pragma.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "gru/gru_cell_cpu_kernels.h"
 
@@ -13,6 +15,7 @@ namespace fastdl::gru {
 namespace avx2_impl {
 #include "common/simd/avx2.inc"
 #include "common/simd/loops.inc"
+#include "common/simd/tile_product.inc"
 #include "common/simd/activations.inc"
 #include "gru/gru_cell_cpu_kernels.inc"
 }  // namespace avx2_impl

@@ -5,7 +5,9 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "gru/gru_cell_cpu_kernels.h"
 
@@ -16,6 +18,7 @@ namespace fastdl::gru {
 namespace avx512_impl {
 #include "common/simd/avx512.inc"
 #include "common/simd/loops.inc"
+#include "common/simd/tile_product.inc"
 #include "common/simd/activations.inc"
 #include "gru/gru_cell_cpu_kernels.inc"
 }  // namespace avx512_impl

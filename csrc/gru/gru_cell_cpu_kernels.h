@@ -7,9 +7,14 @@
 
 #include <cstdint>
 
+#include "common/tile_product.h"
+
 namespace fastdl::gru {
 
+// The recurrence's per-step products (gru_recurrence_cpu.cpp) run in the register tiles
+// of common/simd/tile_product.inc.
 #define FASTDL_GRU_KERNEL_LIST(T)                                                          \
+  FASTDL_TILE_PRODUCT_KERNEL_LIST(T)                                                       \
   static void forward_rows(const T* x_gates, const T* h_gates, const T* h_prev,           \
                            int64_t rows, int64_t hidden, T* h, T* saved);                  \
   static void backward_rows(const T* grad_h, const T* saved, const T* h_prev, int64_t rows, \
@@ -28,6 +33,7 @@ struct Avx512Kernels {
 };
 
 #define FASTDL_GRU_DEFINE_KERNELS(Set, impl, T)                                               \
+  FASTDL_TILE_PRODUCT_DEFINE_KERNELS(Set, impl, T)                                            \
   void Set::forward_rows(const T* x_gates, const T* h_gates, const T* h_prev, int64_t rows,  \
                          int64_t hidden, T* h, T* saved) {                                    \
     impl::forward_rows<T>(x_gates, h_gates, h_prev, rows, hidden, h, saved);                  \

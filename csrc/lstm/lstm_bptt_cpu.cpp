@@ -1,6 +1,6 @@
 // Backward through time of the CPU recurrence (lstm_recurrence_cpu.cpp), and the
 // weight gradients of every CPU LSTM layer, in the forward's register tiles (the
-// rows x four-vector tiles of lstm_cell_cpu_kernels.inc) over packed rows. Measured at
+// rows x four-vector tiles of common/simd/tile_product.inc) over packed rows. Measured at
 // batch 64, seq 100, 2 layers, fwd+bwd against oneDNN on an AMD EPYC Zen 4: hidden 256
 // 0.99x -> 1.08-1.23x, hidden 512 0.81x -> 1.01-1.02x; the at::mm (MKL) GEMMs they
 // replace ran at 63-72% of that CPU's peak.
@@ -131,21 +131,22 @@ void run_weight_gradient(Kernels kernels, const at::Tensor& gates, const at::Ten
 }  // namespace
 
 bool cpu_recurrence_backward(const RecurrenceBackwardArgs& a) {
-  return with_recurrence_kernels(a.grad_output, [&](auto kernels, auto type) {
-    run_recurrence_backward<decltype(type)>(kernels, a);
-  });
+  return with_recurrence_kernels<ScalarKernels, Avx2Kernels, Avx512Kernels>(
+      a.grad_output,
+      [&](auto kernels, auto type) { run_recurrence_backward<decltype(type)>(kernels, a); });
 }
 
 at::Tensor cpu_weight_gradient(const at::Tensor& gates, const at::Tensor& inputs) {
   at::Tensor out;  // stays undefined where no kernel ran
-  with_recurrence_kernels(gates, [&](auto kernels, auto type) {
-    const at::Tensor g = gates.contiguous(), x = inputs.contiguous();
-    out = at::empty({g.size(1), x.size(1)}, g.options());
-    if (g.size(0) == 0)
-      out.zero_();  // no timesteps
-    else
-      run_weight_gradient<decltype(type)>(kernels, g, x, out);
-  });
+  with_recurrence_kernels<ScalarKernels, Avx2Kernels, Avx512Kernels>(
+      gates, [&](auto kernels, auto type) {
+        const at::Tensor g = gates.contiguous(), x = inputs.contiguous();
+        out = at::empty({g.size(1), x.size(1)}, g.options());
+        if (g.size(0) == 0)
+          out.zero_();  // no timesteps
+        else
+          run_weight_gradient<decltype(type)>(kernels, g, x, out);
+      });
   return out;
 }
 

@@ -18,6 +18,7 @@ namespace fastdl::lstm {
 namespace avx2_impl {
 #include "common/simd/avx2.inc"
 #include "common/simd/loops.inc"
+#include "common/simd/tile_product.inc"
 #include "common/simd/activations.inc"
 #include "lstm/lstm_cell_cpu_kernels.inc"
 }  // namespace avx2_impl

@@ -21,6 +21,7 @@ namespace fastdl::lstm {
 namespace avx512_impl {
 #include "common/simd/avx512.inc"
 #include "common/simd/loops.inc"
+#include "common/simd/tile_product.inc"
 #include "common/simd/activations.inc"
 #include "lstm/lstm_cell_cpu_kernels.inc"
 }  // namespace avx512_impl

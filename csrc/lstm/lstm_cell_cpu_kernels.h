@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/prefetch.h"
+#include "common/tile_product.h"
 
 namespace fastdl::lstm {
 
@@ -23,11 +24,7 @@ namespace fastdl::lstm {
                             T* act, int64_t act_stride);                                    \
   /* Units per block of the tiled recurrence's panel: one vector.                       */ \
   static int64_t unit_block(T);                                                             \
-  /* Columns [k_begin, k_end) of src (value (row, k) at row * row_stride + k) packed   */ \
-  /* as the tiles read rows (rows x cols), tiles part, part + parts, ... only.          */ \
-  static void pack_rows(const T* src, int64_t row_stride, int64_t rows, int64_t cols,       \
-                        int64_t k_begin, int64_t k_end, int64_t part, int64_t parts,         \
-                        T* pack);                                                           \
+  FASTDL_TILE_PRODUCT_KERNEL_LIST(T)                                                        \
   /* One step of `units` units (from unit `first`) for every row, input projection     */ \
   /* included, from the block panel and packed rows of lstm_cell_cpu_kernels.inc: h, c, */ \
   /* act as forward_rows writes them, and h packed for the next step (if h_pack_next); */ \
@@ -43,14 +40,6 @@ namespace fastdl::lstm {
   static void backward_rows(const T* grad_h, const T* grad_c, const T* activated,          \
                             const T* c_prev, const T* c, int64_t rows, int64_t units,       \
                             int64_t hidden, T* grad_gates, T* grad_c_prev);                 \
-  /* out (rows, columns) = addend (or 0 if null) + pack (rows x k_size, packed by      */ \
-  /* pack_rows) x a matrix packed in blocks of product_block columns, [block][k][col]; */ \
-  /* partial: rows * product_block values of scratch.                                   */ \
-  static int64_t product_block(T);                                                          \
-  static void packed_times_panel(const T* panel, int64_t k_size, int64_t rows,              \
-                                 const T* pack, int64_t columns, const T* addend,           \
-                                 int64_t addend_stride, T* out, int64_t out_stride,         \
-                                 T* partial);                                               \
   /* out (m, columns) = gates[:, :m]^T x inputs[:, :columns].                          */ \
   static void gates_transposed_times(const T* gates, int64_t gates_stride, int64_t m,       \
                                      const T* inputs, int64_t inputs_stride,                \
@@ -79,10 +68,7 @@ struct Avx512Kernels {
     impl::forward_units<T>(gates, c_prev, units, h, c, act, act_stride);                     \
   }                                                                                          \
   int64_t Set::unit_block(T) { return impl::Vec<T>::kWidth; }                               \
-  void Set::pack_rows(const T* src, int64_t row_stride, int64_t rows, int64_t cols,         \
-                      int64_t k_begin, int64_t k_end, int64_t part, int64_t parts, T* pack) { \
-    impl::pack_rows<T>(src, row_stride, rows, cols, k_begin, k_end, part, parts, pack);       \
-  }                                                                                          \
+  FASTDL_TILE_PRODUCT_DEFINE_KERNELS(Set, impl, T)                                          \
   void Set::step_blocks(const T* panel, int64_t units, int64_t first, int64_t batch,       \
                         const T* x_pack, int64_t in_size, const T* h_pack, const T* bias,    \
                         const T* c_prev, int64_t hidden, T* h, T* c, T* act,                 \
@@ -99,13 +85,6 @@ struct Avx512Kernels {
                           int64_t hidden, T* grad_gates, T* grad_c_prev) {                   \
     impl::backward_rows<T>(grad_h, grad_c, activated, c_prev, c, rows, units, hidden,        \
                            grad_gates, grad_c_prev);                                         \
-  }                                                                                          \
-  int64_t Set::product_block(T) { return 4 * impl::Vec<T>::kWidth; }                        \
-  void Set::packed_times_panel(const T* panel, int64_t k_size, int64_t rows, const T* pack, \
-                               int64_t columns, const T* addend, int64_t addend_stride,      \
-                               T* out, int64_t out_stride, T* partial) {                     \
-    impl::packed_times_panel<T>(panel, k_size, rows, pack, columns, addend, addend_stride,    \
-                                out, out_stride, partial);                                   \
   }                                                                                          \
   void Set::gates_transposed_times(const T* gates, int64_t gates_stride, int64_t m,          \
                                    const T* inputs, int64_t inputs_stride, int64_t columns,  \

@@ -12,6 +12,7 @@ namespace fastdl::lstm {
 namespace scalar_impl {
 #include "common/simd/scalar.inc"
 #include "common/simd/loops.inc"
+#include "common/simd/tile_product.inc"
 #include "common/simd/activations.inc"
 #include "lstm/lstm_cell_cpu_kernels.inc"
 }  // namespace scalar_impl

@@ -261,9 +261,8 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
 }  // namespace
 
 bool cpu_recurrence(const RecurrenceArgs& a) {
-  return with_recurrence_kernels(a.input, [&](auto kernels, auto type) {
-    run_recurrence<decltype(type)>(kernels, a);
-  });
+  return with_recurrence_kernels<ScalarKernels, Avx2Kernels, Avx512Kernels>(
+      a.input, [&](auto kernels, auto type) { run_recurrence<decltype(type)>(kernels, a); });
 }
 
 }  // namespace fastdl::lstm
