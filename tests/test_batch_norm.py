@@ -4,6 +4,8 @@ statistics, over layouts, ranks, activations and dtypes; large-mean data, edge
 shapes, gradcheck, opcheck, drop-in layers, torch.compile, SyncBatchNorm on two gloo
 processes, fold_bn, bad input."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -377,6 +379,66 @@ def test_sync_batch_norm_without_process_group_is_batch_norm():
     layer = fastdl.nn.SyncBatchNorm(3, activation="relu")
     x = torch.randn(4, 3, 5, 5)
     assert_close(layer(x), F.relu(nn.BatchNorm2d(3)(x)), **TOLERANCES_VS_FLOAT64[torch.float32])
+
+
+
+def _sync_conversion_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        fastdl.nn.BatchNorm2d(4, activation="leaky_relu", negative_slope=0.2),
+        nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, affine=False)),
+        fastdl.nn.SyncBatchNorm(4, activation="silu", momentum=None),
+        nn.Flatten(), nn.Linear(4 * 5 * 5, 6), nn.BatchNorm1d(6, track_running_stats=False),
+    ).double()
+    model[1].eval()  # the train/eval mode of each layer is kept
+    for _ in range(2):  # non-trivial running statistics
+        model(torch.randn(3, 3, 5, 5, dtype=torch.float64))
+    return model
+
+
+def test_convert_sync_batchnorm_keeps_activations_parameters_and_buffers():
+    model = _sync_conversion_model()
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    parameters = [id(p) for p in model.parameters()]
+    expected = copy.deepcopy(model)(x)
+    group = object()  # passed through as is (no process group is initialised here)
+    converted = fastdl.nn.SyncBatchNorm.convert_sync_batchnorm(model, group)
+    assert converted is model
+    norms = [model[1], model[2][1], model[3], model[6]]
+    assert all(type(bn) is fastdl.nn.SyncBatchNorm for bn in norms)
+    assert [bn.activation for bn in norms] == ["leaky_relu", "none", "silu", "none"]
+    assert norms[0].negative_slope == 0.2 and norms[2].momentum is None
+    assert [bn.training for bn in norms] == [False, True, True, True]
+    assert all(bn.process_group is group for bn in norms)
+    assert [id(p) for p in model.parameters()] == parameters  # shared, as torch's does
+    assert list(model.state_dict()) == list(state)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    # no process group initialised: each layer is a plain fused batch norm
+    assert_close(model(x), expected, **TOLERANCES_VS_FLOAT64[torch.float64])
+
+
+def test_convert_sync_batchnorm_converts_a_lone_layer():
+    bn = fastdl.nn.BatchNorm1d(5, activation="relu6")
+    converted = fastdl.nn.SyncBatchNorm.convert_sync_batchnorm(bn)
+    assert type(converted) is fastdl.nn.SyncBatchNorm and converted.activation == "relu6"
+    assert converted.weight is bn.weight and converted.running_var is bn.running_var
+    x = torch.randn(4, 5) * 4
+    assert_close(converted(x), F.relu6(nn.BatchNorm1d(5)(x)), **TOLERANCES_VS_FLOAT64[torch.float32])
+
+
+def test_convert_sync_batchnorm_refuses_uninitialised_lazy_norms():
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Sequential(nn.LazyBatchNorm2d()))
+    with pytest.raises(ValueError, match=r"convert_sync_batchnorm: module: expected batch "
+                                         r"norms of known size, got an uninitialised "
+                                         r"LazyBatchNorm2d at '1.0'"):
+        fastdl.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert type(model[0]) is nn.BatchNorm2d  # nothing converted
+    model(torch.randn(2, 3, 4, 4))  # initialised: converts
+    fastdl.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert type(model[1][0]) is fastdl.nn.SyncBatchNorm and model[1][0].num_features == 3
 
 
 # ---- fold_bn ----

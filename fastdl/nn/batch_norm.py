@@ -117,6 +117,12 @@ class SyncBatchNorm(_FusedBatchNorm, nn.modules.batchnorm._BatchNorm):
     Same constructor, parameters, buffers and ``state_dict`` as ``nn.SyncBatchNorm``,
     but not a subclass of it: ``DistributedDataParallel`` refuses CPU modules that
     contain an ``nn.SyncBatchNorm``, and this one works on CPU.
+
+    To make a model's batch norms synchronous, use
+    :meth:`SyncBatchNorm.convert_sync_batchnorm` (this class's), not
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``: torch's turns every batch norm,
+    fastdl's included, into an ``nn.SyncBatchNorm`` and so drops a fastdl layer's
+    activation, without a word.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
@@ -128,6 +134,40 @@ class SyncBatchNorm(_FusedBatchNorm, nn.modules.batchnorm._BatchNorm):
                                                  track_running_stats, device, dtype)
         self.process_group = process_group
         self._init_fused(activation, negative_slope)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group=None) -> nn.Module:
+        """``module`` with every batch norm in it (``nn.BatchNorm1d/2d/3d``,
+        ``nn.SyncBatchNorm`` and fastdl's layers) replaced by a fastdl
+        ``SyncBatchNorm`` over ``process_group``, the way
+        ``nn.SyncBatchNorm.convert_sync_batchnorm`` does it (same parameters and
+        buffers, shared; the train/eval mode and ``qconfig`` kept; children converted
+        too) but keeping a fastdl layer's activation and ``negative_slope``. Returns
+        ``module`` itself, converted in place below it, unless ``module`` is a batch
+        norm. Raises ``ValueError``, converting nothing, where a lazy batch norm is not
+        yet initialised (run one forward first): its size is not known yet."""
+        for name, sub in module.named_modules():
+            if (isinstance(sub, nn.modules.batchnorm._BatchNorm)
+                    and isinstance(sub, nn.modules.lazy.LazyModuleMixin)):
+                raise ValueError(
+                    "fastdl.SyncBatchNorm.convert_sync_batchnorm: module: expected batch "
+                    f"norms of known size, got an uninitialised {type(sub).__name__} at "
+                    f"{name or 'the top'!r} (run a forward pass first)")
+        return cls._convert(module, process_group)
+
+    @classmethod
+    def _convert(cls, module: nn.Module, process_group) -> nn.Module:
+        converted = module
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            activation = getattr(module, "activation", "none")
+            negative_slope = getattr(module, "negative_slope", 0.01)
+            converted = cls.from_batch_norm(module, activation, negative_slope)
+            converted.process_group = process_group
+            if hasattr(module, "qconfig"):
+                converted.qconfig = module.qconfig
+        for name, child in module.named_children():
+            converted.add_module(name, cls._convert(child, process_group))
+        return converted
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
