@@ -269,6 +269,18 @@ def test_gradcheck(device):
             assert torch.autograd.gradcheck(lambda x, w, b: fastdl.ops.depthwise_conv2d(x, w, b, **args), inputs)
 
 
+def test_gradgradcheck(device):
+    """Second derivatives (a gradient penalty): the backward op's own formula, which runs
+    the forward and backward ops again (fastdl/ops/_utils.py:
+    register_conv_backward_autograd)."""
+    for channels_last in (False, True):
+        config = (2, 3, 2, 6, 5, (2, 3), 2, (1, 0), (2, 1))
+        x, weight, bias, args = _make(config, torch.float64, device, channels_last)
+        inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
+        assert torch.autograd.gradgradcheck(
+            lambda x, w, b: fastdl.ops.depthwise_conv2d(x, w, b, **args), inputs)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_opcheck(device, channels_last):
     x, weight, bias, args = _make(CONFIGS[5], torch.float64, device, channels_last)
@@ -278,6 +290,9 @@ def test_opcheck(device, channels_last):
     grad_out = OP(x, weight, bias, *conv_args).detach().clone()
     for mask in ([True, True, True], [True, False, False], [False, True, False], [False, False, True]):
         torch.library.opcheck(BACKWARD_OP, (grad_out, x.detach(), weight.detach(), *conv_args, mask))
+    # differentiable itself (second derivatives)
+    torch.library.opcheck(BACKWARD_OP, (grad_out.requires_grad_(), x, weight, *conv_args,
+                                        [True, True, True]))
 
 
 @pytest.mark.parametrize("x_cl, w_cl", [(False, True), (True, False), (True, True)],

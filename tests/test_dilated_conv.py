@@ -823,6 +823,22 @@ def test_gradcheck_conv1d(plain_device):
         assert torch.autograd.gradcheck(lambda x, w, b: fastdl.ops.dilated_conv1d(x, w, b, **args), inputs)
 
 
+def test_gradgradcheck(plain_device):
+    """Second derivatives (a gradient penalty): the backward ops' own formula, which runs
+    these ops again (fastdl/ops/_utils.py: register_conv_backward_autograd)."""
+    x, weight, bias, args = make_2d((1, 4, 4, 2, 5, 6, (3, 2), 2, ((1, 2), (0, 1)), 2, "cl"),
+                                    torch.float64, plain_device)
+    inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
+    assert torch.autograd.gradgradcheck(
+        lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), inputs)
+    for causal, padding, stride in ((True, 0, 1), (False, (2, 1), 2)):
+        x, weight, bias, args = make_1d((2, 2, 4, 2, 9, 3, stride, padding, 2, causal, "contiguous"),
+                                        torch.float64, plain_device)
+        inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
+        assert torch.autograd.gradgradcheck(
+            lambda x, w, b: fastdl.ops.dilated_conv1d(x, w, b, **args), inputs)
+
+
 def test_gradcheck_conv1d_two_tap_pairs(plain_device):
     """The Winograd pair kernel (k=2, 2048 output columns; float64's scalar kernels take
     it at any dilation up to 512), forward and grad_input."""
@@ -852,6 +868,9 @@ def test_opcheck_conv2d(plain_device, config, bias):
     grad_out = OP2D(x, weight, b, *conv_args).detach().clone()
     for mask in ([True, True, bias], [True, False, False], [False, False, True]):
         torch.library.opcheck(BACKWARD2D, (grad_out, x, weight, *conv_args, mask))
+    # differentiable itself (second derivatives)
+    torch.library.opcheck(BACKWARD2D, (grad_out.requires_grad_(), *grads[:2], *conv_args,
+                                       [True, True, bias]))
 
 
 @pytest.mark.parametrize("config, bias", [(GROUPED_1D, True), (CAUSAL_1D, True), (CAUSAL_1D, False)],
@@ -867,6 +886,8 @@ def test_opcheck_conv1d(plain_device, config, bias):
     grad_out = OP1D(x, weight, b, *conv_args).detach().clone()
     for mask in ([True, True, bias], [True, False, False], [False, False, True]):
         torch.library.opcheck(BACKWARD1D, (grad_out, x, weight, *conv_args, mask))
+    torch.library.opcheck(BACKWARD1D, (grad_out.requires_grad_(), *grads[:2], *conv_args,
+                                       [True, True, bias]))
 
 
 def test_opcheck_conv1d_transposed_input(plain_device):

@@ -1,10 +1,12 @@
-"""torch.func transforms over fastdl layers (call_op's _FormulaFunction), and the backward
-ops' refusal of a second derivative (csrc/common/first_order.h)."""
+"""torch.func transforms over fastdl layers (call_op's _FormulaFunction); second
+derivatives: the convolutions' (their backward ops' formula), and the other backward
+ops' refusal of one (csrc/common/first_order.h)."""
 
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fastdl
 from fastdl import ops
@@ -98,32 +100,69 @@ def _depthwise_second(x, w, b):
     return ops.depthwise_conv2d(x, w, b, padding=1).square().sum()
 
 
-_LSTM = fastdl.nn.LSTM(6, 3).double()
-
-
-def _lstm_second(x, w, b):
-    return _LSTM(x.flatten(2))[0].square().sum()
-
-
 def _dilated_second(x, w, b):
     return ops.dilated_conv2d(x, w.expand(4, 4, 3, 3).contiguous(), b, padding=2,
                               dilation=2).square().sum()
 
 
-@pytest.mark.parametrize("loss,op", [(_depthwise_second, "depthwise_conv2d_backward"),
-                                     (_lstm_second, "lstm_layer_backward"),
-                                     (_dilated_second, "dilated_conv2d_backward")])
-def test_second_derivative_raises_naming_the_backward_op(loss, op):
-    """Before, PyTorch warned and returned zeros for a second derivative."""
+def _dilated_reference(x, w, b):
+    return F.conv2d(x, w.expand(4, 4, 3, 3).contiguous(), b, padding=2,
+                    dilation=2).square().sum()
+
+
+def _depthwise_reference(x, w, b):
+    return F.conv2d(x, w, b, padding=1, groups=4).square().sum()
+
+
+def _second_inputs():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 4, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, generator=g, dtype=torch.float64)
-    (grad,) = torch.autograd.grad(loss(x, w, b), x, create_graph=True)
-    with pytest.raises(RuntimeError, match=f"fastdl::{op} is not implemented"):
+    return x, w, b
+
+
+@pytest.mark.parametrize("loss,reference", [(_depthwise_second, _depthwise_reference),
+                                            (_dilated_second, _dilated_reference)],
+                         ids=["depthwise", "dilated"])
+def test_conv_second_derivatives_equal_torch(loss, reference):
+    """A gradient penalty's second derivative (the convolutions' backward ops have a
+    formula of their own), by autograd and by nested torch.func.grad, against F.conv2d's."""
+    x, w, b = _second_inputs()
+    penalties = []
+    for f in (loss, reference):
+        (grad,) = torch.autograd.grad(f(x, w, b), x, create_graph=True)
+        penalties.append(torch.autograd.grad(grad.square().sum(), (x, w)))
+    for got, want in zip(*penalties):
+        torch.testing.assert_close(got, want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the batching fallback's performance warning
+        nested = [torch.func.grad(lambda x: torch.func.grad(lambda x: f(x, w, b))(x).sum())(
+            x.detach()) for f in (loss, reference)]
+    torch.testing.assert_close(*nested)
+
+
+def test_forward_mode_raises_naming_the_op():
+    x, w, b = (t.detach() for t in _second_inputs())
+    with pytest.raises(NotImplementedError, match=r"fastdl: fastdl.depthwise_conv2d.default: "
+                                                  r"forward-mode AD \(torch.func.jvp"):
+        torch.func.jacfwd(lambda x: ops.depthwise_conv2d(x, w, b, padding=1))(x)
+
+
+def test_second_derivative_through_lstm_raises_naming_the_backward_op():
+    """The recurrent, attention and batch norm backward ops are first order: a second
+    derivative through one raises (before, PyTorch warned and returned zeros)."""
+    layer = fastdl.nn.LSTM(6, 3).double()
+    x, _, _ = _second_inputs()
+
+    def loss(x):
+        return layer(x.flatten(2))[0].square().sum()
+
+    (grad,) = torch.autograd.grad(loss(x), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="fastdl::lstm_layer_backward is not implemented"):
         torch.autograd.grad(grad.sum(), x)
-    with pytest.raises(RuntimeError, match=f"fastdl::{op} is not implemented"):
-        torch.func.grad(lambda x: torch.func.grad(lambda x: loss(x, w, b))(x).sum())(x.detach())
+    with pytest.raises(RuntimeError, match="fastdl::lstm_layer_backward is not implemented"):
+        torch.func.grad(lambda x: torch.func.grad(loss)(x).sum())(x.detach())
 
 
 @pytest.mark.parametrize("name,layer,x,batch_dim",

@@ -9,7 +9,6 @@
 
 #include "common/checks.h"
 #include "common/conv_layout.h"
-#include "common/first_order.h"
 
 namespace fastdl::depthwise {
 Geometry check_forward_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
@@ -102,8 +101,4 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "depthwise_conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, "
       "int[2] stride, int[2] padding, int[2] dilation, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
-  fastdl::register_first_order_only(m, "depthwise_conv2d_backward");
 }

@@ -9,7 +9,6 @@
 #include "common/checks.h"
 #include "common/conv_layout.h"
 #include "common/conv_shape.h"
-#include "common/first_order.h"
 
 namespace fastdl::dilated_conv {
 namespace {
@@ -237,9 +236,4 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "dilated_conv1d_backward(Tensor grad_output, Tensor input, Tensor weight, int stride, "
       "int padding_left, int padding_right, int dilation, int groups, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
-  fastdl::register_first_order_only(m, "dilated_conv2d_backward");
-  fastdl::register_first_order_only(m, "dilated_conv1d_backward");
 }

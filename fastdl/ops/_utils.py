@@ -146,6 +146,52 @@ def register_autograd(name: str, backward, setup_context) -> None:
     _FORMULAS[getattr(getattr(torch.ops, namespace), op_name).default] = (backward, setup_context)
 
 
+
+def register_conv_backward_autograd(backward_name: str, forward_op, backward_op) -> None:
+    """The autograd formula of a convolution's backward op, ``backward_op(grad_output,
+    input, weight, *conv_args, output_mask) -> (grad_input, grad_weight, grad_bias)``,
+    for second (and higher) derivatives: a gradient penalty, or ``torch.func.hessian``.
+
+    Its outputs are linear in ``grad_output`` and in ``weight`` (grad_input) or ``input``
+    (grad_weight), so their derivatives are the convolution's own ops again,
+    ``forward_op(input, weight, bias, *conv_args)`` and ``backward_op``, themselves
+    differentiable: with gg_* the incoming gradients of grad_input, grad_weight and
+    grad_bias,
+      d grad_output = forward(gg_input, weight) + forward(input, gg_weight) + gg_bias
+                      (broadcast over the batch and the positions),
+      d input       = grad_input of forward(., gg_weight) at grad_output,
+      d weight      = grad_weight of forward(gg_input, .) at grad_output.
+    """
+
+    def setup_context(ctx, inputs, output):
+        grad_output, input, weight, *conv_args, _ = inputs
+        ctx.save_for_backward(grad_output, input, weight)
+        ctx.conv_args = conv_args
+
+    def backward(ctx, gg_input, gg_weight, gg_bias):
+        grad_output, input, weight = ctx.saved_tensors
+        args = ctx.conv_args
+        d_grad_output = d_input = d_weight = None
+        if ctx.needs_input_grad[0]:
+            terms = []
+            if gg_input is not None:
+                terms.append(call_op(forward_op, gg_input, weight, None, *args))
+            if gg_weight is not None:
+                terms.append(call_op(forward_op, input, gg_weight, None, *args))
+            if gg_bias is not None:
+                positions = [1] * (grad_output.dim() - 2)
+                terms.append(gg_bias.view(1, -1, *positions).expand_as(grad_output))
+            d_grad_output = sum(terms[1:], terms[0]) if terms else None
+        if ctx.needs_input_grad[1] and gg_weight is not None:
+            d_input = call_op(backward_op, grad_output, input, gg_weight, *args,
+                              [True, False, False])[0]
+        if ctx.needs_input_grad[2] and gg_input is not None:
+            d_weight = call_op(backward_op, grad_output, gg_input, weight, *args,
+                               [False, True, False])[1]
+        return (d_grad_output, d_input, d_weight, *([None] * (len(args) + 1)))
+
+    register_autograd(backward_name, backward, setup_context)
+
 class _FormulaFunction(torch.autograd.Function):
     """An op's registered autograd formula as an autograd.Function that ``torch.func``
     transforms accept; the op is its first input.
@@ -181,6 +227,13 @@ class _FormulaFunction(torch.autograd.Function):
         finally:
             ctx.needs_input_grad = needs
         return (None, *result) if isinstance(result, tuple) else (None, result)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        # autograd.Function's own message names no op.
+        raise NotImplementedError(
+            f"fastdl: {ctx.formula_op}: forward-mode AD (torch.func.jvp, jacfwd, hessian) is "
+            "not supported; reverse mode is (torch.func.grad, vjp, jacrev)")
 
 
 def needs_grad(*values) -> bool:

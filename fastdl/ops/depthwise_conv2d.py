@@ -5,7 +5,8 @@ Output channel ``oc`` reads input channel ``oc // multiplier``, exactly as PyTor
 grouped convolution with ``groups = C`` does. Any kernel size (unrolled kernels for
 3x3, 5x5 and 7x7), stride, padding (symmetric, zeros; the nn layer adds 'same' and
 padding modes) and dilation. NCHW and channels_last inputs; the output is channels_last when the input or the
-weight is, as with ``F.conv2d``. Differentiable in input, weight and bias (first order).
+weight is, as with ``F.conv2d``. Differentiable in input, weight and bias, to any order
+(the backward op's derivative is this op and the backward op again).
 
 dtypes: float32, float64, float16 and bfloat16 (on CPU the 16-bit ones through float32
 copies, as torch's CPU convolution computes them).
@@ -14,7 +15,7 @@ copies, as torch's CPU convolution computes them).
 import torch
 from torch import Tensor
 from ._utils import (call_op, check_device, conv_memory_format, pair, register_autocast,
-                     register_autograd)
+                     register_autograd, register_conv_backward_autograd)
 
 
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
@@ -68,11 +69,14 @@ def _backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
             ctx.has_bias and ctx.needs_input_grad[2]]
-    grad_input, grad_weight, grad_bias = torch.ops.fastdl.depthwise_conv2d_backward.default(
-        grad_output, input, weight, *ctx.conv_args, mask
-    )
+    grad_input, grad_weight, grad_bias = call_op(
+        torch.ops.fastdl.depthwise_conv2d_backward.default, grad_output, input, weight,
+        *ctx.conv_args, mask)
     return grad_input, grad_weight, grad_bias, None, None, None
 
 
 register_autograd("fastdl::depthwise_conv2d", _backward, setup_context=_setup_context)
+register_conv_backward_autograd("fastdl::depthwise_conv2d_backward",
+                                torch.ops.fastdl.depthwise_conv2d.default,
+                                torch.ops.fastdl.depthwise_conv2d_backward.default)
 register_autocast("fastdl::depthwise_conv2d", "fastdl::depthwise_conv2d_backward")

@@ -12,13 +12,14 @@ the direct kernel's (still ~1e-6 of the gradient's size).
 Inputs NCHW or channels_last (2-D; computed in NCHW, channels_last converted on the
 way in and out; the output is channels_last when the input or the weight is, as with
 ``F.conv2d``). dtypes: float32 and float64 on CPU and
-CUDA; float16 and bfloat16 on CUDA and on CPU (computed in float32).
+CUDA; float16 and bfloat16 on CUDA and on CPU (computed in float32). Differentiable to
+any order (the backward ops' derivatives are these ops again).
 """
 
 import torch
 from torch import Tensor
 from ._utils import (call_op, check_device, conv_memory_format, pair, register_autocast,
-                     register_autograd)
+                     register_autograd, register_conv_backward_autograd)
 
 
 def _side_padding(op: str, padding, kernel: int, dilation: int) -> tuple[int, int]:
@@ -148,16 +149,17 @@ def _make_backward(backward_op):
         input, weight = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.has_bias and ctx.needs_input_grad[2]]
-        grads = backward_op(grad_output, input, weight, *ctx.conv_args, mask)
+        grads = call_op(backward_op, grad_output, input, weight, *ctx.conv_args, mask)
         return (*grads, *([None] * len(ctx.conv_args)))
     return backward
 
 
-register_autograd(
-    "fastdl::dilated_conv2d", _make_backward(torch.ops.fastdl.dilated_conv2d_backward.default),
-    setup_context=_setup_context)
-register_autograd(
-    "fastdl::dilated_conv1d", _make_backward(torch.ops.fastdl.dilated_conv1d_backward.default),
-    setup_context=_setup_context)
+for _dims in ("1d", "2d"):
+    _forward = getattr(torch.ops.fastdl, f"dilated_conv{_dims}").default
+    _backward = getattr(torch.ops.fastdl, f"dilated_conv{_dims}_backward").default
+    register_autograd(f"fastdl::dilated_conv{_dims}", _make_backward(_backward),
+                      setup_context=_setup_context)
+    register_conv_backward_autograd(f"fastdl::dilated_conv{_dims}_backward", _forward, _backward)
+del _dims, _forward, _backward
 register_autocast("fastdl::dilated_conv2d", "fastdl::dilated_conv2d_backward",
                   "fastdl::dilated_conv1d", "fastdl::dilated_conv1d_backward")
