@@ -272,7 +272,7 @@ def test_gradcheck(device):
 def test_gradgradcheck(device):
     """Second derivatives (a gradient penalty): the backward op's own formula, which runs
     the forward and backward ops again (fastdl/ops/_utils.py:
-    register_conv_backward_autograd)."""
+    register_conv_derivatives)."""
     for channels_last in (False, True):
         config = (2, 3, 2, 6, 5, (2, 3), 2, (1, 0), (2, 1))
         x, weight, bias, args = _make(config, torch.float64, device, channels_last)

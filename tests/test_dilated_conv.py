@@ -825,7 +825,7 @@ def test_gradcheck_conv1d(plain_device):
 
 def test_gradgradcheck(plain_device):
     """Second derivatives (a gradient penalty): the backward ops' own formula, which runs
-    these ops again (fastdl/ops/_utils.py: register_conv_backward_autograd)."""
+    these ops again (fastdl/ops/_utils.py: register_conv_derivatives)."""
     x, weight, bias, args = make_2d((1, 4, 4, 2, 5, 6, (3, 2), 2, ((1, 2), (0, 1)), 2, "cl"),
                                     torch.float64, plain_device)
     inputs = tuple(t.requires_grad_() for t in (x, weight, bias))

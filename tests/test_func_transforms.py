@@ -122,9 +122,21 @@ def _second_inputs():
     return x, w, b
 
 
-@pytest.mark.parametrize("loss,reference", [(_depthwise_second, _depthwise_reference),
-                                            (_dilated_second, _dilated_reference)],
-                         ids=["depthwise", "dilated"])
+def _dilated1d_second(x, w, b):
+    return ops.dilated_conv1d(x.flatten(2), w.flatten(1)[:, :2].expand(4, 4, 2).contiguous(), b,
+                              dilation=2, causal=True).sin().sum()
+
+
+def _dilated1d_reference(x, w, b):
+    return F.conv1d(F.pad(x.flatten(2), (2, 0)), w.flatten(1)[:, :2].expand(4, 4, 2).contiguous(),
+                    b, dilation=2).sin().sum()
+
+
+SECOND_ORDER = [(_depthwise_second, _depthwise_reference), (_dilated_second, _dilated_reference),
+                (_dilated1d_second, _dilated1d_reference)]
+
+
+@pytest.mark.parametrize("loss,reference", SECOND_ORDER, ids=["depthwise", "dilated", "dilated1d"])
 def test_conv_second_derivatives_equal_torch(loss, reference):
     """A gradient penalty's second derivative (the convolutions' backward ops have a
     formula of their own), by autograd and by nested torch.func.grad, against F.conv2d's."""
@@ -142,11 +154,27 @@ def test_conv_second_derivatives_equal_torch(loss, reference):
     torch.testing.assert_close(*nested)
 
 
-def test_forward_mode_raises_naming_the_op():
+@pytest.mark.parametrize("loss,reference", SECOND_ORDER, ids=["depthwise", "dilated", "dilated1d"])
+def test_conv_hessian_and_forward_mode_equal_torch(loss, reference):
+    """Forward mode (jvp rules of the forward and backward ops) under torch.func:
+    hessian (jacfwd of jacrev, so the backward ops' jvp under vmap) and jvp itself."""
     x, w, b = (t.detach() for t in _second_inputs())
-    with pytest.raises(NotImplementedError, match=r"fastdl: fastdl.depthwise_conv2d.default: "
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the batching fallback's performance warning
+        hessians = [torch.func.hessian(f, argnums=(0, 1, 2))(x, w, b) for f in (loss, reference)]
+        tangents = tuple(torch.randn_like(t) for t in (x, w, b))
+        jvps = [torch.func.jvp(f, (x, w, b), tangents) for f in (loss, reference)]
+    torch.testing.assert_close(*hessians)
+    torch.testing.assert_close(*jvps)
+
+
+def test_forward_mode_raises_naming_the_op():
+    """Ops without forward-mode rules (here the LSTM's) say so by name."""
+    layer = fastdl.nn.LSTM(6, 3).double()
+    x = _second_inputs()[0].detach()
+    with pytest.raises(NotImplementedError, match=r"fastdl: fastdl.lstm_layer.default: "
                                                   r"forward-mode AD \(torch.func.jvp"):
-        torch.func.jacfwd(lambda x: ops.depthwise_conv2d(x, w, b, padding=1))(x)
+        torch.func.jacfwd(lambda x: layer(x.flatten(2))[0])(x)
 
 
 def test_second_derivative_through_lstm_raises_naming_the_backward_op():

@@ -1,6 +1,6 @@
 // Backward ops without a derivative of their own (the recurrent, attention and batch norm
 // ones; the convolutions' backward ops have one, fastdl/ops/_utils.py:
-// register_conv_backward_autograd).
+// register_conv_derivatives).
 //
 // register_first_order_only puts PyTorch's not-implemented autograd kernel at a backward
 // op's Autograd key. It runs the op below autograd and, where a gradient could flow into

@@ -66,7 +66,7 @@ def call_op(op, *args):
     if torch.compiler.is_compiling():
         return op(*args)
     if torch._C._functorch.peek_interpreter_stack() is not None and op in _FORMULAS:
-        return _FormulaFunction.apply(op, *args)
+        return _FormulaFunction.apply(op, *map(_Constant.wrap, args))
     if needs_grad(*args):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
@@ -135,6 +135,9 @@ def register_autocast(*names: str) -> None:
 
 # op overload -> (backward, setup_context), as given to register_autograd.
 _FORMULAS = {}
+# op overload -> jvp(ctx, tangents): forward mode under torch.func (register_conv_derivatives),
+# from what the op's setup_context saved on ctx.
+_JVPS = {}
 
 
 def register_autograd(name: str, backward, setup_context) -> None:
@@ -146,27 +149,47 @@ def register_autograd(name: str, backward, setup_context) -> None:
     _FORMULAS[getattr(getattr(torch.ops, namespace), op_name).default] = (backward, setup_context)
 
 
+def save_for_both_modes(ctx, *tensors) -> None:
+    """``ctx.save_for_backward(*tensors)`` in an op's setup_context, and the same for its
+    jvp (register_conv_derivatives), which sees only what ``save_for_forward`` saved."""
+    ctx.save_for_backward(*tensors)
+    ctx.save_for_forward(*tensors)
 
-def register_conv_backward_autograd(backward_name: str, forward_op, backward_op) -> None:
-    """The autograd formula of a convolution's backward op, ``backward_op(grad_output,
-    input, weight, *conv_args, output_mask) -> (grad_input, grad_weight, grad_bias)``,
-    for second (and higher) derivatives: a gradient penalty, or ``torch.func.hessian``.
 
-    Its outputs are linear in ``grad_output`` and in ``weight`` (grad_input) or ``input``
-    (grad_weight), so their derivatives are the convolution's own ops again,
-    ``forward_op(input, weight, bias, *conv_args)`` and ``backward_op``, themselves
-    differentiable: with gg_* the incoming gradients of grad_input, grad_weight and
-    grad_bias,
+def _sum_terms(terms):
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def register_conv_derivatives(forward_op, backward_op) -> None:
+    """Derivatives of every order for a convolution whose forward op is
+    ``forward_op(input, weight, bias, *conv_args)`` and whose backward op is
+    ``backward_op(grad_output, input, weight, *conv_args, output_mask) -> (grad_input,
+    grad_weight, grad_bias)`` (the forward op's own first-order formula is registered
+    beside it): the backward op's autograd formula (a gradient penalty, nested
+    ``torch.func.grad``), and forward mode for both ops under ``torch.func`` (``jvp``,
+    ``jacfwd``, ``hessian``).
+
+    The convolution is linear in input, in weight and in bias, and the backward op's
+    outputs are linear in grad_output and in weight (grad_input) or input (grad_weight),
+    so every derivative is these two ops again, themselves differentiable. With gg_* the
+    incoming gradients of grad_input, grad_weight and grad_bias:
       d grad_output = forward(gg_input, weight) + forward(input, gg_weight) + gg_bias
                       (broadcast over the batch and the positions),
       d input       = grad_input of forward(., gg_weight) at grad_output,
-      d weight      = grad_weight of forward(gg_input, .) at grad_output.
+      d weight      = grad_weight of forward(gg_input, .) at grad_output;
+    and with t_* the tangents, forward(t_input, weight) + forward(input, t_weight) + t_bias
+    for the forward op, backward(t_grad_output, input, weight) + (backward(grad_output,
+    input, t_weight)'s grad_input, backward(grad_output, t_input, weight)'s grad_weight)
+    for the backward op.
     """
 
+    def bias_term(bias, like):
+        return bias.view(1, -1, *([1] * (like.dim() - 2))).expand_as(like)
+
     def setup_context(ctx, inputs, output):
-        grad_output, input, weight, *conv_args, _ = inputs
-        ctx.save_for_backward(grad_output, input, weight)
-        ctx.conv_args = conv_args
+        grad_output, input, weight, *conv_args, mask = inputs
+        save_for_both_modes(ctx, grad_output, input, weight)
+        ctx.conv_args, ctx.output_mask = conv_args, mask
 
     def backward(ctx, gg_input, gg_weight, gg_bias):
         grad_output, input, weight = ctx.saved_tensors
@@ -179,9 +202,8 @@ def register_conv_backward_autograd(backward_name: str, forward_op, backward_op)
             if gg_weight is not None:
                 terms.append(call_op(forward_op, input, gg_weight, None, *args))
             if gg_bias is not None:
-                positions = [1] * (grad_output.dim() - 2)
-                terms.append(gg_bias.view(1, -1, *positions).expand_as(grad_output))
-            d_grad_output = sum(terms[1:], terms[0]) if terms else None
+                terms.append(bias_term(gg_bias, grad_output))
+            d_grad_output = _sum_terms(terms)
         if ctx.needs_input_grad[1] and gg_weight is not None:
             d_input = call_op(backward_op, grad_output, input, gg_weight, *args,
                               [True, False, False])[0]
@@ -190,7 +212,67 @@ def register_conv_backward_autograd(backward_name: str, forward_op, backward_op)
                                [False, True, False])[1]
         return (d_grad_output, d_input, d_weight, *([None] * (len(args) + 1)))
 
-    register_autograd(backward_name, backward, setup_context)
+    # From what the setup_contexts saved for both modes: (input, weight) and conv_args
+    # for the forward op (its own setup_context), (grad_output, input, weight), conv_args
+    # and output_mask for the backward op (the one above). torch.func hands jvp its
+    # primals through ctx.saved_tensors only.
+    def forward_jvp(ctx, tangents):
+        input, weight = ctx.saved_tensors
+        args = ctx.conv_args
+        t_input, t_weight, t_bias = tangents[:3]
+        terms = []
+        if t_input is not None:
+            terms.append(call_op(forward_op, t_input, weight, None, *args))
+        if t_weight is not None:
+            terms.append(call_op(forward_op, input, t_weight, None, *args))
+        out = _sum_terms(terms)
+        if t_bias is not None:
+            out = bias_term(t_bias, out) if out is None else out + bias_term(t_bias, out)
+        return out
+
+    def backward_jvp(ctx, tangents):
+        grad_output, input, weight = ctx.saved_tensors
+        args, mask = ctx.conv_args, ctx.output_mask
+        t_grad_output, t_input, t_weight = tangents[:3]
+        grads = [[], [], []]
+        if t_grad_output is not None:
+            for i, g in enumerate(call_op(backward_op, t_grad_output, input, weight, *args, mask)):
+                if g is not None:
+                    grads[i].append(g)
+        if mask[0] and t_weight is not None:
+            grads[0].append(call_op(backward_op, grad_output, input, t_weight, *args,
+                                    [True, False, False])[0])
+        if mask[1] and t_input is not None:
+            grads[1].append(call_op(backward_op, grad_output, t_input, weight, *args,
+                                    [False, True, False])[1])
+        return tuple(_sum_terms(terms) for terms in grads)
+
+    register_autograd(backward_op.name(), backward, setup_context)
+    _JVPS[forward_op] = forward_jvp
+    _JVPS[backward_op] = backward_jvp
+
+
+class _Constant:
+    """A list argument without tensors (strides, paddings, an output mask) as one leaf
+    for ``_FormulaFunction``: torch.func's generated vmap rule flattens list inputs into
+    their elements, then pairs those with the per-input tangents in forward mode, one
+    per input, and fails on the mismatch ("leaves has length 8 but the spec refers to a
+    pytree that holds 13 items")."""
+
+    def __init__(self, value):
+        self.value = value
+
+    @staticmethod
+    def wrap(value):
+        if isinstance(value, (list, tuple)) and not any(
+                isinstance(v, torch.Tensor) for v in value):
+            return _Constant(value)
+        return value
+
+    @staticmethod
+    def unwrap(values):
+        return tuple(v.value if isinstance(v, _Constant) else v for v in values)
+
 
 class _FormulaFunction(torch.autograd.Function):
     """An op's registered autograd formula as an autograd.Function that ``torch.func``
@@ -207,14 +289,15 @@ class _FormulaFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(op, *args):
-        return op(*args)
+        return op(*_Constant.unwrap(args))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         op, *args = inputs
+        args = _Constant.unwrap(args)
         ctx.formula_op = op
         _, setup = _FORMULAS[op]
-        setup(ctx, tuple(args), output)
+        setup(ctx, args, output)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -229,11 +312,13 @@ class _FormulaFunction(torch.autograd.Function):
         return (None, *result) if isinstance(result, tuple) else (None, result)
 
     @staticmethod
-    def jvp(ctx, *tangents):
-        # autograd.Function's own message names no op.
-        raise NotImplementedError(
-            f"fastdl: {ctx.formula_op}: forward-mode AD (torch.func.jvp, jacfwd, hessian) is "
-            "not supported; reverse mode is (torch.func.grad, vjp, jacrev)")
+    def jvp(ctx, _op_tangent, *tangents):
+        jvp = _JVPS.get(ctx.formula_op)
+        if jvp is None:  # autograd.Function's own message names no op
+            raise NotImplementedError(
+                f"fastdl: {ctx.formula_op}: forward-mode AD (torch.func.jvp, jacfwd, hessian) "
+                "is not supported; reverse mode is (torch.func.grad, vjp, jacrev)")
+        return jvp(ctx, tangents)
 
 
 def needs_grad(*values) -> bool:

@@ -4,9 +4,11 @@ groups=C)`` with ``weight`` of shape ``(C * multiplier, 1, kH, kW)``.
 Output channel ``oc`` reads input channel ``oc // multiplier``, exactly as PyTorch's
 grouped convolution with ``groups = C`` does. Any kernel size (unrolled kernels for
 3x3, 5x5 and 7x7), stride, padding (symmetric, zeros; the nn layer adds 'same' and
-padding modes) and dilation. NCHW and channels_last inputs; the output is channels_last when the input or the
-weight is, as with ``F.conv2d``. Differentiable in input, weight and bias, to any order
-(the backward op's derivative is this op and the backward op again).
+padding modes) and dilation. NCHW and channels_last inputs; the output is channels_last
+when the input or the weight is, as with ``F.conv2d``. Differentiable in input, weight
+and bias, to any order (the backward op's derivative is this op and the backward op
+again), in reverse mode and in forward mode under ``torch.func`` (``jvp``, ``jacfwd``,
+``hessian``).
 
 dtypes: float32, float64, float16 and bfloat16 (on CPU the 16-bit ones through float32
 copies, as torch's CPU convolution computes them).
@@ -15,7 +17,7 @@ copies, as torch's CPU convolution computes them).
 import torch
 from torch import Tensor
 from ._utils import (call_op, check_device, conv_memory_format, pair, register_autocast,
-                     register_autograd, register_conv_backward_autograd)
+                     register_autograd, register_conv_derivatives, save_for_both_modes)
 
 
 def depthwise_conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
@@ -60,7 +62,7 @@ def _depthwise_conv2d_backward_fake(grad_output, input, weight, stride, padding,
 
 def _setup_context(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation = inputs
-    ctx.save_for_backward(input, weight)
+    save_for_both_modes(ctx, input, weight)
     ctx.conv_args = (stride, padding, dilation)
     ctx.has_bias = bias is not None
 
@@ -76,7 +78,6 @@ def _backward(ctx, grad_output):
 
 
 register_autograd("fastdl::depthwise_conv2d", _backward, setup_context=_setup_context)
-register_conv_backward_autograd("fastdl::depthwise_conv2d_backward",
-                                torch.ops.fastdl.depthwise_conv2d.default,
-                                torch.ops.fastdl.depthwise_conv2d_backward.default)
+register_conv_derivatives(torch.ops.fastdl.depthwise_conv2d.default,
+                          torch.ops.fastdl.depthwise_conv2d_backward.default)
 register_autocast("fastdl::depthwise_conv2d", "fastdl::depthwise_conv2d_backward")

@@ -13,13 +13,14 @@ Inputs NCHW or channels_last (2-D; computed in NCHW, channels_last converted on 
 way in and out; the output is channels_last when the input or the weight is, as with
 ``F.conv2d``). dtypes: float32 and float64 on CPU and
 CUDA; float16 and bfloat16 on CUDA and on CPU (computed in float32). Differentiable to
-any order (the backward ops' derivatives are these ops again).
+any order (the backward ops' derivatives are these ops again), in reverse mode and in
+forward mode under ``torch.func`` (``jvp``, ``jacfwd``, ``hessian``).
 """
 
 import torch
 from torch import Tensor
 from ._utils import (call_op, check_device, conv_memory_format, pair, register_autocast,
-                     register_autograd, register_conv_backward_autograd)
+                     register_autograd, register_conv_derivatives, save_for_both_modes)
 
 
 def _side_padding(op: str, padding, kernel: int, dilation: int) -> tuple[int, int]:
@@ -139,7 +140,7 @@ def _conv1d_backward_fake(grad_output, input, weight, stride, padding_left, padd
 
 def _setup_context(ctx, inputs, output):
     input, weight, bias, *conv_args = inputs
-    ctx.save_for_backward(input, weight)
+    save_for_both_modes(ctx, input, weight)
     ctx.conv_args = conv_args
     ctx.has_bias = bias is not None
 
@@ -159,7 +160,7 @@ for _dims in ("1d", "2d"):
     _backward = getattr(torch.ops.fastdl, f"dilated_conv{_dims}_backward").default
     register_autograd(f"fastdl::dilated_conv{_dims}", _make_backward(_backward),
                       setup_context=_setup_context)
-    register_conv_backward_autograd(f"fastdl::dilated_conv{_dims}_backward", _forward, _backward)
+    register_conv_derivatives(_forward, _backward)
 del _dims, _forward, _backward
 register_autocast("fastdl::dilated_conv2d", "fastdl::dilated_conv2d_backward",
                   "fastdl::dilated_conv1d", "fastdl::dilated_conv1d_backward")
