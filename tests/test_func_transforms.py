@@ -164,8 +164,11 @@ def test_conv_hessian_and_forward_mode_equal_torch(loss, reference):
         hessians = [torch.func.hessian(f, argnums=(0, 1, 2))(x, w, b) for f in (loss, reference)]
         tangents = tuple(torch.randn_like(t) for t in (x, w, b))
         jvps = [torch.func.jvp(f, (x, w, b), tangents) for f in (loss, reference)]
+        bias_alone = [torch.func.jvp(lambda b: f(x, w, b), (b,), tangents[2:])
+                      for f in (loss, reference)]
     torch.testing.assert_close(*hessians)
     torch.testing.assert_close(*jvps)
+    torch.testing.assert_close(*bias_alone)
 
 
 def test_forward_mode_raises_naming_the_op():

@@ -220,15 +220,16 @@ def register_conv_derivatives(forward_op, backward_op) -> None:
         input, weight = ctx.saved_tensors
         args = ctx.conv_args
         t_input, t_weight, t_bias = tangents[:3]
+        # t_bias rides as the bias of the first term (of a zero input's without one)
         terms = []
         if t_input is not None:
-            terms.append(call_op(forward_op, t_input, weight, None, *args))
-        if t_weight is not None:
-            terms.append(call_op(forward_op, input, t_weight, None, *args))
-        out = _sum_terms(terms)
-        if t_bias is not None:
-            out = bias_term(t_bias, out) if out is None else out + bias_term(t_bias, out)
-        return out
+            terms.append(call_op(forward_op, t_input, weight, t_bias, *args))
+            t_bias = None
+        if t_weight is not None or t_bias is not None:
+            if t_weight is None:
+                input, t_weight = torch.zeros_like(input), weight
+            terms.append(call_op(forward_op, input, t_weight, t_bias, *args))
+        return _sum_terms(terms)
 
     def backward_jvp(ctx, tangents):
         grad_output, input, weight = ctx.saved_tensors
