@@ -4,8 +4,9 @@
 // at::addmm ran that product at about half of this CPU's peak: a library GEMM packs
 // W_hh (12 MB at hidden 1024) again on every call. Here the product runs in the register
 // tiles the LSTM's recurrence runs in too (common/simd/tile_product.inc:
-// packed_times_panel) over a panel of W_hh^T packed once per call, each thread taking whole blocks of h_gates' columns; then each thread runs
-// the cell on its share of the rows. Every h_gates value is summed by one thread in one
+// packed_times_panel) over a panel of W_hh^T packed once per call, each thread taking
+// whole blocks of h_gates' columns; then each thread runs the cell on its share of the
+// rows. Every h_gates value is summed by one thread in one
 // order, whatever the thread count (the input projection before, at::addmm, is MKL's).
 // Measured on an Intel Xeon, two threads, against nn.GRU (oneDNN) in the bench: the
 // char-LM forward (batch 64, 100 steps, 2 layers) at hidden 512 0.99x -> 1.27x and at
@@ -50,14 +51,14 @@ void run_recurrence(Kernels kernels, const RecurrenceArgs& a) {
       barrier.wait();  // the whole pack
       if (columns > 0)
         kernels.packed_times_panel(panel->data(), hidden, batch, pack.data(), columns,
-                                    b_hh + first, 0, h_gates.data() + first, width,
-                                    partial.data());
+                                   b_hh + first, 0, h_gates.data() + first, width,
+                                   partial.data());
       barrier.wait();  // every column of h_gates
       if (rows > 0)
         kernels.forward_rows(x_gates + (t * batch + r0) * width, h_gates.data() + r0 * width,
-                           h_prev + r0 * hidden, rows, hidden,
-                           output + (t * batch + r0) * hidden,
-                           saved + (t * batch + r0) * 4 * hidden);
+                             h_prev + r0 * hidden, rows, hidden,
+                             output + (t * batch + r0) * hidden,
+                             saved + (t * batch + r0) * 4 * hidden);
       barrier.wait();  // step t's h, which the next step packs
     }
   });
@@ -95,16 +96,16 @@ void run_recurrence_backward(Kernels kernels, const RecurrenceBackwardArgs& a) {
       for (int64_t i = 0; i < rows * hidden; ++i)
         grad_h[i] = grad_output[row * hidden + i] + dh[r0 * hidden + i];
       if (rows > 0)
-        kernels.backward_rows(grad_h.data(), saved + row * 4 * hidden, h_prev + r0 * hidden, rows,
-                            hidden, grad_x_gates + row * width, grad_h_gates + row * width,
-                            dh + r0 * hidden);
+        kernels.backward_rows(grad_h.data(), saved + row * 4 * hidden, h_prev + r0 * hidden,
+                              rows, hidden, grad_x_gates + row * width,
+                              grad_h_gates + row * width, dh + r0 * hidden);
       barrier.wait();  // every row's grad_h_gates, and dh's direct part
       kernels.pack_rows(grad_h_gates + t * batch * width, width, batch, width, 0, width, id, team,
-                         pack.data());
+                        pack.data());
       barrier.wait();  // the whole pack
       if (units > 0)
         kernels.packed_times_panel(panel->data(), width, batch, pack.data(), units, dh + first,
-                                    hidden, dh + first, hidden, partial.data());
+                                   hidden, dh + first, hidden, partial.data());
       barrier.wait();  // dh whole, for the next step's cells
     }
   });

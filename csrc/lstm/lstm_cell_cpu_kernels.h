@@ -26,9 +26,10 @@ namespace fastdl::lstm {
   static int64_t unit_block(T);                                                             \
   FASTDL_TILE_PRODUCT_KERNEL_LIST(T)                                                        \
   /* One step of `units` units (from unit `first`) for every row, input projection     */ \
-  /* included, from the block panel and packed rows of lstm_cell_cpu_kernels.inc: h, c, */ \
-  /* act as forward_rows writes them, and h packed for the next step (if h_pack_next); */ \
-  /* only k in [k_begin, k_end) of [x | h], the sums in between kept in partial.        */ \
+  /* included, from the block panel of lstm_cell_cpu_kernels.inc and rows packed by     */ \
+  /* pack_rows: h, c, act as forward_rows writes them, and h packed for the next step   */ \
+  /* (if h_pack_next); only k in [k_begin, k_end) of [x | h], the sums in between kept  */ \
+  /* in partial.                                                                        */ \
   static void step_blocks(const T* panel, int64_t units, int64_t first, int64_t batch,     \
                           const T* x_pack, int64_t in_size, const T* h_pack, const T* bias, \
                           const T* c_prev, int64_t hidden, T* h, T* c, T* act,              \
