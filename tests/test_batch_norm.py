@@ -429,6 +429,22 @@ def test_convert_sync_batchnorm_converts_a_lone_layer():
     assert_close(converted(x), F.relu6(nn.BatchNorm1d(5)(x)), **TOLERANCES_VS_FLOAT64[torch.float32])
 
 
+def test_convert_sync_batchnorm_reads_activations_of_fastdl_layers_only():
+    """Another library's batch norm subclass may have an `activation` field of its own
+    (here a name fastdl does not know); it converts as torch's converter converts it,
+    with no activation."""
+
+    class NormWithActivation(nn.BatchNorm2d):
+        def __init__(self, features):
+            super().__init__(features)
+            self.activation = "gelu"
+
+    model = nn.Sequential(nn.BatchNorm2d(2), NormWithActivation(2))
+    fastdl.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert [type(m) for m in model] == [fastdl.nn.SyncBatchNorm] * 2
+    assert model[1].activation == "none"
+
+
 def test_convert_sync_batchnorm_refuses_uninitialised_lazy_norms():
     model = nn.Sequential(nn.BatchNorm2d(3), nn.Sequential(nn.LazyBatchNorm2d()))
     with pytest.raises(ValueError, match=r"convert_sync_batchnorm: module: expected batch "

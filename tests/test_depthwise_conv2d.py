@@ -272,13 +272,16 @@ def test_gradcheck(device):
 def test_gradgradcheck(device):
     """Second derivatives (a gradient penalty): the backward op's own formula, which runs
     the forward and backward ops again (fastdl/ops/_utils.py:
-    register_conv_derivatives)."""
+    register_conv_derivatives); and forward mode."""
     for channels_last in (False, True):
         config = (2, 3, 2, 6, 5, (2, 3), 2, (1, 0), (2, 1))
         x, weight, bias, args = _make(config, torch.float64, device, channels_last)
         inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
         assert torch.autograd.gradgradcheck(
             lambda x, w, b: fastdl.ops.depthwise_conv2d(x, w, b, **args), inputs)
+        assert torch.autograd.gradcheck(  # forward mode too (the ops' jvp rules)
+            lambda x, w, b: fastdl.ops.depthwise_conv2d(x, w, b, **args), inputs,
+            check_forward_ad=True)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

@@ -831,12 +831,17 @@ def test_gradgradcheck(plain_device):
     inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
     assert torch.autograd.gradgradcheck(
         lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), inputs)
+    assert torch.autograd.gradcheck(  # forward mode too (the ops' jvp rules)
+        lambda x, w, b: fastdl.ops.dilated_conv2d(x, w, b, **args), inputs, check_forward_ad=True)
     for causal, padding, stride in ((True, 0, 1), (False, (2, 1), 2)):
         x, weight, bias, args = make_1d((2, 2, 4, 2, 9, 3, stride, padding, 2, causal, "contiguous"),
                                         torch.float64, plain_device)
         inputs = tuple(t.requires_grad_() for t in (x, weight, bias))
         assert torch.autograd.gradgradcheck(
             lambda x, w, b: fastdl.ops.dilated_conv1d(x, w, b, **args), inputs)
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: fastdl.ops.dilated_conv1d(x, w, b, **args), inputs,
+            check_forward_ad=True)
 
 
 def test_gradcheck_conv1d_two_tap_pairs(plain_device):

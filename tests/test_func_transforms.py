@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 
 import fastdl
@@ -171,6 +172,33 @@ def test_conv_hessian_and_forward_mode_equal_torch(loss, reference):
     torch.testing.assert_close(*bias_alone)
 
 
+@pytest.mark.parametrize("loss,reference", SECOND_ORDER, ids=["depthwise", "dilated", "dilated1d"])
+def test_conv_forward_ad_dual_tensors_equal_torch(loss, reference):
+    """torch.autograd.forward_ad outside torch.func: below autograd the op would drop the
+    dual input's tangent without a word (it did: None)."""
+    x, w, b = (t.detach() for t in _second_inputs())
+    tangent = torch.randn_like(x)
+    results = []
+    for f in (loss, reference):
+        with forward_ad.dual_level():
+            results.append(forward_ad.unpack_dual(f(forward_ad.make_dual(x, tangent), w, b)))
+    torch.testing.assert_close(results[0].primal, results[1].primal)
+    torch.testing.assert_close(results[0].tangent, results[1].tangent)
+
+
+def test_nested_forward_mode_raises():
+    """PyTorch hands an autograd.Function's jvp one level's tangents and drops the
+    outer's (pytorch/pytorch#197867): a jvp of a jvp came out as zeros. Refused."""
+    x, w, _ = (t.detach() for t in _second_inputs())
+
+    def inner(w):
+        return torch.func.jvp(lambda x: ops.depthwise_conv2d(x, w, None, padding=1), (x,),
+                              (torch.ones_like(x),))[1]
+
+    with pytest.raises(NotImplementedError, match="nested forward mode"):
+        torch.func.jvp(inner, (w,), (torch.ones_like(w),))
+
+
 def test_forward_mode_raises_naming_the_op():
     """Ops without forward-mode rules (here the LSTM's) say so by name."""
     layer = fastdl.nn.LSTM(6, 3).double()
@@ -178,6 +206,9 @@ def test_forward_mode_raises_naming_the_op():
     with pytest.raises(NotImplementedError, match=r"fastdl: fastdl.lstm_layer.default: "
                                                   r"forward-mode AD \(torch.func.jvp"):
         torch.func.jacfwd(lambda x: layer(x.flatten(2))[0])(x)
+    with forward_ad.dual_level(), pytest.raises(NotImplementedError,
+                                                match="fastdl.lstm_layer.default: forward-mode"):
+        layer(forward_ad.make_dual(x.flatten(2), torch.ones_like(x.flatten(2))))
 
 
 def test_second_derivative_through_lstm_raises_naming_the_backward_op():

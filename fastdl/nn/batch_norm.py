@@ -159,8 +159,9 @@ class SyncBatchNorm(_FusedBatchNorm, nn.modules.batchnorm._BatchNorm):
     def _convert(cls, module: nn.Module, process_group) -> nn.Module:
         converted = module
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            activation = getattr(module, "activation", "none")
-            negative_slope = getattr(module, "negative_slope", 0.01)
+            fused = isinstance(module, _FusedBatchNorm)  # other subclasses' fields are theirs
+            activation = module.activation if fused else "none"
+            negative_slope = module.negative_slope if fused else 0.01
             converted = cls.from_batch_norm(module, activation, negative_slope)
             converted.process_group = process_group
             if hasattr(module, "qconfig"):

@@ -3,6 +3,8 @@
 import functools
 
 import torch
+import torch.autograd.forward_ad as forward_ad
+from torch._C._functorch import TransformType
 from torch._prims_common import suggest_memory_format
 
 from .. import _C
@@ -59,13 +61,15 @@ def call_op(op, *args):
     it. At batch 1 such calls add up (MobileNetV2 makes 52 of them).
 
     While Dynamo traces (``torch.compile``), the call stays plain, so the graph holds the
-    op itself. Under a ``torch.func`` transform (``grad``, ``vjp``, ``jacrev``, ``vmap``)
-    the call goes through ``_FormulaFunction``, the same formula in the form those
-    transforms accept.
+    op itself. Under a ``torch.func`` transform (``grad``, ``vjp``, ``jacrev``, ``vmap``,
+    ``jvp``) or inside ``torch.autograd.forward_ad.dual_level()`` the call goes through
+    ``_FormulaFunction``, the same formula in the form those transforms accept (below
+    autograd, a dual input's tangent would be dropped without a word).
     """
     if torch.compiler.is_compiling():
         return op(*args)
-    if torch._C._functorch.peek_interpreter_stack() is not None and op in _FORMULAS:
+    if op in _FORMULAS and (torch._C._functorch.peek_interpreter_stack() is not None
+                            or forward_ad._current_level >= 0):
         return _FormulaFunction.apply(op, *map(_Constant.wrap, args))
     if needs_grad(*args):
         return op(*args)
@@ -317,9 +321,25 @@ class _FormulaFunction(torch.autograd.Function):
         jvp = _JVPS.get(ctx.formula_op)
         if jvp is None:  # autograd.Function's own message names no op
             raise NotImplementedError(
-                f"fastdl: {ctx.formula_op}: forward-mode AD (torch.func.jvp, jacfwd, hessian) "
+                f"fastdl: {ctx.formula_op}: forward-mode AD (torch.func.jvp, jacfwd, hessian, "
+                "torch.autograd.forward_ad) "
                 "is not supported; reverse mode is (torch.func.grad, vjp, jacrev)")
+        if _nested_forward_mode():
+            # PyTorch gives an autograd.Function's jvp the inner level's tangents only and
+            # drops the outer level's: second forward-mode derivatives came out wrong
+            # (pytorch/pytorch#197867), so refuse them.
+            raise NotImplementedError(
+                f"fastdl: {ctx.formula_op}: nested forward mode (jvp of jvp, jacfwd of jacfwd) "
+                "is not supported; reverse over forward is (hessian = jacfwd(jacrev))")
         return jvp(ctx, tangents)
+
+
+def _nested_forward_mode() -> bool:
+    """Whether two torch.func Jvp transforms are active (forward_ad's dual levels do not
+    nest at all)."""
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    return sum(interpreter.key() == TransformType.Jvp
+               for interpreter in retrieve_all_functorch_interpreters()) >= 2
 
 
 def needs_grad(*values) -> bool:

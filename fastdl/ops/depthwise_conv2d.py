@@ -6,9 +6,9 @@ grouped convolution with ``groups = C`` does. Any kernel size (unrolled kernels 
 3x3, 5x5 and 7x7), stride, padding (symmetric, zeros; the nn layer adds 'same' and
 padding modes) and dilation. NCHW and channels_last inputs; the output is channels_last
 when the input or the weight is, as with ``F.conv2d``. Differentiable in input, weight
-and bias, to any order (the backward op's derivative is this op and the backward op
-again), in reverse mode and in forward mode under ``torch.func`` (``jvp``, ``jacfwd``,
-``hessian``).
+and bias: to any order in reverse mode (the backward op's derivative is this op and the
+backward op again), and once in forward mode (``torch.func.jvp``, ``jacfwd``,
+``hessian``, ``torch.autograd.forward_ad``; not forward over forward).
 
 dtypes: float32, float64, float16 and bfloat16 (on CPU the 16-bit ones through float32
 copies, as torch's CPU convolution computes them).

@@ -12,9 +12,10 @@ the direct kernel's (still ~1e-6 of the gradient's size).
 Inputs NCHW or channels_last (2-D; computed in NCHW, channels_last converted on the
 way in and out; the output is channels_last when the input or the weight is, as with
 ``F.conv2d``). dtypes: float32 and float64 on CPU and
-CUDA; float16 and bfloat16 on CUDA and on CPU (computed in float32). Differentiable to
-any order (the backward ops' derivatives are these ops again), in reverse mode and in
-forward mode under ``torch.func`` (``jvp``, ``jacfwd``, ``hessian``).
+CUDA; float16 and bfloat16 on CUDA and on CPU (computed in float32). Differentiable: to
+any order in reverse mode (the backward ops' derivatives are these ops again), and once
+in forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``, ``torch.autograd.forward_ad``;
+not forward over forward).
 """
 
 import torch
