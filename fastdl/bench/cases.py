@@ -98,6 +98,29 @@ def _forward_and_backward(conv):
     return run
 
 
+def _gradient_penalty(conv):
+    """One gradient-penalty step through a layer (WGAN-GP, double backprop): the input's
+    gradient of out.square().sum() with create_graph=True, then the weight's gradient of
+    that gradient's squared norm, which differentiates the convolution's backward; one
+    timed call, returning the weight's gradient."""
+
+    def run(x, weight, *args):
+        x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
+        out = conv(x, weight, *args)
+        (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        (grad_weight,) = torch.autograd.grad(grad_x.square().sum(), weight)
+        return grad_weight
+
+    return run
+
+
+def _penalty_case(op: str, name: str, reference_name: str, make_inputs: Callable, conv: Callable,
+                  torch_conv: Callable) -> Case:
+    return Case(op=op, name=f"{name}, gradient penalty", reference_name=reference_name,
+                make_inputs=make_inputs, run=_gradient_penalty(conv),
+                run_reference=_gradient_penalty(torch_conv), same=_outputs_close)
+
+
 def _output_and_grads(forward: Callable, wrt, backward: bool, grad_output=None):
     """forward() under no_grad, or (with backward) forward()'s output and the gradients of
     ``wrt`` for ``grad_output`` (default ones), as one timed call."""
@@ -159,13 +182,27 @@ def _depthwise_cases() -> list[Case]:
         ("ConvNeXt-T", 96, 56, 7, 1, (1, 32)),
         ("ConvNeXt-T", 384, 14, 7, 1, (1, 32)),
     ]
+    def penalty_inputs(channels_last):
+        def make_inputs(device):
+            g = torch.Generator().manual_seed(144)
+            x = torch.randn(32, 144, 56, 56, generator=g).to(device)
+            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            return x, torch.randn(144, 1, 3, 3, generator=g).to(device)
+        return make_inputs
+
     return [
-        _depthwise_case(model, batch, channels, size, kernel, stride, channels_last, backward,
-                        default=(channels, batch, channels_last, backward) == (144, 32, False, False))
-        for model, channels, size, kernel, stride, batches in shapes
-        for batch in batches
-        for channels_last in (False, True)
-        for backward in (False, True)
+        *[_depthwise_case(model, batch, channels, size, kernel, stride, channels_last, backward,
+                          default=(channels, batch, channels_last, backward) == (144, 32, False, False))
+          for model, channels, size, kernel, stride, batches in shapes
+          for batch in batches
+          for channels_last in (False, True)
+          for backward in (False, True)],
+        *[_penalty_case("depthwise_conv2d",
+                        f"MobileNetV2 144x56x56 3x3 s1, batch 32, {'channels_last' if cl else 'NCHW'}",
+                        "F.conv2d(groups=C)", penalty_inputs(cl),
+                        lambda x, w: ops.depthwise_conv2d(x, w, None, 1, 1),
+                        lambda x, w: F.conv2d(x, w, None, 1, 1, 1, w.shape[0]))
+          for cl in (False, True)],
     ]
 
 
@@ -551,6 +588,28 @@ def _causal_stack_case(channels: int, length: int, dilations: tuple, backward: b
     )
 
 
+def _dilated_penalty_cases() -> list[Case]:
+    def aspp(device):
+        g = torch.Generator().manual_seed(65)
+        return (torch.randn(1, 256, 65, 65, generator=g).to(device),
+                (torch.randn(256, 256, 3, 3, generator=g) / 48).to(device))
+
+    def wavenet(device):
+        g = torch.Generator().manual_seed(64)
+        return (torch.randn(1, 64, 16000, generator=g).to(device),
+                (torch.randn(64, 64, 2, generator=g) / 11).to(device))
+
+    return [
+        _penalty_case("dilated_conv2d", "ASPP 256x65x65 3x3 d=12, batch 1", "F.conv2d(dilation=d)",
+                      aspp, lambda x, w: ops.dilated_conv2d(x, w, None, 1, 12, 12),
+                      lambda x, w: F.conv2d(x, w, None, 1, 12, 12)),
+        _penalty_case("dilated_conv1d", "WaveNet causal k=2, 64 ch, length 16000, d=64",
+                      "F.pad + F.conv1d(dilation=d)", wavenet,
+                      lambda x, w: ops.dilated_conv1d(x, w, dilation=64, causal=True),
+                      lambda x, w: F.conv1d(F.pad(x, (64, 0)), w, dilation=64)),
+    ]
+
+
 def _dilated_cases() -> list[Case]:
     wavenet = tuple(2 ** i for i in range(10))
     return [
@@ -560,6 +619,7 @@ def _dilated_cases() -> list[Case]:
           for d in (1, 64, 512)],
         *[_causal_stack_case(64, 16000, wavenet, backward, default=not backward)
           for backward in (False, True)],
+        *_dilated_penalty_cases(),
     ]
 
 
