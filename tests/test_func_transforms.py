@@ -186,6 +186,20 @@ def test_conv_forward_ad_dual_tensors_equal_torch(loss, reference):
     torch.testing.assert_close(results[0].tangent, results[1].tangent)
 
 
+def test_forward_mode_inside_torch_compile():
+    """Traced, the op's own autograd kernel has no forward rule and the tangent came out
+    as zeros; the call now runs outside the graph, through the formula function."""
+    x, w, b = (t.detach() for t in _second_inputs())
+    tangent = torch.randn_like(x)
+
+    def jvp(f):
+        return torch.func.jvp(lambda x: f(x, w, b), (x,), (tangent,))
+
+    torch._dynamo.reset()
+    got = torch.compile(lambda: jvp(_depthwise_second), backend="eager")()
+    torch.testing.assert_close(got, jvp(_depthwise_reference))
+
+
 def test_nested_forward_mode_raises():
     """PyTorch hands an autograd.Function's jvp one level's tangents and drops the
     outer's (pytorch/pytorch#197867): a jvp of a jvp came out as zeros. Refused."""

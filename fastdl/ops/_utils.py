@@ -67,6 +67,11 @@ def call_op(op, *args):
     autograd, a dual input's tangent would be dropped without a word).
     """
     if torch.compiler.is_compiling():
+        if op in _FORMULAS and forward_ad._current_level >= 0:
+            # Forward mode (torch.func.jvp, jacfwd): traced, the op's own autograd kernel
+            # has no forward rule and its tangent came out as zeros; run the call outside
+            # the graph, through _FormulaFunction.
+            return _call_op_eagerly(op, *args)
         return op(*args)
     if op in _FORMULAS and (torch._C._functorch.peek_interpreter_stack() is not None
                             or forward_ad._current_level >= 0):
@@ -75,6 +80,9 @@ def call_op(op, *args):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
+
+
+_call_op_eagerly = torch.compiler.disable(call_op, recursive=True)
 
 
 # Where the autocast kernels are registered (kept alive with the module).
