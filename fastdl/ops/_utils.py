@@ -5,6 +5,7 @@ import functools
 import torch
 import torch.autograd.forward_ad as forward_ad
 from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from torch._prims_common import suggest_memory_format
 
 from .. import _C
@@ -61,7 +62,8 @@ def call_op(op, *args):
     it. At batch 1 such calls add up (MobileNetV2 makes 52 of them).
 
     While Dynamo traces (``torch.compile``), the call stays plain, so the graph holds the
-    op itself. Under a ``torch.func`` transform (``grad``, ``vjp``, ``jacrev``, ``vmap``,
+    op itself, unless a forward-mode level is open (then it runs outside the graph, as
+    below). Under a ``torch.func`` transform (``grad``, ``vjp``, ``jacrev``, ``vmap``,
     ``jvp``) or inside ``torch.autograd.forward_ad.dual_level()`` the call goes through
     ``_FormulaFunction``, the same formula in the form those transforms accept (below
     autograd, a dual input's tangent would be dropped without a word).
@@ -178,8 +180,8 @@ def register_conv_derivatives(forward_op, backward_op) -> None:
     ``backward_op(grad_output, input, weight, *conv_args, output_mask) -> (grad_input,
     grad_weight, grad_bias)`` (the forward op's own first-order formula is registered
     beside it): the backward op's autograd formula (a gradient penalty, nested
-    ``torch.func.grad``), and forward mode for both ops under ``torch.func`` (``jvp``,
-    ``jacfwd``, ``hessian``).
+    ``torch.func.grad``), and forward-mode rules for both ops (``torch.func.jvp``,
+    ``jacfwd``, ``hessian``, ``torch.autograd.forward_ad``; through ``call_op``).
 
     The convolution is linear in input, in weight and in bias, and the backward op's
     outputs are linear in grad_output and in weight (grad_input) or input (grad_weight),
@@ -330,8 +332,8 @@ class _FormulaFunction(torch.autograd.Function):
         if jvp is None:  # autograd.Function's own message names no op
             raise NotImplementedError(
                 f"fastdl: {ctx.formula_op}: forward-mode AD (torch.func.jvp, jacfwd, hessian, "
-                "torch.autograd.forward_ad) "
-                "is not supported; reverse mode is (torch.func.grad, vjp, jacrev)")
+                "torch.autograd.forward_ad) is not supported; reverse mode is "
+                "(torch.func.grad, vjp, jacrev)")
         if _nested_forward_mode():
             # PyTorch gives an autograd.Function's jvp the inner level's tangents only and
             # drops the outer level's: second forward-mode derivatives came out wrong
@@ -345,7 +347,6 @@ class _FormulaFunction(torch.autograd.Function):
 def _nested_forward_mode() -> bool:
     """Whether two torch.func Jvp transforms are active (forward_ad's dual levels do not
     nest at all)."""
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
     return sum(interpreter.key() == TransformType.Jvp
                for interpreter in retrieve_all_functorch_interpreters()) >= 2
 
