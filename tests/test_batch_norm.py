@@ -381,7 +381,6 @@ def test_sync_batch_norm_without_process_group_is_batch_norm():
     assert_close(layer(x), F.relu(nn.BatchNorm2d(3)(x)), **TOLERANCES_VS_FLOAT64[torch.float32])
 
 
-
 def _sync_conversion_model():
     torch.manual_seed(0)
     model = nn.Sequential(

@@ -182,6 +182,7 @@ def _depthwise_cases() -> list[Case]:
         ("ConvNeXt-T", 96, 56, 7, 1, (1, 32)),
         ("ConvNeXt-T", 384, 14, 7, 1, (1, 32)),
     ]
+
     def penalty_inputs(channels_last):
         def make_inputs(device):
             g = torch.Generator().manual_seed(144)
