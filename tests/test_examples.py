@@ -22,6 +22,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     ("tiny_gpt.py", "torch", "KV cache parity: ok"),
     # Also asserts (inside the script) that queue generation matches the naive recompute.
     ("wavenet.py", "torch", "queue parity: ok"),
+    # Also asserts (inside the script) that the penalty's gradients match float64's.
+    ("gradient_penalty.py", "torch", "penalty parity: ok"),
 ])
 def test_example_runs(script, needs, expected):
     pytest.importorskip(needs)
