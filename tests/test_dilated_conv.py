@@ -516,9 +516,11 @@ EXPLICIT_1D = [
 ]
 
 
-# Two-tap rows with output channels in the lanes take the Winograd pair kernel
-# (conv_row_pairs) for dilations of at least a vector (8 float32 lanes on AVX2, 16 on
-# AVX-512; every dilation in float64's scalar kernels), and on AVX-512 below that:
+# Two-tap rows with output channels in the lanes take Winograd F(3, 2) over triples
+# (conv_row_triples) for dilations of at least a vector (16 float32 lanes on AVX-512;
+# on AVX2 8 lanes, up to d = 64), the Winograd pair kernel (conv_row_pairs) for the
+# other dilations of at least a vector (AVX2 beyond 64, and every dilation in float64's
+# scalar kernels), and on AVX-512 below that:
 # for d = 1, 2, 4, 8 the same pairs gathered into vectors by lane permutes
 # (conv_row_interleaved_pairs: chunks that end inside a vector, padded copies at
 # either end of the row), for other d the direct products in the same tiles
@@ -526,8 +528,9 @@ EXPLICIT_1D = [
 # least 2048 output columns in all: rows that end inside a pair, padding wider than
 # the dilation on either side, grouped blocks of 16 + 8 channels, output channels that
 # end inside a register tile (4 channels on AVX-512, 3 elsewhere), dilations that are
-# not a multiple of the vector width (a run's last vector partly unused), and several
-# chunks.
+# not a multiple of the vector width (a run's last vector partly unused), several
+# chunks, and for the triples runs split into blocks (more input channels than a task's
+# rows hold whole runs of).
 TAP_PAIRS_1D = [
     (1, 16, 42, 1, 2100, 2, 1, 0, 48, True, "contiguous"),
     (1, 16, 64, 1, 2100, 2, 1, 0, 4, True, "contiguous"),
@@ -545,6 +548,8 @@ TAP_PAIRS_1D = [
     (1, 16, 36, 1, 2059, 2, 1, 0, 2, True, "contiguous"),  # interleaved: a partial last vector
     (2, 24, 72, 2, 1037, 2, 1, (11, 9), 8, False, "slice"),  # interleaved: groups, wide padding
     (1, 32, 64, 1, 5000, 2, 1, (1, 0), 1, False, "contiguous"),  # interleaved: ten chunks
+    (1, 256, 32, 1, 2100, 2, 1, 0, 64, True, "contiguous"),  # triples: runs in blocks of 32
+    (2, 192, 64, 2, 1100, 2, 1, (150, 7), 200, False, "slice"),  # triples: blocks of 80, 80, 40
 ]
 
 
@@ -596,8 +601,8 @@ def test_conv1d_two_tap_pairs(device, dtype, config):
 
 @pytest.mark.parametrize("length", [16000, 4133])
 def test_conv1d_two_tap_pairs_over_a_long_row(plain_device, length):
-    """WaveNet's layers at full length, one image: every pair path (interleaved, d >= a
-    vector, runs longer than a chunk's default) over many chunks, the last one partial."""
+    """WaveNet's layers at full length, one image: every two-tap path (interleaved pairs,
+    triples, pairs or triples in blocks of a run) over many tasks, the last one partial."""
     g = _generator(5)
     x = _randn((1, 64, length), torch.float32, plain_device, g)
     for d in (1, 8, 16, 128, 256, 512):

@@ -2,8 +2,8 @@
 // dilated_conv_cpu_kernels.inc (per ISA). Forward, wide groups: tasks of (group, block
 // of output channels, image, output row, column chunk), blocks outermost so that a
 // thread's tasks share one block's packed weights; two-tap rows: tasks of (group,
-// image, output row, column chunk), every block of the group over one transformed
-// copy of the chunk's input (conv_row_pairs). Forward, narrow groups: tasks of
+// image, output row, piece of the row), every block of the group over one transformed
+// copy of the piece's input (conv_row_triples, conv_row_pairs). Forward, narrow groups: tasks of
 // (image, group, output row, column chunk), each copying the input rows it reads into a
 // zero-padded window once and running every output channel of the group over it.
 // grad_input: the forward kernel on grad_output with the weights flipped and
@@ -18,6 +18,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/add.h>
+#include <ATen/ops/sub.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -78,30 +79,35 @@ std::pair<at::Tensor, at::Tensor> pack_weight_blocks(Kernels kernels, const Geom
   return {packed, packed_bias};
 }
 
-// Two-tap rows of lane-kernel groups: conv_row_pairs (Winograd F(2, 2), see
-// dilated_conv_cpu_kernels.inc). A task is one chunk of one output row of one group
-// and runs every tile of output channels of the group, so the chunk's transformed
-// input serves them all; when that leaves fewer tasks than threads (a short row, batch
-// 1), the tiles are split over tasks too, each transforming the chunk itself.
+// Two-tap rows of lane-kernel groups: conv_row_triples (Winograd F(3, 2), d of at least
+// a vector) or conv_row_pairs (F(2, 2) below that; see dilated_conv_cpu_kernels.inc). A
+// task is one piece of one output row of one group (a chunk of columns, or a kernel's
+// triple_task) and runs every tile of output channels of the group, so the piece's
+// transformed input serves them all; when that leaves fewer tasks than threads (a short
+// row, batch 1), the tiles are split over tasks too, each transforming the piece itself.
 template <typename T, typename Kernels>
 void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& input,
                        const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
   const int64_t tile = kernels.pair_tile_channels(T(0)), og = g.out_per_group();
+  const bool triples = kernels.takes_tap_triples(g, T(0));
   Geometry one_tap = g;  // each weight set packed as a 1x1 convolution's
   one_tap.kernel_w = 1;
   const at::Tensor first_tap = weight.narrow(3, 0, 1).contiguous();
   const at::Tensor second_tap = weight.narrow(3, 1, 1).contiguous();
-  auto width = [&](int64_t) { return tile; };
+  auto pack = [&](const at::Tensor& taps, const at::Tensor& packed_bias) {
+    return pack_weight_blocks<T>(kernels, one_tap, taps, packed_bias, tile, [&](int64_t) { return tile; });
+  };
   using Packed = std::pair<at::Tensor, at::Tensor>;  // (weights, bias)
-  const Packed firsts =
-      pack_weight_blocks<T>(kernels, one_tap, first_tap, at::Tensor(), tile, width);
-  const Packed sums =
-      pack_weight_blocks<T>(kernels, one_tap, at::add(first_tap, second_tap), bias, tile, width);
-  const Packed seconds =
-      pack_weight_blocks<T>(kernels, one_tap, second_tap, at::Tensor(), tile, width);
+  const Packed firsts = pack(first_tap, at::Tensor());
+  const Packed sums = pack(at::add(first_tap, second_tap), bias);
+  const Packed seconds = pack(second_tap, at::Tensor());
+  const Packed differences = triples ? pack(at::sub(first_tap, second_tap), at::Tensor()) : Packed();
   const int64_t group_tiles = tiles_to_cover(og, tile), tile_size = sums.first.size(1);
-  const int64_t chunk = kernels.pair_columns(g, T(0)), chunks = tiles_to_cover(g.out_w, chunk);
-  const int64_t rows = g.batch * g.out_h * chunks;  // (image, output row, chunk)
+  const int64_t chunk = kernels.pair_columns(g, T(0));
+  const int64_t pieces = triples ? kernels.triple_tasks(g, T(0)) : tiles_to_cover(g.out_w, chunk);
+  const int64_t buffer_size = triples ? kernels.triple_buffer_size(g, T(0))
+                                      : kernels.pair_buffer_size(g, std::min(g.out_w, chunk), T(0));
+  const int64_t rows = g.batch * g.out_h * pieces;  // (image, output row, piece)
   const int64_t task_tiles = tiles_to_cover(
       group_tiles, std::min(group_tiles, tiles_to_cover(at::get_num_threads(), g.groups * rows)));
   const int64_t tile_tasks = tiles_to_cover(group_tiles, task_tiles);
@@ -110,22 +116,30 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
   const int64_t in_group = g.in_per_group() * g.in_h * g.in_w, in_image = g.groups * in_group;
   const int64_t plane = g.out_h * g.out_w, out_image = g.out_channels * plane;
   at::parallel_for(0, g.groups * tile_tasks * rows, 1, [&](int64_t begin, int64_t end) {
-    const ThreadScratch<T> buffer(0, kernels.pair_buffer_size(g, std::min(g.out_w, chunk), T(0)));
+    const ThreadScratch<T> buffer(0, buffer_size);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task % rows, tiles_task = task / rows % tile_tasks;
-      const int64_t grp = task / (rows * tile_tasks), x0 = row % chunks * chunk;
-      const int64_t y = row / chunks % g.out_h, n = row / (chunks * g.out_h);
+      const int64_t grp = task / (rows * tile_tasks), piece = row % pieces;
+      const int64_t y = row / pieces % g.out_h, n = row / (pieces * g.out_h);
       const int64_t first_tile = grp * group_tiles;
       const int64_t o_begin = tiles_task * task_tiles * tile;
       const int64_t o_end = std::min(og, o_begin + task_tiles * tile);
+      const int64_t offset = first_tile * tile_size;
       const TapPairWeights<T> weights{
-          firsts.first.const_data_ptr<T>() + first_tile * tile_size,
-          sums.first.const_data_ptr<T>() + first_tile * tile_size,
-          seconds.first.const_data_ptr<T>() + first_tile * tile_size,
-          sums.second.const_data_ptr<T>() + first_tile * tile, tile_size};
-      kernels.conv_row_pairs(g, in + n * in_image + grp * in_group, weights, o_begin, o_end, y,
-                             x0, std::min(g.out_w, x0 + chunk), buffer.data(),
-                             out + n * out_image + grp * og * plane);
+          firsts.first.const_data_ptr<T>() + offset, sums.first.const_data_ptr<T>() + offset,
+          seconds.first.const_data_ptr<T>() + offset,
+          sums.second.const_data_ptr<T>() + first_tile * tile, tile_size,
+          triples ? differences.first.const_data_ptr<T>() + offset : nullptr};
+      const T* group_input = in + n * in_image + grp * in_group;
+      T* group_output = out + n * out_image + grp * og * plane;
+      if (triples) {
+        kernels.conv_row_triples(g, group_input, weights, o_begin, o_end, y, piece, buffer.data(),
+                                 group_output);
+      } else {
+        const int64_t x0 = piece * chunk;
+        kernels.conv_row_pairs(g, group_input, weights, o_begin, o_end, y, x0,
+                               std::min(g.out_w, x0 + chunk), buffer.data(), group_output);
+      }
     }
   });
 }

@@ -27,7 +27,8 @@ namespace fastdl::dilated_conv {
 // conv_row_pairs' three weight sets, each packed as pack_weight_blocks packs a 1x1
 // convolution's weights in tiles of pair_tile_channels() output channels: tap 0 (W0),
 // the sum of the taps (W0 + W1) and tap 1 (W1), at the group's first tile; `bias` the
-// sum set's packed bias, at the group's first tile too.
+// sum set's packed bias, at the group's first tile too. conv_row_triples also reads
+// the taps' difference (W0 - W1).
 template <typename T>
 struct TapPairWeights {
   const T* first_tap;
@@ -35,6 +36,7 @@ struct TapPairWeights {
   const T* second_tap;
   const T* bias;
   int64_t block_size;  // values per packed tile of each set
+  const T* tap_difference = nullptr;
 };
 
 // The tiles of the Winograd path (dilated_conv_cpu_winograd.inc): per image, tile
@@ -68,6 +70,13 @@ struct WinogradTiles {
                              int64_t o_end, int64_t y, int64_t x_begin, int64_t x_end,      \
                              T* buffer, T* output);                                         \
   static bool pair_weights_safe(const T* weights, int64_t count, T);                       \
+  static bool takes_tap_triples(const Geometry& g, T);                                     \
+  static int64_t triple_tasks(const Geometry& g, T);                                       \
+  static int64_t triple_buffer_size(const Geometry& g, T);                                 \
+  static void conv_row_triples(const Geometry& g, const T* input,                          \
+                               const TapPairWeights<T>& weights, int64_t o_begin,           \
+                               int64_t o_end, int64_t y, int64_t task, T* buffer,           \
+                               T* output);                                                  \
   static int64_t weight_grad_chunk_width(T);                                                \
   static int64_t weight_grad_buffer_size(const Geometry& g, T);                             \
   static void weight_grad_chunk(const Geometry& g, const T* grad_output, const T* input,    \
@@ -141,6 +150,16 @@ struct Avx512Kernels {
   }                                                                                          \
   bool Set::pair_weights_safe(const T* weights, int64_t count, T) {                         \
     return impl::pair_weights_safe<T>(weights, count);                                       \
+  }                                                                                          \
+  bool Set::takes_tap_triples(const Geometry& g, T) { return impl::takes_tap_triples<T>(g); } \
+  int64_t Set::triple_tasks(const Geometry& g, T) { return impl::triple_tasks<T>(g); }      \
+  int64_t Set::triple_buffer_size(const Geometry& g, T) {                                   \
+    return impl::triple_buffer_size<T>(g);                                                   \
+  }                                                                                          \
+  void Set::conv_row_triples(const Geometry& g, const T* input,                              \
+                             const TapPairWeights<T>& weights, int64_t o_begin, int64_t o_end, \
+                             int64_t y, int64_t task, T* buffer, T* output) {               \
+    impl::conv_row_triples<T>(g, input, weights, o_begin, o_end, y, task, buffer, output);   \
   }                                                                                          \
   int64_t Set::weight_grad_chunk_width(T) { return impl::weight_grad_chunk_width<T>(); }    \
   int64_t Set::weight_grad_buffer_size(const Geometry& g, T) {                              \
