@@ -652,6 +652,46 @@ def test_conv1d_two_tap_pairs_non_finite_and_huge_inputs(device, dtype):
         torch.testing.assert_close(ours[0][finite[0]], reference[0][finite[0]], atol=1e-5, rtol=1e-4)
 
 
+def _two_tap_weight_grads(grad, x, w, d):
+    """grad_weight of a causal two-tap convolution: fastdl's and PyTorch's."""
+    _, ours, _ = torch.ops.fastdl.dilated_conv1d_backward(grad, x, w, 1, d, 0, d, 1,
+                                                          [False, True, False])
+    reference = torch.ops.aten.convolution_backward(grad, F.pad(x, (d, 0)), w, None, [1], [0], [d],
+                                                    False, [0], 1, [False, True, False])[1]
+    return ours, reference
+
+
+@pytest.mark.parametrize("where", ["input", "grad_output"])
+def test_conv1d_two_tap_weight_grad_non_finite_and_huge_values(device, where):
+    """The two-tap weight gradient's Winograd sums (weight_grad_triples) would spread an
+    infinity or NaN to entries F.conv1d's sums keep finite, and overflow in the
+    transforms near the largest values: a call whose sums are not finite runs the
+    direct kernels, so the gradient is F.conv1d's (inf where it gives inf, NaN only
+    where it gives NaN; finite where it is)."""
+    big = torch.finfo(torch.float32).max / 1.5
+    for d in (8, 16, 40):
+        x = torch.randn(2, 8, 1500, device=device)
+        grad = torch.randn(2, 32, 1500, device=device)
+        w = torch.randn(32, 8, 2, device=device)
+        t = x if where == "input" else grad
+        t[0, 3, 200] = math.inf  # away from the padding: F.pad's zeros times inf give NaN
+        t[0, 5, 1499] = -math.inf  # the input is read by the last output only (tap 1)
+        t[1, 2, 1100] = math.nan
+        ours, reference = _two_tap_weight_grads(grad, x, w, d)
+        assert torch.equal(ours.isnan(), reference.isnan()), d
+        assert torch.equal(ours.isinf(), reference.isinf()), d
+        finite = reference.isfinite()
+        torch.testing.assert_close(ours[finite], reference[finite], atol=1e-3, rtol=1e-4)
+        # huge values of alternating sign, the other operand small: every sum is finite,
+        # but the transforms' sums and differences overflow
+        t.copy_(torch.randn_like(t).sign() * big)
+        (grad if where == "input" else x).mul_(1e-6)
+        ours, reference = _two_tap_weight_grads(grad, x, w, d)
+        assert reference.isfinite().all() and ours.isfinite().all(), d
+        scale = reference.abs().max()
+        torch.testing.assert_close(ours / scale, reference / scale, atol=1e-5, rtol=1e-4)
+
+
 def test_conv2d_two_tap_pairs_padding_rows_give_the_bias(device):
     """A (1, 2) kernel's padding rows give the bias, as the direct kernel's skipped taps
     do; a non-finite weight keeps the whole call on the direct kernel, whose padding

@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -273,6 +274,67 @@ void backward_input_typed(const Geometry& g, const at::Tensor& grad_output,
   if (!done) forward_typed<T>(t, grad, flipped_transposed<T>(g, weight), at::Tensor(), grad_input);
 }
 
+// The weight gradient of two-tap rows by Winograd F(3, 2) (weight_grad_triples). Tasks
+// of (group, chunk of input channels, slice), each summing a fixed range of the rows'
+// pieces into its own four sums, which are then added into the taps in slice order:
+// fixed by the shape, so the result does not depend on the thread count. False, having
+// written nothing, when a sum is not finite: then the direct kernels are needed.
+constexpr int64_t kWeightGradSlices = 8;
+
+template <typename T, typename Kernels>
+bool backward_weight_triples(Kernels kernels, const Geometry& g, const T* grad_output,
+                             const T* input, T* grad_weight) {
+  const int64_t og = g.out_per_group(), cg = g.in_per_group();
+  const int64_t chunk = kernels.weight_grad_chunk_width(T(0)), chunks = tiles_to_cover(cg, chunk);
+  const int64_t row_pieces = kernels.weight_grad_triple_pieces(g, T(0));
+  const int64_t pieces = g.batch * g.out_h * row_pieces;
+  const int64_t slices = std::min(pieces, kWeightGradSlices);
+  const int64_t tasks = g.groups * chunks * slices, m = og * chunk;  // m: values of one sum
+  const CallBuffers<T> buffers({tasks * 4 * m, g.groups * chunks * 2 * m});
+  const int64_t out_plane = g.out_h * g.out_w, in_plane = g.in_h * g.in_w;
+  const int64_t image_out = g.out_channels * out_plane, image_in = g.in_channels * in_plane;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    const ThreadScratch<T> buffer(0, kernels.weight_grad_triples_buffer_size(g, T(0)));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t slice = task % slices, c_chunk = task / slices % chunks;
+      const int64_t grp = task / (slices * chunks), c0 = c_chunk * chunk;
+      T* acc = buffers[0] + task * 4 * m;
+      std::fill(acc, acc + 4 * m, T(0));
+      for (int64_t p = slice * pieces / slices; p < (slice + 1) * pieces / slices; ++p) {
+        const int64_t piece = p % row_pieces, y = p / row_pieces % g.out_h;
+        const int64_t n = p / (row_pieces * g.out_h);
+        kernels.weight_grad_triples(g, grad_output + n * image_out + grp * og * out_plane,
+                                    input + n * image_in + (grp * cg + c0) * in_plane,
+                                    std::min(chunk, cg - c0), y, piece, buffer.data(), acc);
+      }
+    }
+  });
+  // per (group, chunk): tap 0 = M0 + M1 + M2, tap 1 = M1 - M2 + M3, over the slices in order
+  T* taps = buffers[1];
+  for (int64_t gc = 0; gc < g.groups * chunks; ++gc) {
+    T* first = taps + gc * 2 * m;
+    T* second = first + m;
+    std::fill(first, first + 2 * m, T(0));
+    for (int64_t s = 0; s < slices; ++s) {
+      const T* sums = buffers[0] + (gc * slices + s) * 4 * m;
+      for (int64_t i = 0; i < m; ++i) {
+        first[i] += sums[i] + sums[m + i] + sums[2 * m + i];
+        second[i] += sums[m + i] - sums[2 * m + i] + sums[3 * m + i];
+      }
+    }
+  }
+  if (!(kernels.max_abs(taps, g.groups * chunks * 2 * m, T(0)) <= std::numeric_limits<T>::max()))
+    return false;  // not finite
+  for (int64_t gc = 0; gc < g.groups * chunks; ++gc) {
+    const int64_t grp = gc / chunks, c0 = gc % chunks * chunk, count = std::min(chunk, cg - c0);
+    for (int64_t tap = 0; tap < 2; ++tap)
+      for (int64_t o = 0; o < og; ++o)
+        for (int64_t c = 0; c < count; ++c)
+          grad_weight[((grp * og + o) * cg + c0 + c) * 2 + tap] = taps[(gc * 2 + tap) * m + o * chunk + c];
+  }
+  return true;
+}
+
 template <typename T>
 void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
                            const at::Tensor& input, at::Tensor& grad_weight,
@@ -293,9 +355,11 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
       backward_weight_winograd<T>(kernels, g, grad_output, input, grad_weight);
       return;
     }
+    const T* in = input.const_data_ptr<T>();
+    if (kernels.takes_weight_grad_triples(g, T(0)) && backward_weight_triples<T>(kernels, g, go, in, gw))
+      return;
     const int64_t chunk = kernels.weight_grad_chunk_width(T(0));
     const int64_t chunks = tiles_to_cover(cg, chunk), in_plane = g.in_h * g.in_w;
-    const T* in = input.const_data_ptr<T>();
     at::parallel_for(0, g.groups * taps * chunks, 1, [&](int64_t begin, int64_t end) {
       const ThreadScratch<T> acc(0, og * chunk);
       const ThreadScratch<T> block(1, kernels.weight_grad_buffer_size(g, T(0)));

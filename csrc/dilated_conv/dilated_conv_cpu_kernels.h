@@ -78,6 +78,12 @@ struct WinogradTiles {
                                int64_t o_end, int64_t y, int64_t task, T* buffer,           \
                                T* output);                                                  \
   static int64_t weight_grad_chunk_width(T);                                                \
+  static bool takes_weight_grad_triples(const Geometry& g, T);                             \
+  static int64_t weight_grad_triple_pieces(const Geometry& g, T);                          \
+  static int64_t weight_grad_triples_buffer_size(const Geometry& g, T);                    \
+  static void weight_grad_triples(const Geometry& g, const T* grad_output, const T* input, \
+                                  int64_t count, int64_t y, int64_t piece, T* buffer,       \
+                                  T* acc);                                                  \
   static int64_t weight_grad_buffer_size(const Geometry& g, T);                             \
   static void weight_grad_chunk(const Geometry& g, const T* grad_output, const T* input,    \
                                 int64_t count, int64_t kh, int64_t kw, T* buffer, T* acc);  \
@@ -152,7 +158,9 @@ struct Avx512Kernels {
     return impl::pair_weights_safe<T>(weights, count);                                       \
   }                                                                                          \
   bool Set::takes_tap_triples(const Geometry& g, T) { return impl::takes_tap_triples<T>(g); } \
-  int64_t Set::triple_tasks(const Geometry& g, T) { return impl::triple_tasks<T>(g); }      \
+  int64_t Set::triple_tasks(const Geometry& g, T) {                                         \
+    return impl::triple_tasks<T>(g, impl::forward_triples<T>(g));                            \
+  }                                                                                          \
   int64_t Set::triple_buffer_size(const Geometry& g, T) {                                   \
     return impl::triple_buffer_size<T>(g);                                                   \
   }                                                                                          \
@@ -162,6 +170,19 @@ struct Avx512Kernels {
     impl::conv_row_triples<T>(g, input, weights, o_begin, o_end, y, task, buffer, output);   \
   }                                                                                          \
   int64_t Set::weight_grad_chunk_width(T) { return impl::weight_grad_chunk_width<T>(); }    \
+  bool Set::takes_weight_grad_triples(const Geometry& g, T) {                                \
+    return impl::takes_weight_grad_triples<T>(g);                                            \
+  }                                                                                          \
+  int64_t Set::weight_grad_triple_pieces(const Geometry& g, T) {                             \
+    return impl::weight_grad_triple_pieces<T>(g);                                            \
+  }                                                                                          \
+  int64_t Set::weight_grad_triples_buffer_size(const Geometry& g, T) {                       \
+    return impl::weight_grad_triples_buffer_size<T>(g);                                      \
+  }                                                                                          \
+  void Set::weight_grad_triples(const Geometry& g, const T* grad_output, const T* input,     \
+                                int64_t count, int64_t y, int64_t piece, T* buffer, T* acc) { \
+    impl::weight_grad_triples<T>(g, grad_output, input, count, y, piece, buffer, acc);       \
+  }                                                                                          \
   int64_t Set::weight_grad_buffer_size(const Geometry& g, T) {                              \
     return impl::weight_grad_buffer_size<T>(g);                                               \
   }                                                                                          \
