@@ -17,8 +17,6 @@
 // float16/bfloat16 run the float32 kernels on float32 copies.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/add.h>
-#include <ATen/ops/sub.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
@@ -80,6 +78,46 @@ std::pair<at::Tensor, at::Tensor> pack_weight_blocks(Kernels kernels, const Geom
   return {packed, packed_bias};
 }
 
+// The two-tap kernels' four weight sets, W0, W0 + W1, W1 and W0 - W1 (sets[k], in
+// TapPairWeights' order), each packed as pack_weight_blocks packs a 1x1 convolution's
+// (tiles of `tile` output channels per group, zero past a group's last channel), and
+// the sum set's bias: one pass over the weights on the calling thread (a WaveNet
+// layer's 64 x 64 x 2 weights), where narrowed, added and subtracted copies and four
+// pack_weight_blocks calls took four ATen ops and four parallel regions per call.
+struct TapSets {
+  at::Tensor sets;  // (4, tiles, in channels per group x tile)
+  at::Tensor bias;  // (tiles, tile)
+};
+
+template <typename T>
+TapSets pack_tap_sets(const Geometry& g, const at::Tensor& weight, const at::Tensor& bias,
+                      int64_t tile) {
+  const int64_t og = g.out_per_group(), cg = g.in_per_group();
+  const int64_t group_tiles = tiles_to_cover(og, tile), tiles = g.groups * group_tiles;
+  const int64_t size = cg * tile, set = tiles * size;
+  TapSets packed{at::zeros({4, tiles, size}, weight.options()), at::zeros({tiles, tile}, weight.options())};
+  const T* w = weight.const_data_ptr<T>();  // (O, C / groups, 1, 2)
+  const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  T* sets = packed.sets.data_ptr<T>();
+  T* packed_bias = packed.bias.data_ptr<T>();
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t o0 = t / group_tiles * og + t % group_tiles * tile;
+    const int64_t channels = std::min(tile, (t / group_tiles + 1) * og - o0);
+    for (int64_t r = 0; r < channels; ++r) {
+      if (b != nullptr) packed_bias[t * tile + r] = b[o0 + r];
+      for (int64_t c = 0; c < cg; ++c) {
+        const T w0 = w[((o0 + r) * cg + c) * 2], w1 = w[((o0 + r) * cg + c) * 2 + 1];
+        T* value = sets + t * size + c * tile + r;
+        value[0] = w0;
+        value[set] = w0 + w1;
+        value[2 * set] = w1;
+        value[3 * set] = w0 - w1;
+      }
+    }
+  }
+  return packed;
+}
+
 // Two-tap rows of lane-kernel groups: conv_row_triples (Winograd F(3, 2), d of at least
 // a vector) or conv_row_pairs (F(2, 2) below that; see dilated_conv_cpu_kernels.inc). A
 // task is one piece of one output row of one group (a chunk of columns, or a kernel's
@@ -91,19 +129,10 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
                        const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
   const int64_t tile = kernels.pair_tile_channels(T(0)), og = g.out_per_group();
   const bool triples = kernels.takes_tap_triples(g, T(0));
-  Geometry one_tap = g;  // each weight set packed as a 1x1 convolution's
-  one_tap.kernel_w = 1;
-  const at::Tensor first_tap = weight.narrow(3, 0, 1).contiguous();
-  const at::Tensor second_tap = weight.narrow(3, 1, 1).contiguous();
-  auto pack = [&](const at::Tensor& taps, const at::Tensor& packed_bias) {
-    return pack_weight_blocks<T>(kernels, one_tap, taps, packed_bias, tile, [&](int64_t) { return tile; });
-  };
-  using Packed = std::pair<at::Tensor, at::Tensor>;  // (weights, bias)
-  const Packed firsts = pack(first_tap, at::Tensor());
-  const Packed sums = pack(at::add(first_tap, second_tap), bias);
-  const Packed seconds = pack(second_tap, at::Tensor());
-  const Packed differences = triples ? pack(at::sub(first_tap, second_tap), at::Tensor()) : Packed();
-  const int64_t group_tiles = tiles_to_cover(og, tile), tile_size = sums.first.size(1);
+  const TapSets packed = pack_tap_sets<T>(g, weight, bias, tile);
+  const T* sets = packed.sets.const_data_ptr<T>();
+  const int64_t group_tiles = tiles_to_cover(og, tile), tile_size = packed.sets.size(2);
+  const int64_t set = packed.sets.size(1) * tile_size;
   const int64_t chunk = kernels.pair_columns(g, T(0));
   const int64_t pieces = triples ? kernels.triple_tasks(g, T(0)) : tiles_to_cover(g.out_w, chunk);
   const int64_t buffer_size = triples ? kernels.triple_buffer_size(g, T(0))
@@ -126,11 +155,9 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
       const int64_t o_begin = tiles_task * task_tiles * tile;
       const int64_t o_end = std::min(og, o_begin + task_tiles * tile);
       const int64_t offset = first_tile * tile_size;
-      const TapPairWeights<T> weights{
-          firsts.first.const_data_ptr<T>() + offset, sums.first.const_data_ptr<T>() + offset,
-          seconds.first.const_data_ptr<T>() + offset,
-          sums.second.const_data_ptr<T>() + first_tile * tile, tile_size,
-          triples ? differences.first.const_data_ptr<T>() + offset : nullptr};
+      const TapPairWeights<T> weights{sets + offset, sets + set + offset, sets + 2 * set + offset,
+                                      packed.bias.const_data_ptr<T>() + first_tile * tile,
+                                      tile_size, sets + 3 * set + offset};
       const T* group_input = in + n * in_image + grp * in_group;
       T* group_output = out + n * out_image + grp * og * plane;
       if (triples) {
