@@ -652,6 +652,23 @@ def test_conv1d_two_tap_pairs_non_finite_and_huge_inputs(device, dtype):
         torch.testing.assert_close(ours[0][finite[0]], reference[0][finite[0]], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("d", [16, 40])
+def test_conv1d_two_tap_triples_nan_at_every_position_of_a_triple(device, d):
+    """A NaN input gives NaN where F.conv1d does and nowhere else, whichever of a
+    triple's four inputs it is (conv_row_triples: as x1 or x2 the transform would also
+    reach the triple's third output, so such a task runs the direct products). Image n
+    has its NaN at column 1000 + n: every residue mod 3d."""
+    x = torch.randn(3 * d, 4, 1500, device=device)
+    for n in range(3 * d):
+        x[n, n % 4, 1000 + n] = math.nan
+    w = torch.rand(32, 4, 2, device=device) / 8  # positive: no inf - inf
+    ours = fastdl.ops.dilated_conv1d(x, w, dilation=d, causal=True)
+    reference = F.conv1d(F.pad(x, (d, 0)), w, dilation=d)
+    assert torch.equal(ours.isnan(), reference.isnan())
+    finite = reference.isfinite()
+    torch.testing.assert_close(ours[finite], reference[finite], atol=1e-5, rtol=1e-4)
+
+
 def _two_tap_weight_grads(grad, x, w, d):
     """grad_weight of a causal two-tap convolution: fastdl's and PyTorch's."""
     _, ours, _ = torch.ops.fastdl.dilated_conv1d_backward(grad, x, w, 1, d, 0, d, 1,
