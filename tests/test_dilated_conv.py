@@ -549,7 +549,7 @@ TAP_PAIRS_1D = [
     (2, 24, 72, 2, 1037, 2, 1, (11, 9), 8, False, "slice"),  # interleaved: groups, wide padding
     (1, 32, 64, 1, 5000, 2, 1, (1, 0), 1, False, "contiguous"),  # interleaved: ten chunks
     (1, 256, 32, 1, 2100, 2, 1, 0, 64, True, "contiguous"),  # triples: runs in blocks of 32
-    (2, 192, 64, 2, 1100, 2, 1, (150, 7), 200, False, "slice"),  # triples: blocks of 80, 80, 40
+    (2, 192, 64, 2, 1100, 2, 1, (150, 7), 200, False, "slice"),  # triples: blocks of 64, 64, 64, 8
 ]
 
 

@@ -3,13 +3,15 @@
 // of output channels, image, output row, column chunk), blocks outermost so that a
 // thread's tasks share one block's packed weights; two-tap rows: tasks of (group,
 // image, output row, piece of the row), every block of the group over one transformed
-// copy of the piece's input (conv_row_triples, conv_row_pairs). Forward, narrow groups: tasks of
-// (image, group, output row, column chunk), each copying the input rows it reads into a
-// zero-padded window once and running every output channel of the group over it.
-// grad_input: the forward kernel on grad_output with the weights flipped and
+// copy of the piece's input (conv_row_triples, conv_row_pairs). Forward, narrow groups:
+// tasks of (image, group, output row, column chunk), each copying the input rows it
+// reads into a zero-padded window once and running every output channel of the group
+// over it. grad_input: the forward kernel on grad_output with the weights flipped and
 // transposed. grad_weight: tasks of (group, tap, chunk of input channels), each
 // summing over the whole batch in a fixed order, over blocks of the input it transposes
-// pixel-major into L1 as it goes.
+// pixel-major into L1 as it goes; two-tap rows with d of at least a vector: tasks of
+// (group, chunk of input channels, slice of the rows), Winograd F(3, 2)
+// (backward_weight_triples).
 // Wide 3x3 convolutions at stride 1 (ASPP) take Winograd F(2x2, 3x3) instead, forward,
 // grad_input and grad_weight (dilated_conv_cpu_winograd.h).
 // No task writes what another reads or writes, so results do not depend on the thread
@@ -95,7 +97,8 @@ TapSets pack_tap_sets(const Geometry& g, const at::Tensor& weight, const at::Ten
   const int64_t og = g.out_per_group(), cg = g.in_per_group();
   const int64_t group_tiles = tiles_to_cover(og, tile), tiles = g.groups * group_tiles;
   const int64_t size = cg * tile, set = tiles * size;
-  TapSets packed{at::zeros({4, tiles, size}, weight.options()), at::zeros({tiles, tile}, weight.options())};
+  TapSets packed{at::zeros({4, tiles, size}, weight.options()),
+                 at::zeros({tiles, tile}, weight.options())};
   const T* w = weight.const_data_ptr<T>();  // (O, C / groups, 1, 2)
   const T* b = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
   T* sets = packed.sets.data_ptr<T>();
@@ -357,7 +360,8 @@ bool backward_weight_triples(Kernels kernels, const Geometry& g, const T* grad_o
     for (int64_t tap = 0; tap < 2; ++tap)
       for (int64_t o = 0; o < og; ++o)
         for (int64_t c = 0; c < count; ++c)
-          grad_weight[((grp * og + o) * cg + c0 + c) * 2 + tap] = taps[(gc * 2 + tap) * m + o * chunk + c];
+          grad_weight[((grp * og + o) * cg + c0 + c) * 2 + tap] =
+              taps[(gc * 2 + tap) * m + o * chunk + c];
   }
   return true;
 }
@@ -383,7 +387,8 @@ void backward_weight_typed(const Geometry& g, const at::Tensor& grad_output,
       return;
     }
     const T* in = input.const_data_ptr<T>();
-    if (kernels.takes_weight_grad_triples(g, T(0)) && backward_weight_triples<T>(kernels, g, go, in, gw))
+    if (kernels.takes_weight_grad_triples(g, T(0)) &&
+        backward_weight_triples<T>(kernels, g, go, in, gw))
       return;
     const int64_t chunk = kernels.weight_grad_chunk_width(T(0));
     const int64_t chunks = tiles_to_cover(cg, chunk), in_plane = g.in_h * g.in_w;
