@@ -669,6 +669,25 @@ def test_conv1d_two_tap_triples_nan_at_every_position_of_a_triple(device, d):
     torch.testing.assert_close(ours[finite], reference[finite], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("d", [4, 16, 100])
+def test_conv1d_two_tap_products_near_the_largest_float(device, d):
+    """Winograd's transformed sums can overflow where F.conv1d's direct sums do not
+    (products of weights and inputs near 1e38): inputs beyond the limit that the
+    weights and bias allow take the direct products, so the output is F.conv1d's,
+    finite where it is finite."""
+    x = torch.randn(2, 1, 2200, device=device)
+    x[0, 0, 1500], x[0, 0, 1500 + d] = 1e30, -1e30  # -2e38 at column 1500, inf at 1500 + d
+    x[1, 0, 700] = 1.5e30
+    w = torch.empty(32, 1, 2, device=device)
+    w[:, :, 0], w[:, :, 1] = 2e8, -2e8
+    ours = fastdl.ops.dilated_conv1d(x, w, dilation=d, causal=True)
+    reference = F.conv1d(F.pad(x, (d, 0)), w, dilation=d)
+    assert torch.equal(ours.isinf(), reference.isinf())
+    assert not ours.isnan().any()
+    finite = reference.isfinite()
+    torch.testing.assert_close(ours[finite] / 1e38, reference[finite] / 1e38, atol=1e-6, rtol=1e-5)
+
+
 def _two_tap_weight_grads(grad, x, w, d):
     """grad_weight of a causal two-tap convolution: fastdl's and PyTorch's."""
     _, ours, _ = torch.ops.fastdl.dilated_conv1d_backward(grad, x, w, 1, d, 0, d, 1,

@@ -136,6 +136,17 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
   const T* sets = packed.sets.const_data_ptr<T>();
   const int64_t group_tiles = tiles_to_cover(og, tile), tile_size = packed.sets.size(2);
   const int64_t set = packed.sets.size(1) * tile_size;
+  // Every partial sum of a pair's or a triple's transformed products is at most |bias|
+  // + 6 (C / groups) max|W| max|x| (a transform at most doubles an input, a weight set
+  // a weight): inputs up to input_limit keep it finite, with room to spare.
+  const double largest = std::numeric_limits<T>::max();
+  const double max_weight = kernels.max_abs(weight.const_data_ptr<T>(), weight.numel(), T(0));
+  const double max_bias =
+      bias.defined() ? kernels.max_abs(bias.const_data_ptr<T>(), bias.numel(), T(0)) : 0.0;
+  const T input_limit =
+      max_weight > 0 ? T(std::clamp((largest - max_bias) / (8.0 * g.in_per_group() * max_weight),
+                                    0.0, largest))
+                     : T(largest);
   const int64_t chunk = kernels.pair_columns(g, T(0));
   const int64_t pieces = triples ? kernels.triple_tasks(g, T(0)) : tiles_to_cover(g.out_w, chunk);
   const int64_t buffer_size = triples ? kernels.triple_buffer_size(g, T(0))
@@ -160,7 +171,7 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
       const int64_t offset = first_tile * tile_size;
       const TapPairWeights<T> weights{sets + offset, sets + set + offset, sets + 2 * set + offset,
                                       packed.bias.const_data_ptr<T>() + first_tile * tile,
-                                      tile_size, sets + 3 * set + offset};
+                                      tile_size, sets + 3 * set + offset, input_limit};
       const T* group_input = in + n * in_image + grp * in_group;
       T* group_output = out + n * out_image + grp * og * plane;
       if (triples) {

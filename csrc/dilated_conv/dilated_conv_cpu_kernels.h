@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 
 #include "common/int_math.h"
 #include "dilated_conv/dilated_conv.h"
@@ -28,7 +29,9 @@ namespace fastdl::dilated_conv {
 // convolution's weights in tiles of pair_tile_channels() output channels: tap 0 (W0),
 // the sum of the taps (W0 + W1) and tap 1 (W1), at the group's first tile; `bias` the
 // sum set's packed bias, at the group's first tile too. conv_row_triples also reads
-// the taps' difference (W0 - W1).
+// the taps' difference (W0 - W1). input_limit: the largest |input| whose transformed
+// sums cannot overflow with these weights and bias (larger inputs take the direct
+// products).
 template <typename T>
 struct TapPairWeights {
   const T* first_tap;
@@ -37,6 +40,7 @@ struct TapPairWeights {
   const T* bias;
   int64_t block_size;  // values per packed tile of each set
   const T* tap_difference = nullptr;
+  T input_limit = std::numeric_limits<T>::max();
 };
 
 // The tiles of the Winograd path (dilated_conv_cpu_winograd.inc): per image, tile
