@@ -129,7 +129,8 @@ TapSets pack_tap_sets(const Geometry& g, const at::Tensor& weight, const at::Ten
 // row, batch 1), the tiles are split over tasks too, each transforming the piece itself.
 template <typename T, typename Kernels>
 void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& input,
-                       const at::Tensor& weight, const at::Tensor& bias, at::Tensor& output) {
+                       const at::Tensor& weight, const at::Tensor& bias, T max_weight,
+                       at::Tensor& output) {
   const int64_t tile = kernels.pair_tile_channels(T(0)), og = g.out_per_group();
   const bool triples = kernels.takes_tap_triples(g, T(0));
   const TapSets packed = pack_tap_sets<T>(g, weight, bias, tile);
@@ -140,13 +141,12 @@ void forward_tap_pairs(Kernels kernels, const Geometry& g, const at::Tensor& inp
   // + 6 (C / groups) max|W| max|x| (a transform at most doubles an input, a weight set
   // a weight): inputs up to input_limit keep it finite, with room to spare.
   const double largest = std::numeric_limits<T>::max();
-  const double max_weight = kernels.max_abs(weight.const_data_ptr<T>(), weight.numel(), T(0));
   const double max_bias =
       bias.defined() ? kernels.max_abs(bias.const_data_ptr<T>(), bias.numel(), T(0)) : 0.0;
-  const T input_limit =
-      max_weight > 0 ? T(std::clamp((largest - max_bias) / (8.0 * g.in_per_group() * max_weight),
-                                    0.0, largest))
-                     : T(largest);
+  const double overflow_limit =
+      max_weight > 0 ? std::max(0.0, (largest - max_bias) / (8.0 * g.in_per_group() * max_weight))
+                     : largest;
+  const T input_limit = T(std::min<double>(kernels.pair_safe_value(T(0)), overflow_limit));
   const int64_t chunk = kernels.pair_columns(g, T(0));
   const int64_t pieces = triples ? kernels.triple_tasks(g, T(0)) : tiles_to_cover(g.out_w, chunk);
   const int64_t buffer_size = triples ? kernels.triple_buffer_size(g, T(0))
@@ -202,11 +202,14 @@ void forward_typed(const Geometry& g, const at::Tensor& input, const at::Tensor&
       forward_winograd<T>(kernels, g, input, weight, bias, output, /*flipped=*/false);
       return;
     }
-    // The pair kernel's weight sums must stay finite (see kPairSafe).
-    if (og >= block / 2 && kernels.takes_tap_pairs(g, T(0)) &&
-        kernels.pair_weights_safe(weight.const_data_ptr<T>(), weight.numel(), T(0))) {
-      forward_tap_pairs<T>(kernels, g, input, weight, bias, output);
-      return;
+    if (og >= block / 2 && kernels.takes_tap_pairs(g, T(0))) {
+      // The pair kernel's weight sums must stay finite (see kPairSafe): below it, and
+      // not infinite or NaN (max_abs gives infinity then).
+      const T max_weight = kernels.max_abs(weight.const_data_ptr<T>(), weight.numel(), T(0));
+      if (max_weight < kernels.pair_safe_value(T(0))) {
+        forward_tap_pairs<T>(kernels, g, input, weight, bias, max_weight, output);
+        return;
+      }
     }
     if (og >= block / 2) {
       // Output channels in the lanes (dilated_conv_cpu_kernels.inc says when that

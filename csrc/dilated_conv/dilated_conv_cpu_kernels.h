@@ -29,9 +29,9 @@ namespace fastdl::dilated_conv {
 // convolution's weights in tiles of pair_tile_channels() output channels: tap 0 (W0),
 // the sum of the taps (W0 + W1) and tap 1 (W1), at the group's first tile; `bias` the
 // sum set's packed bias, at the group's first tile too. conv_row_triples also reads
-// the taps' difference (W0 - W1). input_limit: the largest |input| whose transformed
-// sums cannot overflow with these weights and bias (larger inputs take the direct
-// products).
+// the taps' difference (W0 - W1). input_limit: the largest |input| the transforms take
+// (kPairSafe, or less where these weights and bias could make a transformed sum
+// overflow); chunks with larger inputs take the direct products.
 template <typename T>
 struct TapPairWeights {
   const T* first_tap;
@@ -73,7 +73,7 @@ struct WinogradTiles {
                              const TapPairWeights<T>& weights, int64_t o_begin,             \
                              int64_t o_end, int64_t y, int64_t x_begin, int64_t x_end,      \
                              T* buffer, T* output);                                         \
-  static bool pair_weights_safe(const T* weights, int64_t count, T);                       \
+  static T pair_safe_value(T);                                                              \
   static bool takes_tap_triples(const Geometry& g, T);                                     \
   static int64_t triple_tasks(const Geometry& g, T);                                       \
   static int64_t triple_buffer_size(const Geometry& g, T);                                 \
@@ -158,9 +158,7 @@ struct Avx512Kernels {
     impl::conv_row_pairs<T>(g, input, weights, o_begin, o_end, y, x_begin, x_end, buffer,    \
                             output);                                                         \
   }                                                                                          \
-  bool Set::pair_weights_safe(const T* weights, int64_t count, T) {                         \
-    return impl::pair_weights_safe<T>(weights, count);                                       \
-  }                                                                                          \
+  T Set::pair_safe_value(T) { return impl::pair_safe_value<T>(); }                          \
   bool Set::takes_tap_triples(const Geometry& g, T) { return impl::takes_tap_triples<T>(g); } \
   int64_t Set::triple_tasks(const Geometry& g, T) {                                         \
     return impl::triple_tasks<T>(g, impl::forward_triples<T>(g));                            \
