@@ -1,0 +1,360 @@
+"""The CUDA kernels, run on the CPU by the emulator in tests/cuda_emu, against fastdl's
+CPU ops (which the other test files hold to PyTorch's). Every launch path of every
+op registered for CUDA is called here: tiles with halos and partial edges, split
+reductions, warp shuffles, tensor-core (wmma) tiles, 16-bit types.
+
+Opt in with FASTDL_CUDA_EMU=1 (CI does): the first run compiles the .cu files as C++,
+a few minutes. Needs the CUDA headers, not a GPU. What passing means, and what it
+cannot show (speed, races between threads that run at once), is in
+tests/cuda_emu/emu_runtime.h."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastdl  # noqa: F401  (registers torch.ops.fastdl)
+from conftest import TOLERANCES, TOLERANCES_VS_FLOAT64
+from cuda_emu import build
+
+pytestmark = [
+    pytest.mark.skipif(os.environ.get("FASTDL_CUDA_EMU") != "1",
+                       reason="set FASTDL_CUDA_EMU=1 to run the CUDA kernels on the emulator"),
+    pytest.mark.skipif(build.cuda_home() is None, reason="no CUDA headers (CUDA_HOME)"),
+]
+
+# Ops whose CUDA registration is device-agnostic C++ over the ops below (it calls them
+# through the dispatcher, so on a GPU it runs the kernels tested here): nothing of their
+# own to emulate.
+COMPOSITES = {"xnor_conv2d", "lstm_layer", "lstm_layer_backward", "gru_layer", "gru_layer_backward"}
+
+FLOAT_TYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(scope="module")
+def emu():
+    build.load()
+    return torch.ops.fastdl_emu
+
+
+def cpu_op(name):
+    return getattr(torch.ops.fastdl, name)
+
+
+def assert_same(emulated, reference, sums=False):
+    """Results of the emulated CUDA op against the CPU op; ``sums``: reductions over
+    many values, whose rounding depends on the order."""
+    if isinstance(emulated, (tuple, list)):
+        assert len(emulated) == len(reference)
+        for e, r in zip(emulated, reference):
+            assert_same(e, r, sums)
+        return
+    if reference is None:  # an output the mask did not ask for
+        assert emulated is None
+        return
+    assert emulated.dtype == reference.dtype and emulated.shape == reference.shape
+    if emulated.is_floating_point():
+        tolerances = (TOLERANCES_VS_FLOAT64 if sums else TOLERANCES)[emulated.dtype]
+        if emulated.dtype in (torch.float16, torch.bfloat16):
+            # the CPU ops compute 16-bit types through float32 copies, the CUDA ones in
+            # float32 registers; each rounds its own intermediate values
+            tolerances = dict(rtol=2 * tolerances["rtol"], atol=4 * tolerances["atol"])
+        torch.testing.assert_close(emulated, reference, **tolerances)
+    else:
+        assert torch.equal(emulated, reference)
+
+
+def randn(*shape, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def test_emulator_shuffles():
+    """Each lane gets its source lane's value; a source outside the lane's segment
+    of ``width`` lanes leaves the lane its own value."""
+    build.load()
+    out = torch.ops.fastdl_emu_selftest.shuffles(torch.empty(0))
+    lanes = torch.arange(64)
+    down = torch.where(lanes % 16 + 3 < 16, lanes + 3, lanes)
+    expected = torch.stack([lanes ^ 5, down, lanes // 8 * 8 + 7])
+    assert torch.equal(out, expected)
+
+
+def test_emulator_wmma():
+    build.load()
+    a = randn(16, 16, dtype=torch.float16)
+    b = randn(16, 16, dtype=torch.float16, seed=1)
+    out = torch.ops.fastdl_emu_selftest.wmma_product(a, b.t().contiguous())
+    torch.testing.assert_close(out, a.float() @ b.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_emulator_reports_barriers_threads_do_not_all_reach():
+    build.load()
+    divergent = torch.ops.fastdl_emu_selftest.divergent
+    assert torch.equal(divergent(torch.empty(0), 0), torch.ones(64))
+    with pytest.raises(RuntimeError, match=r"block \(0, 0, 0\) wait at different __syncthreads: "
+                                           r".*selftest_cuda.cu:\d+ and .*selftest_cuda.cu:\d+"):
+        divergent(torch.empty(0), 1)
+    with pytest.raises(RuntimeError, match=r"deadlock in block \(0, 0, 0\): 32 threads wait at "
+                                           r"__syncthreads and 32 at a warp-wide call"):
+        divergent(torch.empty(0), 2)
+
+
+def test_every_cuda_op_is_emulated_and_tested(emu):
+    """The emulated library holds the CUDA kernels of every op that has one, and each
+    is called by a test in this file."""
+    emulated = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
+                if n.startswith("fastdl_emu::")
+                and torch._C._dispatch_has_kernel_for_dispatch_key(n, "CPU")}
+    with_cuda = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names()
+                 if n.startswith("fastdl::")
+                 and torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA")} - COMPOSITES
+    source = open(__file__).read()
+    assert emulated, "no emulated op registered"
+    if fastdl._C.cuda_compiled:
+        assert with_cuda, "a CUDA build without CUDA kernels"
+        assert with_cuda <= emulated, f"CUDA kernels the emulator lacks: {sorted(with_cuda - emulated)}"
+    untested = sorted(n for n in emulated if f'"{n}"' not in source)
+    assert not untested, f"emulated ops without a test here: {untested}"
+
+
+# --- depthwise convolution ------------------------------------------------------------
+
+DEPTHWISE_CASES = [
+    # kernel, stride, padding, dilation, multiplier, channels_last
+    ((3, 3), (1, 1), (1, 1), (1, 1), 1, False),
+    ((3, 3), (2, 2), (1, 1), (1, 1), 1, True),
+    ((5, 5), (1, 1), (2, 2), (1, 1), 2, False),
+    ((7, 7), (1, 1), (3, 3), (1, 1), 1, True),
+    ((2, 3), (2, 1), (0, 1), (2, 1), 1, False),
+    ((3, 3), (1, 2), (2, 0), (2, 3), 3, True),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_TYPES)
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+def test_depthwise_conv2d(emu, case, dtype):
+    kernel, stride, padding, dilation, multiplier, channels_last = case
+    channels = 5
+    x = randn(2, channels, 11, 9, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = randn(channels * multiplier, 1, *kernel, dtype=dtype, seed=1)
+    b = randn(channels * multiplier, dtype=dtype, seed=2)
+    args = (x, w, b, stride, padding, dilation)
+    out = emu.depthwise_conv2d(*args)
+    assert_same(out, cpu_op("depthwise_conv2d")(*args))
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    grad = randn(*out.shape, dtype=dtype, seed=3).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    for mask in ([True, True, True], [True, False, False], [False, True, True]):
+        bargs = (grad, x, w, stride, padding, dilation, mask)
+        assert_same(emu.depthwise_conv2d_backward(*bargs),
+                    cpu_op("depthwise_conv2d_backward")(*bargs), sums=True)
+
+
+# --- dilated convolution --------------------------------------------------------------
+
+DILATED_2D_CASES = [
+    # in, out, kernel, stride, padding begin, padding end, dilation, groups, channels_last
+    (6, 10, (3, 3), (1, 1), (2, 2), (2, 2), (2, 2), 1, False),
+    (8, 12, (3, 3), (2, 1), (3, 1), (0, 2), (3, 1), 2, True),
+    (20, 36, (3, 3), (1, 1), (6, 6), (6, 6), (6, 6), 1, False),
+    (4, 4, (2, 5), (1, 2), (0, 0), (1, 3), (1, 2), 4, False),
+    (3, 17, (1, 1), (1, 1), (0, 0), (0, 0), (1, 1), 1, True),
+    (66, 70, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1), 1, False),  # several 64-wide tiles, partial
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_TYPES)
+@pytest.mark.parametrize("case", DILATED_2D_CASES)
+def test_dilated_conv2d(emu, case, dtype):
+    cin, cout, kernel, stride, pad_begin, pad_end, dilation, groups, channels_last = case
+    x = randn(2, cin, 13, 15, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = randn(cout, cin // groups, *kernel, dtype=dtype, seed=1) / (cin * kernel[0] * kernel[1]) ** 0.5
+    b = randn(cout, dtype=dtype, seed=2)
+    args = (x, w, b, stride, pad_begin, pad_end, dilation, groups)
+    out = emu.dilated_conv2d(*args)
+    assert_same(out, cpu_op("dilated_conv2d")(*args), sums=True)
+    grad = randn(*out.shape, dtype=dtype, seed=3)
+    for mask in ([True, True, True], [False, True, False], [True, False, True]):
+        bargs = (grad, x, w, stride, pad_begin, pad_end, dilation, groups, mask)
+        assert_same(emu.dilated_conv2d_backward(*bargs), cpu_op("dilated_conv2d_backward")(*bargs),
+                    sums=True)
+
+
+DILATED_1D_CASES = [
+    # in, out, kernel, stride, padding left, padding right, dilation, groups, length
+    (8, 8, 2, 1, 4, 0, 4, 1, 50),      # causal WaveNet layer
+    (16, 24, 2, 1, 64, 0, 64, 1, 200),  # a dilation longer than a tile
+    (6, 9, 3, 2, 1, 3, 2, 3, 37),
+    (5, 7, 1, 1, 0, 0, 1, 1, 33),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_TYPES)
+@pytest.mark.parametrize("case", DILATED_1D_CASES)
+def test_dilated_conv1d(emu, case, dtype):
+    cin, cout, kernel, stride, left, right, dilation, groups, length = case
+    x = randn(2, cin, length, dtype=dtype)
+    w = randn(cout, cin // groups, kernel, dtype=dtype, seed=1) / (cin * kernel) ** 0.5
+    b = randn(cout, dtype=dtype, seed=2)
+    args = (x, w, b, stride, left, right, dilation, groups)
+    out = emu.dilated_conv1d(*args)
+    assert_same(out, cpu_op("dilated_conv1d")(*args), sums=True)
+    grad = randn(*out.shape, dtype=dtype, seed=3)
+    bargs = (grad, x, w, stride, left, right, dilation, groups, [True, True, True])
+    assert_same(emu.dilated_conv1d_backward(*bargs), cpu_op("dilated_conv1d_backward")(*bargs),
+                sums=True)
+
+
+# --- batch norm + activation ----------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", FLOAT_TYPES)
+@pytest.mark.parametrize("shape, channels_last", [
+    ((3, 5, 7, 9), False), ((3, 6, 5, 4), True), ((40, 3), False), ((2, 4, 300), False),
+    ((4, 3, 40, 30), False), ((2, 6, 9, 8), True),  # reductions in several splits
+])
+@pytest.mark.parametrize("activation, residual", [("relu", False), ("leaky_relu", True), ("none", False)])
+def test_batch_norm(emu, shape, channels_last, activation, residual, dtype):
+    x = randn(*shape, dtype=dtype) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    weight = randn(c, seed=1).to(dtype)
+    bias = randn(c, seed=2).to(dtype)
+    res = randn(*shape, dtype=dtype, seed=4).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format) if residual else None
+    eps, slope = 1e-5, 0.1
+    assert_same(emu.batch_norm_stats(x), cpu_op("batch_norm_stats")(x), sums=True)
+    train = (x, weight, bias, res, eps, activation, slope)
+    out, mean, var = emu.batch_norm_act_train(*train)
+    assert_same((out, mean, var), cpu_op("batch_norm_act_train")(*train), sums=True)
+    ev = (x, mean, var, weight, bias, res, eps, activation, slope)
+    assert_same(emu.batch_norm_act(*ev), cpu_op("batch_norm_act")(*ev))
+    grad = randn(*shape, dtype=dtype, seed=3)
+    for batch_stats in (True, False):
+        bargs = (grad, x, mean, var, weight, bias, res, eps, activation, slope, batch_stats,
+                 [True, True, True, residual])
+        assert_same(emu.batch_norm_act_backward(*bargs), cpu_op("batch_norm_act_backward")(*bargs),
+                    sums=True)
+    rargs = (grad, x, mean, var, weight, bias, res, eps, activation, slope, True)
+    reduced = emu.batch_norm_act_backward_reduce(*rargs)
+    assert_same(reduced, cpu_op("batch_norm_act_backward_reduce")(*rargs), sums=True)
+    count = x.numel() // c
+    iargs = (grad, x, mean, var, weight, bias, res, reduced[0] / count, reduced[1] / count, eps,
+             activation, slope, [True, residual])
+    assert_same(emu.batch_norm_act_backward_input(*iargs),
+                cpu_op("batch_norm_act_backward_input")(*iargs), sums=True)
+
+
+# --- recurrent cells ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", FLOAT_TYPES)
+@pytest.mark.parametrize("batch, hidden", [(1, 1), (3, 7), (5, 67)])
+def test_lstm_cell(emu, batch, hidden, dtype):
+    gates = randn(batch, 4 * hidden, dtype=dtype) * 2
+    c_prev = randn(batch, hidden, dtype=dtype, seed=1)
+    h, c, activated = emu.lstm_cell(gates, c_prev)
+    assert_same((h, c, activated), cpu_op("lstm_cell")(gates, c_prev))
+    grad_h, grad_c = randn(batch, hidden, dtype=dtype, seed=2), randn(batch, hidden, dtype=dtype, seed=3)
+    args = (grad_h, grad_c, activated, c_prev, c)
+    assert_same(emu.lstm_cell_backward(*args), cpu_op("lstm_cell_backward")(*args))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_TYPES)
+@pytest.mark.parametrize("batch, hidden", [(1, 1), (3, 7), (5, 67)])
+def test_gru_cell(emu, batch, hidden, dtype):
+    x_gates = randn(batch, 3 * hidden, dtype=dtype) * 2
+    h_gates = randn(batch, 3 * hidden, dtype=dtype, seed=1) * 2
+    h_prev = randn(batch, hidden, dtype=dtype, seed=2)
+    h, saved = emu.gru_cell(x_gates, h_gates, h_prev)
+    assert_same((h, saved), cpu_op("gru_cell")(x_gates, h_gates, h_prev))
+    grad_h = randn(batch, hidden, dtype=dtype, seed=3)
+    assert_same(emu.gru_cell_backward(grad_h, saved, h_prev),
+                cpu_op("gru_cell_backward")(grad_h, saved, h_prev))
+
+
+# --- NMS ------------------------------------------------------------------------------
+
+def random_boxes(n, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 100
+    wh = torch.rand(n, 2, generator=g) * 30 + 1
+    return torch.cat([xy, xy + wh], 1).to(dtype), torch.rand(n, generator=g).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 300])
+def test_nms(emu, n, dtype):
+    boxes, scores = random_boxes(n, seed=n, dtype=dtype)
+    if n > 10:
+        scores[3] = scores[7]  # a tie: the stable order keeps the lower index first
+        boxes[5] = boxes[4]
+    # the CPU op takes float32 and float64; float16 boxes compare with their float32
+    # copies, as the CUDA kernel computes the overlaps in float32
+    wide = (boxes.float(), scores.float()) if dtype == torch.float16 else (boxes, scores)
+    for threshold in (0.0, 0.3, 0.7):
+        assert_same(emu.nms(boxes, scores, threshold), cpu_op("nms")(*wide, threshold))
+    idxs = torch.arange(n) % 3
+    assert_same(emu.batched_nms(boxes, scores, idxs, 0.5), cpu_op("batched_nms")(*wide, idxs, 0.5))
+
+
+# --- XNOR convolution -----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", FLOAT_TYPES)
+@pytest.mark.parametrize("channels, groups, kernel, stride, padding, dilation, channels_last", [
+    (3, 1, (3, 3), (1, 1), (1, 1), (1, 1), False),
+    (70, 1, (3, 3), (2, 2), (1, 1), (1, 1), True),
+    (130, 2, (1, 2), (1, 1), (0, 1), (1, 1), False),
+    (64, 4, (3, 3), (1, 2), (2, 2), (2, 1), True),
+])
+def test_xnor_conv2d(emu, channels, groups, kernel, stride, padding, dilation, channels_last, dtype):
+    x = randn(2, channels, 9, 10, dtype=dtype)
+    out_channels = 2 * groups + 3 * (groups == 1)
+    w = randn(out_channels, channels // groups, *kernel, dtype=dtype, seed=1)
+    for t, g in ((x, groups), (w, 1)):
+        assert_same(emu.pack_signs(t, g), cpu_op("pack_signs")(t, g))
+    x_bits, w_bits = cpu_op("pack_signs")(x, groups), cpu_op("pack_signs")(w, 1)
+    scale = randn(out_channels, seed=2).abs().to(dtype)
+    bias = randn(out_channels, seed=3).to(dtype)
+    args = (x_bits, w_bits, channels, scale, bias, stride, padding, dilation, groups, dtype, channels_last)
+    out = emu.xnor_conv2d_packed(*args)
+    assert_same(out, cpu_op("xnor_conv2d_packed")(*args))
+
+
+# --- attention ------------------------------------------------------------------------
+
+ATTENTION_CASES = [
+    # batch, q heads, kv heads, q len, k len, head dim, value dim, causal, mask
+    (1, 1, 1, 1, 1, 8, 8, False, None),
+    (2, 2, 2, 37, 45, 16, 16, False, None),
+    (1, 4, 2, 33, 33, 32, 24, True, None),
+    (2, 2, 1, 20, 300, 64, 64, False, "bool"),
+    (1, 2, 2, 17, 29, 8, 16, False, "float"),
+]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_TYPES)
+@pytest.mark.parametrize("case", ATTENTION_CASES)
+def test_attention(emu, case, dtype):
+    batch, hq, hk, nq, nk, dk, dv, causal, mask_kind = case
+    q = randn(batch, hq, nq, dk, dtype=dtype)
+    k = randn(batch, hk, nk, dk, dtype=dtype, seed=1)
+    v = randn(batch, hk, nk, dv, dtype=dtype, seed=2)
+    mask = None
+    if mask_kind == "bool":
+        mask = torch.rand(nq, nk, generator=torch.Generator().manual_seed(5)) > 0.3
+        mask[:, 0] = True
+    elif mask_kind == "float":
+        mask = randn(batch, 1, nq, nk, dtype=dtype, seed=6)
+    scale = dk ** -0.5
+    args = (q, k, v, mask, causal, scale, 0.0, 0)
+    out, lse = emu.attention(*args)
+    assert_same((out, lse), cpu_op("attention")(*args), sums=True)
+    grad = randn(*out.shape, dtype=dtype, seed=3)
+    bargs = (grad, q, k, v, out, lse, mask, causal, scale, 0.0, 0)
+    assert_same(emu.attention_backward(*bargs), cpu_op("attention_backward")(*bargs), sums=True)
