@@ -3,8 +3,9 @@ CPU ops (which the other test files hold to PyTorch's). Every launch path of eve
 op registered for CUDA is called here: tiles with halos and partial edges, split
 reductions, warp shuffles, tensor-core (wmma) tiles, 16-bit types.
 
-Opt in with FASTDL_CUDA_EMU=1 (CI does): the first run compiles the .cu files as C++,
-a few minutes. Needs the CUDA headers, not a GPU. What passing means, and what it
+Opt in with FASTDL_CUDA_EMU=1, or FASTDL_CUDA_EMU=asan for a build with AddressSanitizer
+(CI runs that; the command is in the README): the first run compiles the .cu files as
+C++, a minute or two. Needs the CUDA headers, not a GPU. What passing means, and what it
 cannot show (speed, races between threads that run at once), is in
 tests/cuda_emu/emu_runtime.h."""
 
@@ -19,8 +20,8 @@ from conftest import TOLERANCES, TOLERANCES_VS_FLOAT64
 from cuda_emu import build
 
 pytestmark = [
-    pytest.mark.skipif(os.environ.get("FASTDL_CUDA_EMU") != "1",
-                       reason="set FASTDL_CUDA_EMU=1 to run the CUDA kernels on the emulator"),
+    pytest.mark.skipif(os.environ.get("FASTDL_CUDA_EMU") not in ("1", "asan"),
+                       reason="set FASTDL_CUDA_EMU=1 (or asan) to run the CUDA kernels on the emulator"),
     pytest.mark.skipif(build.cuda_home() is None, reason="no CUDA headers (CUDA_HOME)"),
 ]
 
@@ -60,7 +61,7 @@ def assert_same(emulated, reference, sums=False):
             # the CPU ops compute 16-bit types through float32 copies, the CUDA ones in
             # float32 registers; each rounds its own intermediate values
             tolerances = dict(rtol=2 * tolerances["rtol"], atol=4 * tolerances["atol"])
-        torch.testing.assert_close(emulated, reference, **tolerances)
+        torch.testing.assert_close(emulated, reference, equal_nan=True, **tolerances)
     else:
         assert torch.equal(emulated, reference)
 
@@ -211,6 +212,26 @@ def test_dilated_conv1d(emu, case, dtype):
                 sums=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_convolutions_with_non_finite_inputs(emu, dtype):
+    """NaN and infinities reach the outputs whose receptive field holds them, as in
+    the CPU ops (which follow F.conv2d / F.conv1d), and no other."""
+    x = randn(2, 4, 12, 13, dtype=dtype)
+    x[0, 1, 3, 4] = float("nan")
+    x[1, 2, 7, 0] = float("inf")
+    x[1, 3, 11, 12] = float("-inf")
+    w = randn(4, 1, 3, 3, dtype=dtype, seed=1)
+    args = (x, w, None, (1, 1), (1, 1), (2, 2))
+    assert_same(emu.depthwise_conv2d(*args), cpu_op("depthwise_conv2d")(*args))
+    w2 = randn(6, 4, 3, 3, dtype=dtype, seed=2) / 6
+    args = (x, w2, None, (1, 1), (2, 2), (2, 2), (2, 2), 1)
+    assert_same(emu.dilated_conv2d(*args), cpu_op("dilated_conv2d")(*args), sums=True)
+    x1 = x.flatten(2)
+    w1 = randn(5, 4, 2, dtype=dtype, seed=3) / 3
+    args = (x1, w1, None, 1, 8, 0, 8, 1)
+    assert_same(emu.dilated_conv1d(*args), cpu_op("dilated_conv1d")(*args), sums=True)
+
+
 # --- batch norm + activation ----------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", FLOAT_TYPES)
@@ -294,6 +315,9 @@ def test_nms(emu, n, dtype):
     if n > 10:
         scores[3] = scores[7]  # a tie: the stable order keeps the lower index first
         boxes[5] = boxes[4]
+        scores[9] = float("nan")  # fastdl.ops.nms ranks NaN scores first
+        boxes[11, 2:] = boxes[11, :2]  # zero area
+        boxes[12, 0] = float("-inf")
     # the CPU op takes float32 and float64; float16 boxes compare with their float32
     # copies, as the CUDA kernel computes the overlaps in float32
     wide = (boxes.float(), scores.float()) if dtype == torch.float16 else (boxes, scores)
@@ -335,6 +359,7 @@ ATTENTION_CASES = [
     (1, 4, 2, 33, 33, 32, 24, True, None),
     (2, 2, 1, 20, 300, 64, 64, False, "bool"),
     (1, 2, 2, 17, 29, 8, 16, False, "float"),
+    (1, 1, 1, 9, 70, 16, 8, False, "row masked"),  # query row 4 sees no key
 ]
 
 
@@ -351,10 +376,15 @@ def test_attention(emu, case, dtype):
         mask[:, 0] = True
     elif mask_kind == "float":
         mask = randn(batch, 1, nq, nk, dtype=dtype, seed=6)
+    elif mask_kind == "row masked":
+        mask = torch.ones(nq, nk, dtype=torch.bool)
+        mask[4] = False
     scale = dk ** -0.5
-    args = (q, k, v, mask, causal, scale, 0.0, 0)
-    out, lse = emu.attention(*args)
-    assert_same((out, lse), cpu_op("attention")(*args), sums=True)
-    grad = randn(*out.shape, dtype=dtype, seed=3)
-    bargs = (grad, q, k, v, out, lse, mask, causal, scale, 0.0, 0)
-    assert_same(emu.attention_backward(*bargs), cpu_op("attention_backward")(*bargs), sums=True)
+    # dropout: CPU and CUDA draw the same mask (a hash of the seed and the weight's index)
+    for dropout_p, seed in ((0.0, 0), (0.3, 12345)):
+        args = (q, k, v, mask, causal, scale, dropout_p, seed)
+        out, lse = emu.attention(*args)
+        assert_same((out, lse), cpu_op("attention")(*args), sums=True)
+        grad = randn(*out.shape, dtype=dtype, seed=3)
+        bargs = (grad, q, k, v, out, lse, mask, causal, scale, dropout_p, seed)
+        assert_same(emu.attention_backward(*bargs), cpu_op("attention_backward")(*bargs), sums=True)

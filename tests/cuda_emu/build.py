@@ -96,20 +96,25 @@ def emulated_sources(out_dir: Path) -> list[str]:
 
 
 def load(build_dir: Path | None = None, verbose: bool = False) -> None:
-    """Builds (or reuses) and loads the emulated ops as torch.ops.fastdl_emu."""
+    """Builds (or reuses) and loads the emulated ops as torch.ops.fastdl_emu. With
+    FASTDL_CUDA_EMU=asan the kernels are built with AddressSanitizer, so an access
+    outside any tensor stops the test (run python with libasan preloaded, see README)."""
     from torch.utils import cpp_extension
 
     cuda = cuda_home()
     if cuda is None:
         raise RuntimeError("the CUDA emulator needs the CUDA headers (set CUDA_HOME)")
-    build_dir = build_dir or ROOT / "build" / "cuda_emu"
+    asan = os.environ.get("FASTDL_CUDA_EMU") == "asan"
+    build_dir = build_dir or ROOT / "build" / ("cuda_emu_asan" if asan else "cuda_emu")
     sources = emulated_sources(build_dir / "src")
+    sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
     cpp_extension.load(
-        name="fastdl_cuda_emu",
+        name="fastdl_cuda_emu_asan" if asan else "fastdl_cuda_emu",
         sources=sources,
         extra_include_paths=[str(HERE / "include"), str(CSRC), str(cuda / "include")],
         extra_cflags=["-O1", "-std=c++20", "-include", str(HERE / "emu_runtime.h"),
-                      "-Wno-attributes", "-Wno-unused-function"],
+                      "-Wno-attributes", "-Wno-unused-function", *sanitize],
+        extra_ldflags=sanitize,
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=verbose,

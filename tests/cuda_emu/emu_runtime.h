@@ -28,6 +28,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -71,6 +72,7 @@ struct Launch {
   ucontext_t scheduler;
   const std::function<void()>* body = nullptr;
   Fiber* current = nullptr;
+  std::vector<const void*> warp_published;  // one per warp
 };
 
 inline Launch& launch_state() {
@@ -202,11 +204,16 @@ void launch(const std::function<void()>& body, dim3 grid, dim3 block, size_t sha
               "CUDA emulator: grid (", grid.x, ", ", grid.y, ", ", grid.z, ") is not a valid grid");
   TORCH_CHECK(shared_bytes <= 227 * 1024, "CUDA emulator: ", shared_bytes,
               " bytes of dynamic shared memory is more than any GPU gives a block");
+  // One launch at a time (its fibers share launch_state()); recursive, so that a launch
+  // from inside a kernel reaches the check below instead of waiting on itself.
+  static std::recursive_mutex one_launch_at_a_time;
+  const std::lock_guard<std::recursive_mutex> lock(one_launch_at_a_time);
   Launch& l = launch_state();
   TORCH_CHECK(l.body == nullptr, "CUDA emulator: a kernel launched from inside a kernel");
   l.grid = grid;
   l.block = block;
   l.fibers.assign(threads, Fiber{});
+  l.warp_published.assign((threads + kWarpSize - 1) / kWarpSize, nullptr);
   while (l.stacks.size() < threads) l.stacks.emplace_back(new char[kFiberStackBytes]);
   l.dynamic_shared.assign(shared_bytes, 0xff);
   l.body = &body;
@@ -224,6 +231,20 @@ void launch(const std::function<void()>& body, dim3 grid, dim3 block, size_t sha
 inline void* dynamic_shared() { return launch_state().dynamic_shared.data(); }
 
 inline void sync_warp(unsigned mask) { wait_at(State::AtWarpBarrier, mask); }
+
+// The warp's first live lane, and a pointer it hands its warp between two barriers.
+inline bool is_warp_leader() {
+  const Launch& l = launch_state();
+  const Fiber* self = l.current;
+  const int first = self->warp * kWarpSize;
+  for (int i = first; i < std::min<int>(first + kWarpSize, static_cast<int>(l.fibers.size())); ++i)
+    if (l.fibers[i].state != State::Done) return &l.fibers[i] == self;
+  return false;
+}
+inline const void*& warp_published() {
+  Launch& l = launch_state();
+  return l.warp_published[l.current->warp];
+}
 
 // Every lane of the mask writes its value, waits for the others, reads its source's
 // value, and waits again before a later shuffle can overwrite the slots.

@@ -53,17 +53,26 @@ void store_matrix_sync(P* p, const fragment<accumulator, M, N, K, T>& f, unsigne
   __syncwarp();
 }
 
+// Every lane holds the same tiles (the real call requires the same pointers from all
+// lanes), so the warp's first live lane computes the product and the others copy it.
 template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB, typename TC>
 void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
               const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, TC>& c) {
-  fragment<accumulator, M, N, K, TC> out;
-  for (int m = 0; m < M; ++m)
-    for (int n = 0; n < N; ++n) {
-      float sum = static_cast<float>(c.x[m * N + n]);
-      for (int k = 0; k < K; ++k) sum += static_cast<float>(a.x[m * K + k]) * static_cast<float>(b.x[k * N + n]);
-      out.x[m * N + n] = TC(sum);
-    }
-  d = out;
-  __syncwarp();
+  using Result = fragment<accumulator, M, N, K, TC>;
+  __syncwarp();  // every lane holds a, b and c
+  Result out;
+  if (::emu::is_warp_leader()) {
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n) {
+        float sum = static_cast<float>(c.x[m * N + n]);
+        for (int k = 0; k < K; ++k) sum += static_cast<float>(a.x[m * K + k]) * static_cast<float>(b.x[k * N + n]);
+        out.x[m * N + n] = TC(sum);
+      }
+    ::emu::warp_published() = &out;
+  }
+  __syncwarp();  // the leader's product is done
+  d = *static_cast<const Result*>(::emu::warp_published());
+  __syncwarp();  // every lane has copied it before the leader's frame goes
 }
+
 }  // namespace nvcuda::wmma
