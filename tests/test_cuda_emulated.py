@@ -232,6 +232,60 @@ def test_convolutions_with_non_finite_inputs(emu, dtype):
     assert_same(emu.dilated_conv1d(*args), cpu_op("dilated_conv1d")(*args), sums=True)
 
 
+@pytest.mark.parametrize("keys", [50, 300])  # one block of keys / keys in several splits
+@pytest.mark.parametrize("where", ["nan key", "inf query", "-inf key"])
+def test_attention_with_non_finite_inputs(emu, where, keys):
+    """A NaN or infinite score makes its row NaN, as on CPU and in
+    F.scaled_dot_product_attention, whether or not the keys are split."""
+    q = randn(1, 2, 4, 16)
+    k = randn(1, 2, keys, 16, seed=1)
+    v = randn(1, 2, keys, 16, seed=2)
+    if where == "nan key":
+        k[0, 0, 3, 5] = float("nan")
+    elif where == "inf query":
+        q[0, 1, 2, 7] = float("inf")
+    else:
+        k[0, 1, 7, 0] = float("-inf")
+    args = (q, k, v, None, False, 0.25, 0.0, 0)
+    out, lse = emu.attention(*args)
+    assert_same((out, lse), cpu_op("attention")(*args), sums=True)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.25), equal_nan=True,
+                               **TOLERANCES_VS_FLOAT64[torch.float32])
+
+
+def test_strided_inputs(emu):
+    """Views with gaps and permuted strides, as models pass them (attention's heads
+    split from (B, N, H, D), slices of wider maps), give what contiguous copies give."""
+    wide = randn(2, 6, 13, 20)[:, 1:5, :, ::2]  # (2, 4, 13, 10), strided in W and C
+    w = randn(4, 1, 3, 3, seed=1)
+    args = (wide, w, None, (1, 1), (1, 1), (1, 1))
+    assert_same(emu.depthwise_conv2d(*args), cpu_op("depthwise_conv2d")(wide.contiguous(), *args[1:]))
+    w2 = randn(5, 4, 3, 3, seed=2) / 6
+    args = (wide, w2, None, (1, 1), (2, 2), (2, 2), (2, 2), 1)
+    assert_same(emu.dilated_conv2d(*args), cpu_op("dilated_conv2d")(wide.contiguous(), *args[1:]),
+                sums=True)
+    x1 = randn(2, 8, 40)[:, ::2]
+    w1 = randn(5, 4, 2, seed=3) / 3
+    args = (x1, w1, None, 1, 4, 0, 4, 1)
+    assert_same(emu.dilated_conv1d(*args), cpu_op("dilated_conv1d")(x1.contiguous(), *args[1:]),
+                sums=True)
+    q, k, v = (randn(2, 19, 3, 16, seed=s).transpose(1, 2) for s in (4, 5, 6))  # (B, H, N, D)
+    out, lse = emu.attention(q, k, v, None, True, 0.25, 0.0, 0)
+    reference = cpu_op("attention")(q.contiguous(), k.contiguous(), v.contiguous(), None, True, 0.25, 0.0, 0)
+    assert_same((out, lse), reference, sums=True)
+    grad = randn(2, 19, 3, 16, seed=7).transpose(1, 2)
+    assert_same(emu.attention_backward(grad, q, k, v, out, lse, None, True, 0.25, 0.0, 0),
+                cpu_op("attention_backward")(grad.contiguous(), q.contiguous(), k.contiguous(),
+                                             v.contiguous(), out, lse, None, True, 0.25, 0.0, 0),
+                sums=True)
+    gates = randn(6, 40)[::2, :28]  # (3, 28): hidden 7, rows 80 values apart
+    c_prev = randn(3, 14, seed=8)[:, ::2]
+    assert_same(emu.lstm_cell(gates, c_prev), cpu_op("lstm_cell")(gates.contiguous(), c_prev.contiguous()))
+    boxes, scores = random_boxes(50, seed=9)
+    boxes_t = boxes.t().contiguous().t()  # column-major
+    assert_same(emu.nms(boxes_t, scores[::1], 0.5), cpu_op("nms")(boxes, scores, 0.5))
+
+
 # --- batch norm + activation ----------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", FLOAT_TYPES)

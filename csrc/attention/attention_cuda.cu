@@ -362,6 +362,14 @@ struct ForwardArgs {
   acc_t* part_sum;
 };
 
+// An output value from its unnormalised sum o and the row's sum l, as the CPU kernels
+// do: a fully masked row (l = 0, o = 0) gives 0; a NaN or infinite score (the running
+// max skips NaN, so l is NaN) gives NaN, as F.scaled_dot_product_attention does.
+template <typename acc_t>
+__device__ __forceinline__ acc_t finish_row(acc_t o, acc_t l) {
+  return l > acc_t(0) ? o / l : o * acc_t(0);
+}
+
 template <typename Cfg>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const ForwardArgs<typename Cfg::T> a) {
   using T = typename Cfg::T;
@@ -482,7 +490,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const ForwardArgs<typ
     const acc_t o = o_s[r * Ld::kAcc + c];
     if (a.splits == 1) {
       const acc_t l = row_sum[r];
-      a.out[(first_row + r) * dv + c] = narrow<T>(l > acc_t(0) ? o / l : acc_t(0));
+      a.out[(first_row + r) * dv + c] = narrow<T>(finish_row(o, l));
     } else {
       a.part_out[((first_row + r) * a.splits + split) * dv + c] = o;
     }
@@ -523,9 +531,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t sp = 0; sp < splits; ++sp) {
       o += exp(m[sp] - row_max) * part_out[(row * splits + sp) * dv + c];
     }
-    out[row * dv + c] = narrow<T>(o / total);
+    out[row * dv + c] = narrow<T>(finish_row(o, total));
   }
-  if (lane == 0) lse[row] = row_max + log(total);
+  if (lane == 0) lse[row] = total > acc_t(0) ? row_max + log(total) : neg_inf<acc_t>();
 }
 
 // ---- backward ----
