@@ -80,13 +80,23 @@ def rewrite_dynamic_shared(text: str) -> str:
         lambda m: f"{m[1]}* {m[2]} = static_cast<{m[1]}*>(::emu::dynamic_shared());", text)
 
 
+_STATIC_SHARED = re.compile(
+    r"(?<!extern )(__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?[^;()]*?\b(\w+)\s*(?:\[[^;]*\])?\s*;)")
+
+
+def poison_static_shared(text: str) -> str:
+    """``__shared__ float tile[64][68];`` -> the same, then ``::emu::poison_shared(...)``."""
+    return _STATIC_SHARED.sub(
+        lambda m: f"{m[1]} ::emu::poison_shared(&{m[2]}, sizeof({m[2]}));", text)
+
+
 def emulated_sources(out_dir: Path) -> list[str]:
     """The .cu files, and the emulator's own test kernels, rewritten into ``out_dir`` as .cpp (a #line keeps errors pointing at
     the original), and the op .cpp files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = []
     for cu in [*sorted(CSRC.glob("*/*_cuda.cu")), HERE / "selftest_cuda.cu"]:
-        text = rewrite_dynamic_shared(rewrite_launches(cu.read_text()))
+        text = poison_static_shared(rewrite_dynamic_shared(rewrite_launches(cu.read_text())))
         target = out_dir / (cu.stem + "_emu.cpp")
         content = f'#line 1 "{cu}"\n{text}'
         if not target.exists() or target.read_text() != content:

@@ -2,17 +2,19 @@
 // kernel launches rewritten by build.py, compiled as C++ and run on the CPU.
 //
 // Each block runs alone; each of its threads is a fiber (ucontext) on one OS thread,
-// run until it exits or reaches a barrier. __syncthreads waits for every live thread
-// of the block, warp shuffles and wmma calls for every live lane of the warp (of the
-// mask), so a kernel whose threads would wait on each other forever (a barrier some
-// threads never reach) stops with an error here instead of hanging. __shared__
-// variables become function statics (blocks run one at a time); dynamic shared memory
-// is a per-launch buffer filled with NaN bytes, so a read of shared memory no thread
-// wrote shows in the results.
+// run until it exits or reaches a barrier, in a new random order after each barrier.
+// __syncthreads waits for every live thread of the block, warp shuffles and wmma calls
+// for every live lane of the warp (of the mask), so a kernel whose threads would wait
+// on each other forever (a barrier some threads never reach) stops with an error here
+// instead of hanging. __shared__ variables become function statics (blocks run one at
+// a time), dynamic shared memory a per-launch buffer; both are filled with NaN bytes at
+// the start of each block, so a read of shared memory no thread wrote shows in the
+// results.
 //
-// What this proves: the kernels' index math, tiling, reductions and barrier placement
-// give the CPU op's results. What it cannot: timing, races that need threads to run
-// at once, the memory model, occupancy or any speed.
+// What this proves: the kernels' index math, tiling, reductions, barrier placement and
+// (with FASTDL_CUDA_EMU=asan) memory bounds give the CPU op's results. What it cannot:
+// timing, races between threads that run at once (here a thread runs from one barrier
+// to the next alone), the memory model, occupancy or any speed.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -29,6 +31,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <type_traits>
 #include <vector>
 
@@ -73,6 +76,7 @@ struct Launch {
   const std::function<void()>* body = nullptr;
   Fiber* current = nullptr;
   std::vector<const void*> warp_published;  // one per warp
+  std::vector<void*> poisoned_shared;       // the __shared__ statics this block has filled
 };
 
 inline Launch& launch_state() {
@@ -164,9 +168,18 @@ inline void run_block(Launch& l) {
         makecontext(&f.context, fiber_entry, 0);
       }
   std::fill(l.dynamic_shared.begin(), l.dynamic_shared.end(), 0xff);
+  l.poisoned_shared.clear();
+  // Each pass runs the ready threads in a new random order (seeded by the block, so a
+  // failure repeats): a thread that reads shared memory after a barrier meets writes
+  // that other threads make before the next one whichever runs first, as on a GPU.
+  std::vector<int> order(threads);
+  for (int t = 0; t < threads; ++t) order[t] = t;
+  std::mt19937 rng(l.block_index.x * 7919u + l.block_index.y * 104729u + l.block_index.z);
   for (;;) {
     bool any_live = false;
-    for (Fiber& f : l.fibers) {
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int t : order) {
+      Fiber& f = l.fibers[t];
       if (f.state != State::Ready) {
         any_live |= f.state != State::Done;
         continue;
@@ -229,6 +242,15 @@ void launch(const std::function<void()>& body, dim3 grid, dim3 block, size_t sha
 }
 
 inline void* dynamic_shared() { return launch_state().dynamic_shared.data(); }
+
+// build.py puts a call after each __shared__ declaration: the block's first thread to
+// pass it fills the variable with NaN bytes, later threads leave it as it is.
+inline void poison_shared(void* variable, size_t bytes) {
+  std::vector<void*>& done = launch_state().poisoned_shared;
+  if (std::find(done.begin(), done.end(), variable) != done.end()) return;
+  done.push_back(variable);
+  std::memset(variable, 0xff, bytes);
+}
 
 inline void sync_warp(unsigned mask) { wait_at(State::AtWarpBarrier, mask); }
 
