@@ -35,6 +35,8 @@ FLOAT_TYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 @pytest.fixture(scope="module")
 def emu():
+    """The emulated ops (built once per test run; the emulator's self-test kernels are
+    loaded with them, as torch.ops.fastdl_emu_selftest)."""
     build.load()
     return torch.ops.fastdl_emu
 
@@ -71,10 +73,9 @@ def randn(*shape, dtype=torch.float32, seed=0):
     return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
 
 
-def test_emulator_shuffles():
+def test_emulator_shuffles(emu):
     """Each lane gets its source lane's value; a source outside the lane's segment
     of ``width`` lanes leaves the lane its own value."""
-    build.load()
     out = torch.ops.fastdl_emu_selftest.shuffles(torch.empty(0))
     lanes = torch.arange(64)
     down = torch.where(lanes % 16 + 3 < 16, lanes + 3, lanes)
@@ -82,16 +83,14 @@ def test_emulator_shuffles():
     assert torch.equal(out, expected)
 
 
-def test_emulator_wmma():
-    build.load()
+def test_emulator_wmma(emu):
     a = randn(16, 16, dtype=torch.float16)
     b = randn(16, 16, dtype=torch.float16, seed=1)
     out = torch.ops.fastdl_emu_selftest.wmma_product(a, b.t().contiguous())
     torch.testing.assert_close(out, a.float() @ b.float(), rtol=1e-5, atol=1e-5)
 
 
-def test_emulator_reports_barriers_threads_do_not_all_reach():
-    build.load()
+def test_emulator_reports_barriers_threads_do_not_all_reach(emu):
     divergent = torch.ops.fastdl_emu_selftest.divergent
     assert torch.equal(divergent(torch.empty(0), 0), torch.ones(64))
     with pytest.raises(RuntimeError, match=r"block \(0, 0, 0\) wait at different __syncthreads: "

@@ -91,8 +91,8 @@ def poison_static_shared(text: str) -> str:
 
 
 def emulated_sources(out_dir: Path) -> list[str]:
-    """The .cu files, and the emulator's own test kernels, rewritten into ``out_dir`` as .cpp (a #line keeps errors pointing at
-    the original), and the op .cpp files."""
+    """The .cu files and the emulator's own test kernels, rewritten into ``out_dir`` as
+    .cpp (a #line keeps errors pointing at the original), and the op .cpp files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = []
     for cu in [*sorted(CSRC.glob("*/*_cuda.cu")), HERE / "selftest_cuda.cu"]:
