@@ -122,29 +122,51 @@ def test_every_cuda_op_is_emulated_and_tested(emu):
 # --- depthwise convolution ------------------------------------------------------------
 
 DEPTHWISE_CASES = [
-    # kernel, stride, padding, dilation, multiplier, channels_last
-    ((3, 3), (1, 1), (1, 1), (1, 1), 1, False),
-    ((3, 3), (2, 2), (1, 1), (1, 1), 1, True),
-    ((5, 5), (1, 1), (2, 2), (1, 1), 2, False),
-    ((7, 7), (1, 1), (3, 3), (1, 1), 1, True),
-    ((2, 3), (2, 1), (0, 1), (2, 1), 1, False),
-    ((3, 3), (1, 2), (2, 0), (2, 3), 3, True),
+    # kernel, stride, padding, dilation, multiplier, channels_last, (C, H, W): 11x9 planes
+    # take the direct NCHW kernel; 16 outputs a side or more, the shared-memory tiles
+    ((3, 3), (1, 1), (1, 1), (1, 1), 1, False, (5, 11, 9)),
+    ((3, 3), (2, 2), (1, 1), (1, 1), 1, True, (5, 11, 9)),
+    ((5, 5), (1, 1), (2, 2), (1, 1), 2, False, (5, 11, 9)),
+    ((7, 7), (1, 1), (3, 3), (1, 1), 1, True, (5, 11, 9)),
+    ((2, 3), (2, 1), (0, 1), (2, 1), 1, False, (5, 11, 9)),
+    ((3, 3), (1, 2), (2, 0), (2, 3), 3, True, (5, 11, 9)),
+    # tiles: two tile rows and columns with partial edges (37 x 45 outputs, 32 x 32
+    # tiles), 16-wide tiles, strides and dilations in the halo, grad_input through the
+    # flipped-kernel convolution (stride 1, multiplier 1) and its negative padding
+    ((3, 3), (1, 1), (1, 1), (1, 1), 1, False, (5, 37, 45)),
+    ((5, 5), (1, 1), (2, 2), (1, 1), 1, False, (5, 37, 45)),
+    ((7, 7), (1, 1), (3, 3), (1, 1), 1, False, (5, 20, 17)),
+    ((3, 3), (2, 2), (1, 1), (1, 1), 2, False, (5, 37, 45)),
+    ((3, 3), (1, 1), (4, 4), (2, 3), 1, False, (5, 33, 35)),
+    ((9, 9), (1, 1), (4, 4), (1, 1), 1, False, (5, 21, 34)),
+    ((4, 6), (1, 1), (3, 1), (1, 2), 1, False, (5, 19, 26)),
+    ((3, 3), (1, 1), (0, 0), (1, 1), 1, False, (5, 18, 18)),
+    ((3, 3), (1, 1), (3, 3), (1, 1), 1, False, (5, 16, 16)),
+    # channels_last, several outputs per thread: the register window (stride 1,
+    # dilation 1), a row end inside a thread's outputs, channels past a warp
+    ((3, 3), (1, 1), (1, 1), (1, 1), 1, True, (37, 13, 14)),
+    ((5, 5), (1, 1), (2, 2), (1, 1), 1, True, (37, 10, 11)),
+    ((7, 7), (1, 1), (3, 3), (1, 1), 1, True, (37, 9, 13)),
+    ((3, 3), (2, 2), (1, 1), (1, 1), 1, True, (37, 13, 14)),
+    ((9, 9), (1, 1), (4, 4), (1, 1), 1, True, (37, 10, 12)),
+    ((3, 3), (1, 1), (3, 2), (1, 1), 1, True, (37, 6, 7)),
 ]
 
 
 @pytest.mark.parametrize("dtype", FLOAT_TYPES)
 @pytest.mark.parametrize("case", DEPTHWISE_CASES)
 def test_depthwise_conv2d(emu, case, dtype):
-    kernel, stride, padding, dilation, multiplier, channels_last = case
-    channels = 5
-    x = randn(2, channels, 11, 9, dtype=dtype)
+    kernel, stride, padding, dilation, multiplier, channels_last, shape = case
+    channels = shape[0]
+    x = randn(2, *shape, dtype=dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     w = randn(channels * multiplier, 1, *kernel, dtype=dtype, seed=1)
     b = randn(channels * multiplier, dtype=dtype, seed=2)
     args = (x, w, b, stride, padding, dilation)
     out = emu.depthwise_conv2d(*args)
-    assert_same(out, cpu_op("depthwise_conv2d")(*args))
+    # sums of up to 81 taps, which the CPU kernels add in another order
+    assert_same(out, cpu_op("depthwise_conv2d")(*args), sums=True)
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
     grad = randn(*out.shape, dtype=dtype, seed=3).contiguous(
         memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -1,13 +1,23 @@
-// CUDA depthwise convolution. Direct kernels, one thread per output (or input,
-// for grad_input) element, accumulating in float (double for float64):
-//   - forward and grad_input read NCHW or NHWC through the same index math; in
-//     NHWC consecutive threads take consecutive channels, so loads coalesce;
-//   - taps are unrolled for 3x3, 5x5 and 7x7;
+// CUDA depthwise convolution. Accumulates in float (double for float64).
+//   - forward, NCHW: shared-memory tiles with halo. A block loads the input its
+//     output tile reads (zeros in the padding) once, then each thread computes
+//     kRowsPerThread outputs down a column from shared memory, taps included. The
+//     loops are unrolled for 3x3, 5x5 and 7x7; any other kernel (the large ones of
+//     RepLKNet too, up to the 48 KiB tile) runs the same code with runtime bounds, so
+//     no input or weight is fetched from global memory K*K times.
+//   - forward, channels_last: consecutive threads take consecutive channels, so
+//     every load coalesces; each thread computes kColsPerThread outputs along a
+//     row, and with stride 1 and dilation 1 loads each input column once for all of
+//     them (R + K - 1 loads per kernel row instead of R * K).
+//   - grad_input with stride 1 and multiplier 1 (MobileNet, ConvNeXt, RepLKNet) is
+//     the forward convolution of grad_output with the taps flipped (padding
+//     (K - 1) * dilation - padding), so it runs on the two paths above; other
+//     strides and multipliers gather per input element (input_grad_kernel).
 //   - grad_weight/grad_bias: one block per (output channel, tap) reduces over
 //     N x out_H x out_W with warp shuffles, in a fixed order: deterministic, no
 //     atomics, whatever the batch size.
-// The shared-memory tiled paths the CPU side has counterparts of are future work
-// (they need a GPU to tune); these kernels are the correct baseline.
+// Tile sizes and outputs per thread are first choices, checked for correctness on
+// the CPU emulator (tests/test_cuda_emulated.py) but not yet tuned on a GPU.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -74,33 +84,190 @@ __device__ __forceinline__ Position unflatten(int64_t index, int64_t C, int64_t 
   return p;
 }
 
+// Index of tap (kh, kw) in a channel's weights; `flip` turns the kernel by 180
+// degrees, which makes the forward kernels compute grad_input (see the header).
+__device__ __forceinline__ int tap_index(int kh, int kw, int kernel_h, int kernel_w, bool flip) {
+  return flip ? (kernel_h - 1 - kh) * kernel_w + (kernel_w - 1 - kw) : kh * kernel_w + kw;
+}
+
+// --- direct: one thread per output; small planes (fewer than 16 outputs a side) ---
+
 template <typename scalar_t, int KH, int KW>
 __global__ void forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
                                const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
-                               Geometry g, Strides in_s, Strides out_s, bool channels_last) {
+                               Geometry g, Strides in_s, Strides out_s, bool flip) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t kernel_h = KH > 0 ? KH : g.kernel_h, kernel_w = KW > 0 ? KW : g.kernel_w;
+  const int kernel_h = KH > 0 ? KH : static_cast<int>(g.kernel_h);
+  const int kernel_w = KW > 0 ? KW : static_cast<int>(g.kernel_w);
   const int64_t total = g.batch * g.out_channels() * g.out_h * g.out_w;
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(gridDim.x) * blockDim.x) {
-    const Position o = unflatten(index, g.out_channels(), g.out_h, g.out_w, channels_last);
+    const Position o = unflatten(index, g.out_channels(), g.out_h, g.out_w, /*channels_last=*/false);
     const int64_t c = o.c / g.multiplier;
     const scalar_t* in = input + o.n * in_s.n + c * in_s.c;
     const scalar_t* w = weight + o.c * kernel_h * kernel_w;
     acc_t acc = bias != nullptr ? static_cast<acc_t>(bias[o.c]) : acc_t(0);
 #pragma unroll
-    for (int64_t kh = 0; kh < kernel_h; ++kh) {
+    for (int kh = 0; kh < kernel_h; ++kh) {
       const int64_t ih = o.h * g.stride_h - g.pad_h + kh * g.dilation_h;
       if (ih < 0 || ih >= g.in_h) continue;
 #pragma unroll
-      for (int64_t kw = 0; kw < kernel_w; ++kw) {
+      for (int kw = 0; kw < kernel_w; ++kw) {
         const int64_t iw = o.w * g.stride_w - g.pad_w + kw * g.dilation_w;
         if (iw < 0 || iw >= g.in_w) continue;
-        acc += static_cast<acc_t>(__ldg(w + kh * kernel_w + kw)) *
+        acc += static_cast<acc_t>(__ldg(w + tap_index(kh, kw, kernel_h, kernel_w, flip))) *
                static_cast<acc_t>(__ldg(in + ih * in_s.h + iw * in_s.w));
       }
     }
     out[o.n * out_s.n + o.c * out_s.c + o.h * out_s.h + o.w * out_s.w] = static_cast<scalar_t>(acc);
+  }
+}
+
+// --- NCHW: shared-memory tiles with halo ------------------------------------------
+
+constexpr int kRowsPerThread = 4;
+constexpr int kTileThreadRows = 8;
+
+// The input rectangle an output tile of tile_h x tile_w reads, halo included.
+struct InputTile {
+  int rows, cols;
+};
+
+// Block (tile, plane-slot): blockDim.x x (blockDim.y * kRowsPerThread) outputs of one
+// (image, output channel) plane per pass, planes strided by gridDim.y. K > 0: a K x K
+// kernel with its taps in registers; K == 0: any kernel, taps in shared memory after
+// the input tile.
+template <typename scalar_t, int K>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    forward_tiled_nchw_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
+                              const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
+                              Geometry g, Strides in_s, Strides out_s, InputTile t, bool flip) {
+  using acc_t = at::opmath_type<scalar_t>;
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  acc_t* tile = reinterpret_cast<acc_t*>(shared_bytes);
+  acc_t* shared_taps = tile + t.rows * t.cols;  // read by every thread at once: a broadcast
+  const int kernel_h = K > 0 ? K : static_cast<int>(g.kernel_h);
+  const int kernel_w = K > 0 ? K : static_cast<int>(g.kernel_w);
+  const int taps = kernel_h * kernel_w;
+  const int stride_h = static_cast<int>(g.stride_h), stride_w = static_cast<int>(g.stride_w);
+  const int dilation_h = static_cast<int>(g.dilation_h), dilation_w = static_cast<int>(g.dilation_w);
+  const int tile_w = blockDim.x, tile_h = blockDim.y * kRowsPerThread;
+  const int64_t tiles_w = cuda::ceil_div<int64_t>(g.out_w, tile_w);
+  const int64_t oh0 = blockIdx.x / tiles_w * tile_h, ow0 = blockIdx.x % tiles_w * tile_w;
+  const int64_t ih0 = oh0 * g.stride_h - g.pad_h, iw0 = ow0 * g.stride_w - g.pad_w;
+  const int threads = blockDim.x * blockDim.y, thread = threadIdx.y * blockDim.x + threadIdx.x;
+  const int64_t out_channels = g.out_channels(), planes = g.batch * out_channels;
+  const int64_t ow = ow0 + threadIdx.x;
+  const int first_row = threadIdx.y * kRowsPerThread;  // of this thread's outputs, in the tile
+
+  for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+    const int64_t n = plane / out_channels, oc = plane % out_channels, c = oc / g.multiplier;
+    const scalar_t* src = input + n * in_s.n + c * in_s.c;
+    const scalar_t* w = weight + oc * taps;
+    __syncthreads();  // every thread is done reading the previous plane's tile
+    for (int i = thread; i < t.rows * t.cols; i += threads) {
+      const int64_t ih = ih0 + i / t.cols, iw = iw0 + i % t.cols;
+      const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
+      tile[i] = inside ? static_cast<acc_t>(__ldg(src + ih * in_s.h + iw * in_s.w)) : acc_t(0);
+    }
+    for (int i = thread; i < taps; i += threads)
+      shared_taps[i] = static_cast<acc_t>(w[tap_index(i / kernel_w, i % kernel_w, kernel_h, kernel_w, flip)]);
+    __syncthreads();
+    if (ow >= g.out_w) continue;
+
+    const acc_t init = bias != nullptr ? static_cast<acc_t>(__ldg(bias + oc)) : acc_t(0);
+    acc_t acc[kRowsPerThread];
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread; ++r) acc[r] = init;
+    const int row_step = stride_h * t.cols;  // between a thread's outputs, in the tile
+    const acc_t* column = tile + first_row * row_step + threadIdx.x * stride_w;
+    // Kernel rows stay a loop (unrolled only for 3x3): unrolling 7 rows of 7 taps for 4
+    // outputs gives ptxas ~200 loads to schedule at once, and it spills.
+#pragma unroll(K == 3 ? 3 : 1)
+    for (int kh = 0; kh < kernel_h; ++kh) {
+      const acc_t* tile_row = column + kh * dilation_h * t.cols;
+      const acc_t* row_taps = shared_taps + kh * kernel_w;
+#pragma unroll
+      for (int kw = 0; kw < kernel_w; ++kw) {
+        const acc_t tap = row_taps[kw];
+#pragma unroll
+        for (int r = 0; r < kRowsPerThread; ++r) acc[r] += tap * tile_row[r * row_step + kw * dilation_w];
+      }
+    }
+    scalar_t* dst = out + n * out_s.n + oc * out_s.c + ow * out_s.w;
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread; ++r) {
+      const int64_t oh = oh0 + first_row + r;
+      if (oh < g.out_h) dst[oh * out_s.h] = static_cast<scalar_t>(acc[r]);
+    }
+  }
+}
+
+// --- channels_last: several outputs along a row per thread -------------------------
+
+constexpr int kColsPerThread = 4;
+
+// Thread (n, oh, group of kColsPerThread columns, oc), channels fastest. K > 0: a
+// K x K kernel; UNIT: stride 1 and dilation 1, where the thread's outputs share
+// input columns and each is loaded once into registers.
+template <typename scalar_t, int K, bool UNIT>
+__global__ void forward_nhwc_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
+                                    const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
+                                    Geometry g, Strides in_s, Strides out_s, bool flip) {
+  static_assert(!UNIT || K > 0, "the register window needs a compile-time kernel width");
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int R = kColsPerThread;
+  const int kernel_h = K > 0 ? K : static_cast<int>(g.kernel_h);
+  const int kernel_w = K > 0 ? K : static_cast<int>(g.kernel_w);
+  const int64_t out_channels = g.out_channels(), column_groups = cuda::ceil_div<int64_t>(g.out_w, R);
+  const int64_t total = g.batch * g.out_h * column_groups * out_channels;
+  for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
+       index += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t oc = index % out_channels;
+    int64_t rest = index / out_channels;
+    const int64_t ow0 = rest % column_groups * R;
+    rest /= column_groups;
+    const int64_t oh = rest % g.out_h, n = rest / g.out_h;
+    const scalar_t* src = input + n * in_s.n + oc / g.multiplier * in_s.c;
+    const scalar_t* w = weight + oc * kernel_h * kernel_w;
+    const acc_t init = bias != nullptr ? static_cast<acc_t>(__ldg(bias + oc)) : acc_t(0);
+    acc_t acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = init;
+#pragma unroll
+    for (int kh = 0; kh < kernel_h; ++kh) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+      if (ih < 0 || ih >= g.in_h) continue;
+      const scalar_t* row = src + ih * in_s.h;
+      if constexpr (UNIT) {
+        acc_t window[R + K - 1];  // input columns ow0 - pad_w + j
+#pragma unroll
+        for (int j = 0; j < R + K - 1; ++j) {
+          const int64_t iw = ow0 - g.pad_w + j;
+          window[j] = iw >= 0 && iw < g.in_w ? static_cast<acc_t>(__ldg(row + iw * in_s.w)) : acc_t(0);
+        }
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          const acc_t tap = static_cast<acc_t>(__ldg(w + tap_index(kh, kw, K, K, flip)));
+#pragma unroll
+          for (int r = 0; r < R; ++r) acc[r] += tap * window[r + kw];
+        }
+      } else {
+#pragma unroll
+        for (int kw = 0; kw < kernel_w; ++kw) {
+          const acc_t tap = static_cast<acc_t>(__ldg(w + tap_index(kh, kw, kernel_h, kernel_w, flip)));
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const int64_t iw = (ow0 + r) * g.stride_w - g.pad_w + kw * g.dilation_w;
+            if (iw >= 0 && iw < g.in_w) acc[r] += tap * static_cast<acc_t>(__ldg(row + iw * in_s.w));
+          }
+        }
+      }
+    }
+    scalar_t* dst = out + n * out_s.n + oc * out_s.c + oh * out_s.h;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (ow0 + r < g.out_w) dst[(ow0 + r) * out_s.w] = static_cast<scalar_t>(acc[r]);
   }
 }
 
@@ -186,6 +353,115 @@ void check_cuda_dtype(const char* op, const at::Tensor& input) {
   check_dtype(op, "input", input, {c10::kFloat, c10::kDouble, c10::kHalf, c10::kBFloat16}, " on CUDA");
 }
 
+// The NCHW tile a block computes and the shared memory it takes, or nullopt where
+// the direct kernel runs instead: planes under 16 outputs a side (a tile would leave
+// most of its threads idle) and tiles over the default shared-memory limit (large
+// dilations in float64).
+struct NchwPlan {
+  dim3 grid, block;
+  InputTile tile;
+  size_t shared_bytes;
+};
+
+std::optional<NchwPlan> plan_nchw(const Geometry& g, size_t acc_bytes) {
+  if (g.out_h < 16 || g.out_w < 16) return std::nullopt;
+  const int tile_w = g.out_w >= 32 ? 32 : 16;
+  const int64_t tile_h = kTileThreadRows * kRowsPerThread;
+  const int64_t rows = (tile_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+  const int64_t cols = (tile_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
+  const int64_t elements = rows * cols + g.kernel_h * g.kernel_w;
+  const int64_t tiles = cuda::ceil_div<int64_t>(g.out_h, tile_h) * cuda::ceil_div<int64_t>(g.out_w, tile_w);
+  if (elements * static_cast<int64_t>(acc_bytes) > static_cast<int64_t>(cuda::kDefaultSharedMemoryBytes) ||
+      tiles > std::numeric_limits<int32_t>::max())
+    return std::nullopt;
+  const int64_t planes = std::min<int64_t>(g.batch * g.out_channels(), 65535);
+  return NchwPlan{dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(planes)),
+                  dim3(tile_w, kTileThreadRows), InputTile{static_cast<int>(rows), static_cast<int>(cols)},
+                  static_cast<size_t>(elements) * acc_bytes};
+}
+
+// out = depthwise convolution of `in` by `weight` (turned by 180 degrees if `flip`)
+// over geometry g, plus bias if not null; in and out share a memory format, NCHW or
+// channels_last (the kernels take any strides; the format picks the path).
+template <typename scalar_t>
+void launch_forward(const at::Tensor& in, const at::Tensor& weight, const scalar_t* bias,
+                    const at::Tensor& out, const Geometry& g, bool channels_last, bool flip,
+                    cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* in_ptr = in.const_data_ptr<scalar_t>();
+  const scalar_t* w_ptr = weight.const_data_ptr<scalar_t>();
+  scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+  const int square = g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7)
+                         ? static_cast<int>(g.kernel_h) : 0;
+  if (channels_last) {
+    const bool unit = g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1;
+    const int64_t threads = g.batch * g.out_h * cuda::ceil_div<int64_t>(g.out_w, kColsPerThread) * g.out_channels();
+    auto launch = [&](auto kernel) {
+      kernel<<<blocks_for(threads), kThreadsPerBlock, 0, stream>>>(in_ptr, w_ptr, bias, out_ptr, g,
+                                                                   strides_of(in), strides_of(out), flip);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (unit && square == 3)
+      launch(forward_nhwc_kernel<scalar_t, 3, true>);
+    else if (unit && square == 5)
+      launch(forward_nhwc_kernel<scalar_t, 5, true>);
+    else if (unit && square == 7)
+      launch(forward_nhwc_kernel<scalar_t, 7, true>);
+    else if (square == 3)
+      launch(forward_nhwc_kernel<scalar_t, 3, false>);
+    else
+      launch(forward_nhwc_kernel<scalar_t, 0, false>);
+    return;
+  }
+  if (const auto plan = plan_nchw(g, sizeof(acc_t))) {
+    auto launch = [&](auto kernel) {
+      kernel<<<plan->grid, plan->block, plan->shared_bytes, stream>>>(
+          in_ptr, w_ptr, bias, out_ptr, g, strides_of(in), strides_of(out), plan->tile, flip);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (square == 3)
+      launch(forward_tiled_nchw_kernel<scalar_t, 3>);
+    else if (square == 5)
+      launch(forward_tiled_nchw_kernel<scalar_t, 5>);
+    else if (square == 7)
+      launch(forward_tiled_nchw_kernel<scalar_t, 7>);
+    else
+      launch(forward_tiled_nchw_kernel<scalar_t, 0>);
+    return;
+  }
+  auto launch = [&](auto kernel) {
+    kernel<<<blocks_for(out.numel()), kThreadsPerBlock, 0, stream>>>(
+        in_ptr, w_ptr, bias, out_ptr, g, strides_of(in), strides_of(out), flip);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (square == 3)
+    launch(forward_kernel<scalar_t, 3, 3>);
+  else if (square == 5)
+    launch(forward_kernel<scalar_t, 5, 5>);
+  else if (square == 7)
+    launch(forward_kernel<scalar_t, 7, 7>);
+  else
+    launch(forward_kernel<scalar_t, 0, 0>);
+}
+
+// grad_input as a forward convolution (see the header): stride 1 and multiplier 1.
+// grad_output plays the input, grad_input the output, and the padding becomes
+// (K - 1) * dilation - padding, negative where the padding exceeds the kernel's span.
+bool input_grad_is_convolution(const Geometry& g) {
+  return g.stride_h == 1 && g.stride_w == 1 && g.multiplier == 1;
+}
+
+Geometry input_grad_as_convolution(const Geometry& g) {
+  Geometry t = g;
+  t.in_h = g.out_h;
+  t.in_w = g.out_w;
+  t.out_h = g.in_h;
+  t.out_w = g.in_w;
+  t.pad_h = (g.kernel_h - 1) * g.dilation_h - g.pad_h;
+  t.pad_w = (g.kernel_w - 1) * g.dilation_w - g.pad_w;
+  return t;
+}
+
 at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                                  c10::IntArrayRef padding, c10::IntArrayRef dilation) {
@@ -202,21 +478,7 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdl_depthwise_conv2d_cuda", [&] {
-    const scalar_t* bias_ptr = b ? b->const_data_ptr<scalar_t>() : nullptr;
-    auto launch = [&](auto kernel) {
-      kernel<<<blocks_for(out.numel()), kThreadsPerBlock, 0, stream>>>(
-          in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), bias_ptr,
-          out.mutable_data_ptr<scalar_t>(), g, strides_of(in), strides_of(out), channels_last);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (g.kernel_h == 3 && g.kernel_w == 3)
-      launch(forward_kernel<scalar_t, 3, 3>);
-    else if (g.kernel_h == 5 && g.kernel_w == 5)
-      launch(forward_kernel<scalar_t, 5, 5>);
-    else if (g.kernel_h == 7 && g.kernel_w == 7)
-      launch(forward_kernel<scalar_t, 7, 7>);
-    else
-      launch(forward_kernel<scalar_t, 0, 0>);
+    launch_forward<scalar_t>(in, w, b ? b->const_data_ptr<scalar_t>() : nullptr, out, g, channels_last, /*flip=*/false, stream);
   });
   return out;
 }
@@ -239,7 +501,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
   const at::Tensor w = weight.contiguous();
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdl_depthwise_conv2d_backward_cuda", [&] {
-    if (grad_input.defined()) {
+    if (grad_input.defined() && input_grad_is_convolution(g)) {
+      launch_forward<scalar_t>(go, w, nullptr, grad_input, input_grad_as_convolution(g), channels_last,
+                               /*flip=*/true, stream);
+    } else if (grad_input.defined()) {
       input_grad_kernel<scalar_t><<<blocks_for(grad_input.numel()), kThreadsPerBlock, 0, stream>>>(
           go.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           grad_input.mutable_data_ptr<scalar_t>(), g, strides_of(go), strides_of(grad_input), channels_last);
