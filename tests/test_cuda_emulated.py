@@ -142,9 +142,11 @@ DEPTHWISE_CASES = [
     ((4, 6), (1, 1), (3, 1), (1, 2), 1, False, (5, 19, 26)),
     ((3, 3), (1, 1), (0, 0), (1, 1), 1, False, (5, 18, 18)),
     ((3, 3), (1, 1), (3, 3), (1, 1), 1, False, (5, 16, 16)),
+    ((5, 5), (1, 1), (2, 2), (1, 1), 1, False, (3, 64, 80)),  # grad_weight in 2 chunks
     # channels_last, several outputs per thread: the register window (stride 1,
-    # dilation 1), a row end inside a thread's outputs, channels past a warp
-    ((3, 3), (1, 1), (1, 1), (1, 1), 1, True, (37, 13, 14)),
+    # dilation 1), a row end inside a thread's outputs, channels past a warp (and past
+    # grad_weight's 32-channel blocks)
+    ((3, 3), (1, 1), (1, 1), (1, 1), 1, True, (37, 24, 24)),  # grad_weight in 3 chunks
     ((5, 5), (1, 1), (2, 2), (1, 1), 1, True, (37, 10, 11)),
     ((7, 7), (1, 1), (3, 3), (1, 1), 1, True, (37, 9, 13)),
     ((3, 3), (2, 2), (1, 1), (1, 1), 1, True, (37, 13, 14)),

@@ -13,9 +13,11 @@
 //     the forward convolution of grad_output with the taps flipped (padding
 //     (K - 1) * dilation - padding), so it runs on the two paths above; other
 //     strides and multipliers gather per input element (input_grad_kernel).
-//   - grad_weight/grad_bias: one block per (output channel, tap) reduces over
-//     N x out_H x out_W with warp shuffles, in a fixed order: deterministic, no
-//     atomics, whatever the batch size.
+//   - grad_weight/grad_bias, 3x3 to 7x7: each thread sums all K*K + 1 products over
+//     its share of a chunk of pixels (grad_output read once), blocks reduce per
+//     channel, a second kernel adds the chunks; other kernels: one block per
+//     (output channel, tap). Both in a fixed order: deterministic, no atomics, and
+//     a larger batch adds chunks rather than contention.
 // Tile sizes and outputs per thread are first choices, checked for correctness on
 // the CPU emulator (tests/test_cuda_emulated.py) but not yet tuned on a GPU.
 #include <ATen/Dispatch.h>
@@ -313,7 +315,8 @@ __device__ acc_t block_sum(acc_t value) {
   return total;
 }
 
-// Block (oc, t): grad_weight[oc, t] for t < taps, grad_bias[oc] for t == taps.
+// Any kernel size: block (oc, t) makes grad_weight[oc, t] for t < taps, grad_bias[oc]
+// for t == taps.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     weight_grad_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ input,
@@ -349,8 +352,103 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   }
 }
 
+// --- grad_weight and grad_bias for 3x3, 5x5 and 7x7: per-thread tap sums ----------
+//
+// Block (channel group, pixel chunk). Each thread walks its share of the chunk's
+// output pixels once, reading each grad_output value once (the kernel above reads it
+// K*K + 1 times) and the K*K input values it met, and keeps K*K + 1 sums, the last
+// for the bias. The block reduces them per channel in a fixed order and writes one
+// partial per (chunk, channel, tap); weight_grad_finish_kernel adds the chunks in
+// order. Deterministic, no atomics, and a larger batch only adds chunks.
+//   NCHW: a block is one output channel; its 8 warps take consecutive pixels.
+//   channels_last: a block is 32 consecutive channels x 8 pixel lanes, so each load
+//   of a pixel's channels coalesces.
+constexpr int kWeightGradLanes = 8;  // warps (NCHW) or pixel lanes (channels_last) per block
+
+template <typename scalar_t, int K, bool CHANNELS_LAST>
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    weight_grad_partial_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ input,
+                               at::opmath_type<scalar_t>* __restrict__ partial, Geometry g, Strides go_s,
+                               Strides in_s, int64_t chunk_pixels) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int taps = K * K;
+  __shared__ acc_t lane_sums[kWeightGradLanes][32];
+  const int64_t out_channels = g.out_channels();
+  const int64_t oc = CHANNELS_LAST ? blockIdx.x * 32 + threadIdx.x : blockIdx.x;
+  const int lane = CHANNELS_LAST ? threadIdx.y : threadIdx.x;  // among the threads of a channel
+  const int lanes = CHANNELS_LAST ? blockDim.y : blockDim.x;
+  const int64_t per_image = g.out_h * g.out_w, pixels = g.batch * per_image;
+  const int64_t begin = blockIdx.y * chunk_pixels, end = std::min(begin + chunk_pixels, pixels);
+
+  acc_t sums[taps + 1];
+#pragma unroll
+  for (int t = 0; t <= taps; ++t) sums[t] = 0;
+  if (oc < out_channels) {
+    const int64_t c = oc / g.multiplier;
+    for (int64_t p = begin + lane; p < end; p += lanes) {
+      const int64_t n = p / per_image, ho = p % per_image / g.out_w, wo = p % g.out_w;
+      const acc_t go = static_cast<acc_t>(__ldg(grad_out + n * go_s.n + oc * go_s.c + ho * go_s.h + wo * go_s.w));
+      sums[taps] += go;
+      const scalar_t* src = input + n * in_s.n + c * in_s.c;
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const int64_t ih = ho * g.stride_h - g.pad_h + kh * g.dilation_h;
+        if (ih < 0 || ih >= g.in_h) continue;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          const int64_t iw = wo * g.stride_w - g.pad_w + kw * g.dilation_w;
+          if (iw >= 0 && iw < g.in_w)
+            sums[kh * K + kw] += go * static_cast<acc_t>(__ldg(src + ih * in_s.h + iw * in_s.w));
+        }
+      }
+    }
+  }
+  const bool writer = CHANNELS_LAST ? threadIdx.y == 0 : threadIdx.x == 0;
+#pragma unroll
+  for (int t = 0; t <= taps; ++t) {
+    acc_t value = sums[t];
+    if constexpr (CHANNELS_LAST) {
+      lane_sums[threadIdx.y][threadIdx.x] = value;
+    } else {
+      for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(cuda::kFullWarpMask, value, offset);
+      if (threadIdx.x % 32 == 0) lane_sums[threadIdx.x / 32][0] = value;
+    }
+    __syncthreads();
+    if (writer && oc < out_channels) {
+      const int column = CHANNELS_LAST ? threadIdx.x : 0;
+      acc_t total = 0;
+      for (int i = 0; i < kWeightGradLanes; ++i) total += lane_sums[i][column];
+      partial[(blockIdx.y * out_channels + oc) * (taps + 1) + t] = total;
+    }
+    __syncthreads();  // lane_sums is free for the next tap
+  }
+}
+
+// Thread (oc, t): the sum over chunks, in order, of the partials above.
+template <typename scalar_t>
+__global__ void weight_grad_finish_kernel(const at::opmath_type<scalar_t>* __restrict__ partial,
+                                          int64_t chunks, int64_t out_channels, int taps,
+                                          scalar_t* __restrict__ grad_weight, scalar_t* __restrict__ grad_bias) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t per_chunk = out_channels * (taps + 1);
+  for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < per_chunk;
+       index += int64_t(gridDim.x) * blockDim.x) {
+    acc_t total = 0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partial[chunk * per_chunk + index];
+    const int64_t oc = index / (taps + 1), t = index % (taps + 1);
+    if (t < taps && grad_weight != nullptr) grad_weight[oc * taps + t] = static_cast<scalar_t>(total);
+    if (t == taps && grad_bias != nullptr) grad_bias[oc] = static_cast<scalar_t>(total);
+  }
+}
+
 void check_cuda_dtype(const char* op, const at::Tensor& input) {
   check_dtype(op, "input", input, {c10::kFloat, c10::kDouble, c10::kHalf, c10::kBFloat16}, " on CUDA");
+}
+
+// K for the kernels unrolled for a K x K kernel (3, 5 or 7), else 0: the runtime loops.
+int unrolled_kernel_size(const Geometry& g) {
+  const bool unrolled = g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7);
+  return unrolled ? static_cast<int>(g.kernel_h) : 0;
 }
 
 // The NCHW tile a block computes and the shared memory it takes, or nullopt where
@@ -391,8 +489,7 @@ void launch_forward(const at::Tensor& in, const at::Tensor& weight, const scalar
   const scalar_t* in_ptr = in.const_data_ptr<scalar_t>();
   const scalar_t* w_ptr = weight.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
-  const int square = g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7)
-                         ? static_cast<int>(g.kernel_h) : 0;
+  const int square = unrolled_kernel_size(g);
   if (channels_last) {
     const bool unit = g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1;
     const int64_t threads = g.batch * g.out_h * cuda::ceil_div<int64_t>(g.out_w, kColsPerThread) * g.out_channels();
@@ -462,6 +559,58 @@ Geometry input_grad_as_convolution(const Geometry& g) {
   return t;
 }
 
+// grad_weight and grad_bias (either may be undefined).
+template <typename scalar_t>
+void launch_weight_grad(const at::Tensor& go, const at::Tensor& in, const at::Tensor& grad_weight,
+                        const at::Tensor& grad_bias, const Geometry& g, bool channels_last,
+                        cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  scalar_t* gw = grad_weight.defined() ? grad_weight.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gb = grad_bias.defined() ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr;
+  const int square = unrolled_kernel_size(g);
+  const int64_t out_channels = g.out_channels(), taps = g.kernel_h * g.kernel_w;
+  if (square == 0) {
+    const int64_t blocks = out_channels * (taps + 1);
+    TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fastdl.depthwise_conv2d_backward: ",
+                "too many channels x taps for the CUDA grid (", blocks, ")");
+    weight_grad_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
+        go.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(), gw, gb, g, strides_of(go), strides_of(in));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  // About 32 pixels per thread and chunk (64 for channels_last, whose blocks hold only
+  // 8 threads per channel); chunks stay within grid.y's 65535.
+  const int64_t pixels = g.batch * g.out_h * g.out_w;
+  const int64_t base_chunk = channels_last ? kWeightGradLanes * 64 : kThreadsPerBlock * 32;
+  const int64_t chunk_pixels = std::max(base_chunk, cuda::ceil_div<int64_t>(pixels, 65535));
+  const int64_t chunks = cuda::ceil_div(pixels, chunk_pixels);
+  const int64_t channel_blocks = channels_last ? cuda::ceil_div<int64_t>(out_channels, 32) : out_channels;
+  TORCH_CHECK(channel_blocks <= std::numeric_limits<int32_t>::max(), "fastdl.depthwise_conv2d_backward: ",
+              "too many channels for the CUDA grid (", out_channels, ")");
+  const at::Tensor partial = at::empty({chunks, out_channels, taps + 1},
+                                       go.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const dim3 grid(static_cast<unsigned>(channel_blocks), static_cast<unsigned>(chunks));
+  const dim3 block = channels_last ? dim3(32, kWeightGradLanes) : dim3(kThreadsPerBlock);
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, block, 0, stream>>>(go.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
+                                       partial.mutable_data_ptr<acc_t>(), g, strides_of(go), strides_of(in),
+                                       chunk_pixels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (square == 3)
+    channels_last ? launch(weight_grad_partial_kernel<scalar_t, 3, true>)
+                  : launch(weight_grad_partial_kernel<scalar_t, 3, false>);
+  else if (square == 5)
+    channels_last ? launch(weight_grad_partial_kernel<scalar_t, 5, true>)
+                  : launch(weight_grad_partial_kernel<scalar_t, 5, false>);
+  else
+    channels_last ? launch(weight_grad_partial_kernel<scalar_t, 7, true>)
+                  : launch(weight_grad_partial_kernel<scalar_t, 7, false>);
+  weight_grad_finish_kernel<scalar_t><<<blocks_for(out_channels * (taps + 1)), kThreadsPerBlock, 0, stream>>>(
+      partial.const_data_ptr<acc_t>(), chunks, out_channels, static_cast<int>(taps), gw, gb);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                                  c10::IntArrayRef padding, c10::IntArrayRef dilation) {
@@ -510,17 +659,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cuda(
           grad_input.mutable_data_ptr<scalar_t>(), g, strides_of(go), strides_of(grad_input), channels_last);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    if (grad_weight.defined() || grad_bias.defined()) {
-      const int64_t blocks = g.out_channels() * (g.kernel_h * g.kernel_w + 1);
-      TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fastdl.depthwise_conv2d_backward: ",
-                  "too many channels x taps for the CUDA grid (", blocks, ")");
-      weight_grad_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
-          go.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(),
-          grad_weight.defined() ? grad_weight.mutable_data_ptr<scalar_t>() : nullptr,
-          grad_bias.defined() ? grad_bias.mutable_data_ptr<scalar_t>() : nullptr, g, strides_of(go),
-          strides_of(in));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    if (grad_weight.defined() || grad_bias.defined())
+      launch_weight_grad<scalar_t>(go, in, grad_weight, grad_bias, g, channels_last, stream);
   });
   return {grad_input, grad_weight, grad_bias};
 }
