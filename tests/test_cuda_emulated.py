@@ -143,13 +143,15 @@ DEPTHWISE_CASES = [
     ((3, 3), (1, 1), (0, 0), (1, 1), 1, False, (5, 18, 18)),
     ((3, 3), (1, 1), (3, 3), (1, 1), 1, False, (5, 16, 16)),
     ((5, 5), (1, 1), (2, 2), (1, 1), 1, False, (3, 64, 80)),  # grad_weight in 2 chunks
-    # channels_last, several outputs per thread: the register window (stride 1,
-    # dilation 1), a row end inside a thread's outputs, channels past a warp (and past
+    # channels_last, several outputs per thread: the register window (column stride 1
+    # or 2, dilation 1), a row end inside a thread's outputs, channels past a warp (and past
     # grad_weight's 32-channel blocks)
     ((3, 3), (1, 1), (1, 1), (1, 1), 1, True, (37, 24, 24)),  # grad_weight in 3 chunks
     ((5, 5), (1, 1), (2, 2), (1, 1), 1, True, (37, 10, 11)),
     ((7, 7), (1, 1), (3, 3), (1, 1), 1, True, (37, 9, 13)),
     ((3, 3), (2, 2), (1, 1), (1, 1), 1, True, (37, 13, 14)),
+    ((7, 7), (2, 2), (3, 3), (1, 1), 1, True, (37, 15, 16)),
+    ((5, 5), (2, 1), (2, 2), (2, 1), 1, True, (37, 15, 13)),  # window along rows only
     ((9, 9), (1, 1), (4, 4), (1, 1), 1, True, (37, 10, 12)),
     ((3, 3), (1, 1), (3, 2), (1, 1), 1, True, (37, 6, 7)),
 ]

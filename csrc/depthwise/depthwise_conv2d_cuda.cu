@@ -7,8 +7,9 @@
 //     no input or weight is fetched from global memory K*K times.
 //   - forward, channels_last: consecutive threads take consecutive channels, so
 //     every load coalesces; each thread computes kColsPerThread outputs along a
-//     row, and with stride 1 and dilation 1 loads each input column once for all of
-//     them (R + K - 1 loads per kernel row instead of R * K).
+//     row, and for 3x3 to 7x7 with column stride 1 or 2 (dilation 1) loads each
+//     input column once for all of them (R + K - 1 loads per kernel row instead of
+//     R * K at stride 1).
 //   - grad_input with stride 1 and multiplier 1 (MobileNet, ConvNeXt, RepLKNet) is
 //     the forward convolution of grad_output with the taps flipped (padding
 //     (K - 1) * dilation - padding), so it runs on the two paths above; other
@@ -35,6 +36,7 @@
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
@@ -210,13 +212,15 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 constexpr int kColsPerThread = 4;
 
 // Thread (n, oh, group of kColsPerThread columns, oc), channels fastest. K > 0: a
-// K x K kernel; UNIT: stride 1 and dilation 1, where the thread's outputs share
-// input columns and each is loaded once into registers.
-template <typename scalar_t, int K, bool UNIT>
+// K x K kernel. WINDOW_STRIDE (1 or 2; the column stride, with column dilation 1):
+// the thread's outputs share input columns, and it loads each once into registers,
+// (R - 1) * stride + K loads per kernel row instead of R * K. 0: any stride and
+// dilation, a load per tap and output.
+template <typename scalar_t, int K, int WINDOW_STRIDE>
 __global__ void forward_nhwc_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
                                     const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
                                     Geometry g, Strides in_s, Strides out_s, bool flip) {
-  static_assert(!UNIT || K > 0, "the register window needs a compile-time kernel width");
+  static_assert(WINDOW_STRIDE == 0 || K > 0, "the register window needs a compile-time kernel width");
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int R = kColsPerThread;
   const int kernel_h = K > 0 ? K : static_cast<int>(g.kernel_h);
@@ -241,18 +245,19 @@ __global__ void forward_nhwc_kernel(const scalar_t* __restrict__ input, const sc
       const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
       if (ih < 0 || ih >= g.in_h) continue;
       const scalar_t* row = src + ih * in_s.h;
-      if constexpr (UNIT) {
-        acc_t window[R + K - 1];  // input columns ow0 - pad_w + j
+      if constexpr (WINDOW_STRIDE > 0) {
+        constexpr int span = (R - 1) * WINDOW_STRIDE + K;
+        acc_t window[span];  // input columns ow0 * stride - pad_w + j
 #pragma unroll
-        for (int j = 0; j < R + K - 1; ++j) {
-          const int64_t iw = ow0 - g.pad_w + j;
+        for (int j = 0; j < span; ++j) {
+          const int64_t iw = ow0 * WINDOW_STRIDE - g.pad_w + j;
           window[j] = iw >= 0 && iw < g.in_w ? static_cast<acc_t>(__ldg(row + iw * in_s.w)) : acc_t(0);
         }
 #pragma unroll
         for (int kw = 0; kw < K; ++kw) {
           const acc_t tap = static_cast<acc_t>(__ldg(w + tap_index(kh, kw, K, K, flip)));
 #pragma unroll
-          for (int r = 0; r < R; ++r) acc[r] += tap * window[r + kw];
+          for (int r = 0; r < R; ++r) acc[r] += tap * window[r * WINDOW_STRIDE + kw];
         }
       } else {
 #pragma unroll
@@ -491,23 +496,27 @@ void launch_forward(const at::Tensor& in, const at::Tensor& weight, const scalar
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
   const int square = unrolled_kernel_size(g);
   if (channels_last) {
-    const bool unit = g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 && g.dilation_w == 1;
+    const int64_t window_stride = g.dilation_w == 1 && g.stride_w <= 2 ? g.stride_w : 0;
     const int64_t threads = g.batch * g.out_h * cuda::ceil_div<int64_t>(g.out_w, kColsPerThread) * g.out_channels();
     auto launch = [&](auto kernel) {
       kernel<<<blocks_for(threads), kThreadsPerBlock, 0, stream>>>(in_ptr, w_ptr, bias, out_ptr, g,
                                                                    strides_of(in), strides_of(out), flip);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (unit && square == 3)
-      launch(forward_nhwc_kernel<scalar_t, 3, true>);
-    else if (unit && square == 5)
-      launch(forward_nhwc_kernel<scalar_t, 5, true>);
-    else if (unit && square == 7)
-      launch(forward_nhwc_kernel<scalar_t, 7, true>);
-    else if (square == 3)
-      launch(forward_nhwc_kernel<scalar_t, 3, false>);
+    auto launch_window = [&](auto stride) {
+      if (square == 3)
+        launch(forward_nhwc_kernel<scalar_t, 3, stride.value>);
+      else if (square == 5)
+        launch(forward_nhwc_kernel<scalar_t, 5, stride.value>);
+      else
+        launch(forward_nhwc_kernel<scalar_t, 7, stride.value>);
+    };
+    if (square > 0 && window_stride == 1)
+      launch_window(std::integral_constant<int, 1>());
+    else if (square > 0 && window_stride == 2)
+      launch_window(std::integral_constant<int, 2>());
     else
-      launch(forward_nhwc_kernel<scalar_t, 0, false>);
+      launch(forward_nhwc_kernel<scalar_t, 0, 0>);
     return;
   }
   if (const auto plan = plan_nchw(g, sizeof(acc_t))) {
