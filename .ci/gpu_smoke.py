@@ -15,7 +15,10 @@ for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         fastdl.ops.batched_nms(boxes, scores, classes, 0.5)
     for channels_last in (False, True):
         for (c, m, h, w, k, s, p, d) in [(5, 1, 13, 11, 3, 1, 1, 1), (16, 2, 9, 10, 7, 2, 3, 1),
-                                         (3, 1, 6, 7, 4, 3, 0, 2), (8, 1, 1, 1, 3, 1, 1, 1)]:
+                                         (3, 1, 6, 7, 4, 3, 0, 2), (8, 1, 1, 1, 3, 1, 1, 1),
+                                         # shared-memory tiles, gradients in several chunks
+                                         (37, 1, 24, 45, 5, 1, 2, 1), (3, 1, 64, 80, 3, 1, 1, 1),
+                                         (4, 1, 33, 35, 9, 1, 6, 2)]:
             x = torch.randn(2, c, h, w, device=device, dtype=dtype)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
