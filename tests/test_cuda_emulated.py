@@ -131,8 +131,9 @@ DEPTHWISE_CASES = [
     ((2, 3), (2, 1), (0, 1), (2, 1), 1, False, (5, 11, 9)),
     ((3, 3), (1, 2), (2, 0), (2, 3), 3, True, (5, 11, 9)),
     # tiles: two tile rows and columns with partial edges (37 x 45 outputs, 32 x 32
-    # tiles), 16-wide tiles, strides and dilations in the halo, grad_input through the
-    # flipped-kernel convolution (stride 1, multiplier 1) and its negative padding
+    # tiles), 16-wide tiles, strides and dilations in the halo, the sliding window of
+    # other kernels, grad_input through the flipped-kernel convolution (stride 1,
+    # multiplier 1) and its negative padding
     ((3, 3), (1, 1), (1, 1), (1, 1), 1, False, (5, 37, 45)),
     ((5, 5), (1, 1), (2, 2), (1, 1), 1, False, (5, 37, 45)),
     ((7, 7), (1, 1), (3, 3), (1, 1), 1, False, (5, 20, 17)),
@@ -140,19 +141,21 @@ DEPTHWISE_CASES = [
     ((3, 3), (1, 1), (4, 4), (2, 3), 1, False, (5, 33, 35)),
     ((9, 9), (1, 1), (4, 4), (1, 1), 1, False, (5, 21, 34)),
     ((4, 6), (1, 1), (3, 1), (1, 2), 1, False, (5, 19, 26)),
+    ((3, 5), (2, 1), (2, 2), (2, 1), 1, False, (5, 40, 36)),  # no window: row stride 2
     ((3, 3), (1, 1), (0, 0), (1, 1), 1, False, (5, 18, 18)),
     ((3, 3), (1, 1), (3, 3), (1, 1), 1, False, (5, 16, 16)),
     ((5, 5), (1, 1), (2, 2), (1, 1), 1, False, (3, 64, 80)),  # grad_weight in 2 chunks
     # channels_last, several outputs per thread: the register window (column stride 1
-    # or 2, dilation 1), a row end inside a thread's outputs, channels past a warp (and past
-    # grad_weight's 32-channel blocks)
+    # or 2, dilation 1) or the sliding one (other kernels), a row end inside a
+    # thread's outputs, channels past a warp and past grad_weight's 32-channel blocks
     ((3, 3), (1, 1), (1, 1), (1, 1), 1, True, (37, 24, 24)),  # grad_weight in 3 chunks
     ((5, 5), (1, 1), (2, 2), (1, 1), 1, True, (37, 10, 11)),
     ((7, 7), (1, 1), (3, 3), (1, 1), 1, True, (37, 9, 13)),
     ((3, 3), (2, 2), (1, 1), (1, 1), 1, True, (37, 13, 14)),
     ((7, 7), (2, 2), (3, 3), (1, 1), 1, True, (37, 15, 16)),
-    ((5, 5), (2, 1), (2, 2), (2, 1), 1, True, (37, 15, 13)),  # window along rows only
+    ((5, 5), (2, 1), (2, 2), (2, 1), 1, True, (37, 15, 13)),  # row stride, dilation 2
     ((9, 9), (1, 1), (4, 4), (1, 1), 1, True, (37, 10, 12)),
+    ((4, 6), (2, 1), (1, 2), (1, 1), 1, True, (37, 9, 14)),
     ((3, 3), (1, 1), (3, 2), (1, 1), 1, True, (37, 6, 7)),
 ]
 

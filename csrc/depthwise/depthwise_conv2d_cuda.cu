@@ -2,14 +2,16 @@
 //   - forward, NCHW: shared-memory tiles with halo. A block loads the input its
 //     output tile reads (zeros in the padding) once, then each thread computes
 //     kRowsPerThread outputs down a column from shared memory, taps included. The
-//     loops are unrolled for 3x3, 5x5 and 7x7; any other kernel (the large ones of
-//     RepLKNet too, up to the 48 KiB tile) runs the same code with runtime bounds, so
-//     no input or weight is fetched from global memory K*K times.
+//     loops are unrolled for 3x3, 5x5 and 7x7. Any other kernel (the large ones of
+//     RepLKNet too, up to the 48 KiB tile) has runtime bounds and, with row stride 1
+//     and dilation 1, slides a register window down each kernel column: one shared
+//     load per tap for 4 outputs. No input or weight is read from global memory K*K
+//     times.
 //   - forward, channels_last: consecutive threads take consecutive channels, so
 //     every load coalesces; each thread computes kColsPerThread outputs along a
 //     row, and for 3x3 to 7x7 with column stride 1 or 2 (dilation 1) loads each
 //     input column once for all of them (R + K - 1 loads per kernel row instead of
-//     R * K at stride 1).
+//     R * K at stride 1); other kernels slide the window along the kernel row.
 //   - grad_input with stride 1 and multiplier 1 (MobileNet, ConvNeXt, RepLKNet) is
 //     the forward convolution of grad_output with the taps flipped (padding
 //     (K - 1) * dilation - padding), so it runs on the two paths above; other
@@ -185,17 +187,39 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     for (int r = 0; r < kRowsPerThread; ++r) acc[r] = init;
     const int row_step = stride_h * t.cols;  // between a thread's outputs, in the tile
     const acc_t* column = tile + first_row * row_step + threadIdx.x * stride_w;
-    // Kernel rows stay a loop (unrolled only for 3x3): unrolling 7 rows of 7 taps for 4
-    // outputs gives ptxas ~200 loads to schedule at once, and it spills.
-#pragma unroll(K == 3 ? 3 : 1)
-    for (int kh = 0; kh < kernel_h; ++kh) {
-      const acc_t* tile_row = column + kh * dilation_h * t.cols;
-      const acc_t* row_taps = shared_taps + kh * kernel_w;
-#pragma unroll
+    if (K == 0 && stride_h == 1 && dilation_h == 1) {
+      // Large and non-square kernels: slide a window of the thread's kRowsPerThread
+      // outputs down each kernel column. Outputs r reads tile row first_row + r + kh, so
+      // each step shifts the window by one row and loads one new value: 2 shared loads
+      // (tap and value) per kRowsPerThread FMAs instead of kRowsPerThread + 1.
       for (int kw = 0; kw < kernel_w; ++kw) {
-        const acc_t tap = row_taps[kw];
+        const acc_t* tile_column = column + kw * dilation_w;
+        acc_t window[kRowsPerThread];
 #pragma unroll
-        for (int r = 0; r < kRowsPerThread; ++r) acc[r] += tap * tile_row[r * row_step + kw * dilation_w];
+        for (int r = 0; r < kRowsPerThread; ++r) window[r] = tile_column[r * t.cols];
+        for (int kh = 0; kh < kernel_h; ++kh) {
+          const acc_t tap = shared_taps[kh * kernel_w + kw];
+#pragma unroll
+          for (int r = 0; r < kRowsPerThread; ++r) acc[r] += tap * window[r];
+#pragma unroll
+          for (int r = 0; r + 1 < kRowsPerThread; ++r) window[r] = window[r + 1];
+          // the last step's next row would be one past the tile
+          if (kh + 1 < kernel_h) window[kRowsPerThread - 1] = tile_column[(kRowsPerThread + kh) * t.cols];
+        }
+      }
+    } else {
+      // Kernel rows stay a loop (unrolled only for 3x3): unrolling 7 rows of 7 taps for
+      // 4 outputs gives ptxas ~200 loads to schedule at once, and it spills.
+#pragma unroll(K == 3 ? 3 : 1)
+      for (int kh = 0; kh < kernel_h; ++kh) {
+        const acc_t* tile_row = column + kh * dilation_h * t.cols;
+        const acc_t* row_taps = shared_taps + kh * kernel_w;
+#pragma unroll
+        for (int kw = 0; kw < kernel_w; ++kw) {
+          const acc_t tap = row_taps[kw];
+#pragma unroll
+          for (int r = 0; r < kRowsPerThread; ++r) acc[r] += tap * tile_row[r * row_step + kw * dilation_w];
+        }
       }
     }
     scalar_t* dst = out + n * out_s.n + oc * out_s.c + ow * out_s.w;
@@ -214,8 +238,9 @@ constexpr int kColsPerThread = 4;
 // Thread (n, oh, group of kColsPerThread columns, oc), channels fastest. K > 0: a
 // K x K kernel. WINDOW_STRIDE (1 or 2; the column stride, with column dilation 1):
 // the thread's outputs share input columns, and it loads each once into registers,
-// (R - 1) * stride + K loads per kernel row instead of R * K. 0: any stride and
-// dilation, a load per tap and output.
+// (R - 1) * stride + K loads per kernel row instead of R * K. 0: any kernel; with
+// column stride 1 and dilation 1 a window slides along the kernel row (one load per
+// tap), otherwise a load per tap and output.
 template <typename scalar_t, int K, int WINDOW_STRIDE>
 __global__ void forward_nhwc_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
                                     const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
@@ -258,6 +283,23 @@ __global__ void forward_nhwc_kernel(const scalar_t* __restrict__ input, const sc
           const acc_t tap = static_cast<acc_t>(__ldg(w + tap_index(kh, kw, K, K, flip)));
 #pragma unroll
           for (int r = 0; r < R; ++r) acc[r] += tap * window[r * WINDOW_STRIDE + kw];
+        }
+      } else if (g.stride_w == 1 && g.dilation_w == 1) {
+        // Any other kernel (large ones): slide the R outputs' window along the kernel
+        // row, one new load per tap instead of R.
+        auto value = [&](int64_t iw) {
+          return iw >= 0 && iw < g.in_w ? static_cast<acc_t>(__ldg(row + iw * in_s.w)) : acc_t(0);
+        };
+        acc_t window[R];  // input columns ow0 - pad_w + kw + r
+#pragma unroll
+        for (int r = 0; r < R; ++r) window[r] = value(ow0 - g.pad_w + r);
+        for (int kw = 0; kw < kernel_w; ++kw) {
+          const acc_t tap = static_cast<acc_t>(__ldg(w + tap_index(kh, kw, kernel_h, kernel_w, flip)));
+#pragma unroll
+          for (int r = 0; r < R; ++r) acc[r] += tap * window[r];
+#pragma unroll
+          for (int r = 0; r + 1 < R; ++r) window[r] = window[r + 1];
+          if (kw + 1 < kernel_w) window[R - 1] = value(ow0 - g.pad_w + R + kw);
         }
       } else {
 #pragma unroll
