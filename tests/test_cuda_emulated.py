@@ -122,8 +122,8 @@ def test_every_cuda_op_is_emulated_and_tested(emu):
 # --- depthwise convolution ------------------------------------------------------------
 
 DEPTHWISE_CASES = [
-    # kernel, stride, padding, dilation, multiplier, channels_last, (C, H, W): 11x9 planes
-    # take the direct NCHW kernel; 16 outputs a side or more, the shared-memory tiles
+    # kernel, stride, padding, dilation, multiplier, channels_last, (C, H, W); small
+    # NCHW planes: several in a block, the last block part full
     ((3, 3), (1, 1), (1, 1), (1, 1), 1, False, (5, 11, 9)),
     ((3, 3), (2, 2), (1, 1), (1, 1), 1, True, (5, 11, 9)),
     ((5, 5), (1, 1), (2, 2), (1, 1), 2, False, (5, 11, 9)),
@@ -143,6 +143,7 @@ DEPTHWISE_CASES = [
     ((4, 6), (1, 1), (3, 1), (1, 2), 1, False, (5, 19, 26)),
     ((3, 5), (2, 1), (2, 2), (2, 1), 1, False, (5, 40, 36)),  # no window: row stride 2
     ((3, 3), (1, 1), (0, 0), (1, 1), 1, False, (5, 18, 18)),
+    ((3, 3), (1, 1), (0, 0), (60, 60), 1, False, (2, 130, 130)),  # direct: tile > 48 KiB
     ((3, 3), (1, 1), (3, 3), (1, 1), 1, False, (5, 16, 16)),
     ((5, 5), (1, 1), (2, 2), (1, 1), 1, False, (3, 64, 80)),  # grad_weight in 2 chunks
     # channels_last, several outputs per thread: the register window (column stride 1

@@ -96,7 +96,7 @@ __device__ __forceinline__ int tap_index(int kh, int kw, int kernel_h, int kerne
   return flip ? (kernel_h - 1 - kh) * kernel_w + (kernel_w - 1 - kw) : kh * kernel_w + kw;
 }
 
-// --- direct: one thread per output; small planes (fewer than 16 outputs a side) ---
+// --- direct: one thread per output; where a tile overflows shared memory ----------
 
 template <typename scalar_t, int KH, int KW>
 __global__ void forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
@@ -139,10 +139,11 @@ struct InputTile {
   int rows, cols;
 };
 
-// Block (tile, plane-slot): blockDim.x x (blockDim.y * kRowsPerThread) outputs of one
-// (image, output channel) plane per pass, planes strided by gridDim.y. K > 0: a K x K
-// kernel with its taps in registers; K == 0: any kernel, taps in shared memory after
-// the input tile.
+// Block (tile, plane-slot): blockDim.x x (blockDim.y * kRowsPerThread) outputs of each
+// of blockDim.z (image, output channel) planes per pass, then the planes gridDim.y *
+// blockDim.z further on. Several planes a block keep the threads busy on small maps
+// (MobileNet's 14x14 and 7x7). Each plane's taps sit in shared memory after its
+// tile. K > 0: a K x K kernel, its loops unrolled; K == 0: any kernel.
 template <typename scalar_t, int K>
 __global__ void __launch_bounds__(kThreadsPerBlock)
     forward_tiled_nchw_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
@@ -150,11 +151,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                               Geometry g, Strides in_s, Strides out_s, InputTile t, bool flip) {
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(16) unsigned char shared_bytes[];
-  acc_t* tile = reinterpret_cast<acc_t*>(shared_bytes);
-  acc_t* shared_taps = tile + t.rows * t.cols;  // read by every thread at once: a broadcast
   const int kernel_h = K > 0 ? K : static_cast<int>(g.kernel_h);
   const int kernel_w = K > 0 ? K : static_cast<int>(g.kernel_w);
   const int taps = kernel_h * kernel_w;
+  // threadIdx.z's plane: its input tile, then its taps (read by all its threads at
+  // once: a broadcast)
+  acc_t* tile = reinterpret_cast<acc_t*>(shared_bytes) + threadIdx.z * (t.rows * t.cols + taps);
+  acc_t* shared_taps = tile + t.rows * t.cols;
   const int stride_h = static_cast<int>(g.stride_h), stride_w = static_cast<int>(g.stride_w);
   const int dilation_h = static_cast<int>(g.dilation_h), dilation_w = static_cast<int>(g.dilation_w);
   const int tile_w = blockDim.x, tile_h = blockDim.y * kRowsPerThread;
@@ -166,20 +169,23 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const int64_t ow = ow0 + threadIdx.x;
   const int first_row = threadIdx.y * kRowsPerThread;  // of this thread's outputs, in the tile
 
-  for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+  for (int64_t first = int64_t(blockIdx.y) * blockDim.z; first < planes; first += int64_t(gridDim.y) * blockDim.z) {
+    const int64_t plane = first + threadIdx.z;
     const int64_t n = plane / out_channels, oc = plane % out_channels, c = oc / g.multiplier;
     const scalar_t* src = input + n * in_s.n + c * in_s.c;
     const scalar_t* w = weight + oc * taps;
-    __syncthreads();  // every thread is done reading the previous plane's tile
-    for (int i = thread; i < t.rows * t.cols; i += threads) {
-      const int64_t ih = ih0 + i / t.cols, iw = iw0 + i % t.cols;
-      const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
-      tile[i] = inside ? static_cast<acc_t>(__ldg(src + ih * in_s.h + iw * in_s.w)) : acc_t(0);
+    __syncthreads();  // every thread is done reading the previous planes' tiles
+    if (plane < planes) {
+      for (int i = thread; i < t.rows * t.cols; i += threads) {
+        const int64_t ih = ih0 + i / t.cols, iw = iw0 + i % t.cols;
+        const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
+        tile[i] = inside ? static_cast<acc_t>(__ldg(src + ih * in_s.h + iw * in_s.w)) : acc_t(0);
+      }
+      for (int i = thread; i < taps; i += threads)
+        shared_taps[i] = static_cast<acc_t>(w[tap_index(i / kernel_w, i % kernel_w, kernel_h, kernel_w, flip)]);
     }
-    for (int i = thread; i < taps; i += threads)
-      shared_taps[i] = static_cast<acc_t>(w[tap_index(i / kernel_w, i % kernel_w, kernel_h, kernel_w, flip)]);
     __syncthreads();
-    if (ow >= g.out_w) continue;
+    if (plane >= planes || ow >= g.out_w) continue;
 
     const acc_t init = bias != nullptr ? static_cast<acc_t>(__ldg(bias + oc)) : acc_t(0);
     acc_t acc[kRowsPerThread];
@@ -498,10 +504,10 @@ int unrolled_kernel_size(const Geometry& g) {
   return unrolled ? static_cast<int>(g.kernel_h) : 0;
 }
 
-// The NCHW tile a block computes and the shared memory it takes, or nullopt where
-// the direct kernel runs instead: planes under 16 outputs a side (a tile would leave
-// most of its threads idle) and tiles over the default shared-memory limit (large
-// dilations in float64).
+// The NCHW tiles: width 32, 16 or 8 as the output allows, up to kTileThreadRows x
+// kRowsPerThread rows, and as many planes a block as fill kThreadsPerBlock threads
+// and the default shared memory. nullopt where one plane's tile exceeds that memory
+// (large dilations in float64): the direct kernel runs instead.
 struct NchwPlan {
   dim3 grid, block;
   InputTile tile;
@@ -509,20 +515,24 @@ struct NchwPlan {
 };
 
 std::optional<NchwPlan> plan_nchw(const Geometry& g, size_t acc_bytes) {
-  if (g.out_h < 16 || g.out_w < 16) return std::nullopt;
-  const int tile_w = g.out_w >= 32 ? 32 : 16;
-  const int64_t tile_h = kTileThreadRows * kRowsPerThread;
+  const int tile_w = g.out_w >= 32 ? 32 : g.out_w >= 16 ? 16 : 8;
+  const int thread_rows =
+      static_cast<int>(std::min<int64_t>(kTileThreadRows, cuda::ceil_div<int64_t>(g.out_h, kRowsPerThread)));
+  const int64_t tile_h = thread_rows * kRowsPerThread;
   const int64_t rows = (tile_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
   const int64_t cols = (tile_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
-  const int64_t elements = rows * cols + g.kernel_h * g.kernel_w;
+  const int64_t plane_bytes = (rows * cols + g.kernel_h * g.kernel_w) * static_cast<int64_t>(acc_bytes);
+  const int64_t shared_limit = static_cast<int64_t>(cuda::kDefaultSharedMemoryBytes);
   const int64_t tiles = cuda::ceil_div<int64_t>(g.out_h, tile_h) * cuda::ceil_div<int64_t>(g.out_w, tile_w);
-  if (elements * static_cast<int64_t>(acc_bytes) > static_cast<int64_t>(cuda::kDefaultSharedMemoryBytes) ||
-      tiles > std::numeric_limits<int32_t>::max())
-    return std::nullopt;
-  const int64_t planes = std::min<int64_t>(g.batch * g.out_channels(), 65535);
-  return NchwPlan{dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(planes)),
-                  dim3(tile_w, kTileThreadRows), InputTile{static_cast<int>(rows), static_cast<int>(cols)},
-                  static_cast<size_t>(elements) * acc_bytes};
+  if (plane_bytes > shared_limit || tiles > std::numeric_limits<int32_t>::max()) return std::nullopt;
+  const int64_t planes = g.batch * g.out_channels();
+  const int64_t planes_per_block = std::min({int64_t(kThreadsPerBlock / (tile_w * thread_rows)),
+                                             shared_limit / plane_bytes, planes});
+  const int64_t plane_blocks = std::min<int64_t>(cuda::ceil_div(planes, planes_per_block), 65535);
+  return NchwPlan{dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(plane_blocks)),
+                  dim3(tile_w, thread_rows, static_cast<unsigned>(planes_per_block)),
+                  InputTile{static_cast<int>(rows), static_cast<int>(cols)},
+                  static_cast<size_t>(planes_per_block * plane_bytes)};
 }
 
 // out = depthwise convolution of `in` by `weight` (turned by 180 degrees if `flip`)
