@@ -46,6 +46,8 @@ def _configs():
         (1, 5, 1, 11, 11, 4, 3, 0, 2),  # even kernel, stride 3
         (1, 16, 1, 8, 8, 2, 1, 5, 1),  # padding beyond the kernel's reach
         (3, 24, 1, 15, 17, 9, 1, 4, 1),  # large kernel (RepLKNet-style)
+        (1, 19, 1, 12, 20, 31, 1, 15, 1),  # a 31x31 kernel larger than the image
+        (2, 20, 1, 9, 26, (1, 7), (2, 1), (0, 3), (2, 1)),  # 1x7, row stride and dilation 2
         # Images above 32x32 pixels: channels last works on the input in place
         # instead of through a padded copy.
         (1, 19, 1, 40, 33, 3, 1, 1, 1),
