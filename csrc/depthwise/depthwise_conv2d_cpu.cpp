@@ -208,9 +208,24 @@ ChannelsLastConv transposed_stride1(const ChannelsLastConv& conv) {
 // only, so results do not change with the thread count.
 constexpr int64_t kMaxBlockPixels = 128 * 128;
 
-bool use_channel_blocks(const Geometry& g) {
+//
+// The forward, and grad_input at stride 1 (a forward convolution), also take blocks for
+// the shapes whose channels-last kernels slide a register window (large kernels): a
+// 31x31 layer ran 2x faster so than on the plane kernels.
+bool blocks_fit(const Geometry& g) {
   return g.multiplier == 1 && g.channels >= kMaxWidth && g.in_h * g.in_w <= kMaxBlockPixels &&
-         g.out_h * g.out_w <= kMaxBlockPixels && tiles_apply(channels_last_conv(g));
+         g.out_h * g.out_w <= kMaxBlockPixels;
+}
+
+bool use_channel_blocks(const Geometry& g) { return blocks_fit(g) && tiles_apply(channels_last_conv(g)); }
+
+bool forward_channel_blocks_apply(const Geometry& g) {
+  return blocks_fit(g) && (tiles_apply(channels_last_conv(g)) || window_applies(channels_last_conv(g)));
+}
+
+bool input_grad_channel_blocks_apply(const Geometry& g) {
+  const bool stride1 = g.stride_h == 1 && g.stride_w == 1;
+  return use_channel_blocks(g) || (blocks_fit(g) && stride1 && window_applies(channels_last_conv(g)));
 }
 
 // Weight (C, 1, kH, kW) -> (C / kMaxWidth blocks, kH * kW, kMaxWidth), zero past C;
@@ -275,7 +290,7 @@ void forward_channel_blocks(const Geometry& g, const at::Tensor& input, const at
 template <typename T>
 void input_grad_channel_blocks(const Geometry& g, const at::Tensor& grad_out,
                                const at::Tensor& weight, at::Tensor& grad_in) {
-  const bool stride1 = g.stride_h == 1;
+  const bool stride1 = g.stride_h == 1 && g.stride_w == 1;
   const at::Tensor w = taps_by_channel_blocks(weight, stride1);
   const T* wb = w.const_data_ptr<T>();
   const int64_t taps = g.kernel_h * g.kernel_w;
@@ -389,17 +404,18 @@ constexpr int64_t kPrefetchInputBytes = int64_t{16} << 20;
 
 // Channels-last convolution of `batch` images with weights (taps, C), in tasks of
 // near-equal runs of output rows (for_row_runs), from multiples of the register
-// tiles' height. Shapes the register tiles do not cover take, on small
-// images, one task per image through a zero-padded copy instead, so that every
-// pixel takes the interior kernel: on a 7x7 image the border pixels are
-// over half of the work.
+// tiles' height. Shapes neither the register tiles nor the sliding window cover
+// (column stride or dilation above 1) take, on small images, one task per image
+// through a zero-padded copy instead, so that every pixel takes the interior
+// kernel: on a 7x7 image the border pixels are over half of the work.
 template <typename T>
 void convolve_channels_last(const ChannelsLastConv& conv, int64_t batch, const T* in, const T* w,
                             const T* b, T* out) {
   const int64_t in_image = conv.in_h * conv.in_w * conv.channels;
   const int64_t out_image = conv.out_h * conv.out_w * conv.channels;
-  const bool padded_copy = !tiles_apply(conv) && conv.pad_h >= 0 && conv.pad_w >= 0 &&
-                           conv.pad_h + conv.pad_w > 0 && conv.in_h * conv.in_w <= kSmallImagePixels;
+  const bool padded_copy = !tiles_apply(conv) && !window_applies(conv) && conv.pad_h >= 0 &&
+                           conv.pad_w >= 0 && conv.pad_h + conv.pad_w > 0 &&
+                           conv.in_h * conv.in_w <= kSmallImagePixels;
   if (!padded_copy) {
     ChannelsLastConv tiles = conv;
     tiles.prefetch_input = batch * in_image * static_cast<int64_t>(sizeof(T)) > kPrefetchInputBytes;
@@ -469,7 +485,7 @@ at::Tensor depthwise_conv2d_cpu(const at::Tensor& input, const at::Tensor& weigh
       at::Tensor nchw_out = at::empty_like(out, at::MemoryFormat::Contiguous);
       forward_nchw<scalar_t>(g, input.contiguous(), w, b, nchw_out);
       out.copy_(nchw_out);
-    } else if (use_channel_blocks(g)) {
+    } else if (forward_channel_blocks_apply(g)) {
       forward_channel_blocks<scalar_t>(g, input.contiguous(), w, b, out);
     } else {
       forward_nchw<scalar_t>(g, input.contiguous(), w, b, out);
@@ -682,7 +698,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_cpu(
       at::Tensor target = cl_kernels || !channels_last ? grad_input : at::empty_like(in);
       if (cl_kernels)
         input_grad_channels_last<scalar_t>(g, go, w, target);
-      else if (use_channel_blocks(g))
+      else if (input_grad_channel_blocks_apply(g))
         input_grad_channel_blocks<scalar_t>(g, go, w, target);
       else
         input_grad_nchw<scalar_t>(g, go, w, target);

@@ -56,6 +56,13 @@ inline bool tiles_apply(const ChannelsLastConv& g) {
          g.kernel_h == g.kernel_w && (g.kernel_h == 3 || g.kernel_h == 5 || g.kernel_h == 7);
 }
 
+// Whether forward_rows_cl slides a register window along the kernel rows (column
+// stride and dilation 1, shapes the tiles do not take: large and non-square kernels),
+// which handles the borders itself too.
+inline bool window_applies(const ChannelsLastConv& g) {
+  return !tiles_apply(g) && g.stride_w == 1 && g.dilation_w == 1;
+}
+
 // Member list of each ISA's kernel set, for one element type T.
 #define FASTDL_DEPTHWISE_KERNEL_LIST(T)                                                     \
   /* out = (accumulate ? out : bias) + sum over taps of weight[t] * input */               \
