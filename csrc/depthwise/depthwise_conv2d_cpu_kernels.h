@@ -89,7 +89,7 @@ inline bool window_applies(const ChannelsLastConv& g) {
   static void weight_grad_cl(const ChannelsLastConv& g, const T* input, const T* grad_out,   \
                              int64_t images, T* grad_weight, T* grad_bias);                \
   /* Adds the grad_weight (taps, C) and grad_bias (C, may be null) terms of output */      \
-  /* rows [begin, end) of one image; only for shapes where tiles_apply. */                 \
+  /* rows [begin, end) of one image; for shapes where tiles_apply or window_applies. */    \
   static void weight_grad_rows_cl(const ChannelsLastConv& g, const T* input,                 \
                                   const T* grad_out, int64_t begin, int64_t end,             \
                                   T* grad_weight, T* grad_bias);                             \

@@ -181,6 +181,9 @@ def _depthwise_cases() -> list[Case]:
         ("MobileNetV2", 960, 7, 3, 1, (1, 32)),
         ("ConvNeXt-T", 96, 56, 7, 1, (1, 32)),
         ("ConvNeXt-T", 384, 14, 7, 1, (1, 32)),
+        # a large kernel: RepLKNet-31B's first stage (batch 1 only: PyTorch's NCHW path
+        # takes ~0.2 s a forward on CPU)
+        ("RepLKNet-31B", 128, 56, 31, 1, (1,)),
     ]
 
     def penalty_inputs(channels_last):
