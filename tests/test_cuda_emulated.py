@@ -184,6 +184,18 @@ def test_depthwise_conv2d(emu, case, dtype):
                     cpu_op("depthwise_conv2d_backward")(*bargs), sums=True)
 
 
+def test_depthwise_conv2d_with_huge_padding_and_dilation(emu):
+    """Strides, dilations and paddings near 2^32 (whose tile sizes overflow int64 when
+    multiplied) take the direct kernel instead of a tile: every output reads only
+    padding, so it is the bias."""
+    x = randn(1, 1, 1, 1)
+    w = randn(1, 1, 2, 2, seed=1)
+    b = torch.tensor([0.5])
+    out = emu.depthwise_conv2d(x, w, b, (1, 1), (2**31, 2**31 - 1), (2**32 - 30, 2**32 - 34))
+    assert out.shape == (1, 1, 31, 33)
+    assert torch.equal(out, torch.full_like(out, 0.5))
+
+
 # --- dilated convolution --------------------------------------------------------------
 
 DILATED_2D_CASES = [

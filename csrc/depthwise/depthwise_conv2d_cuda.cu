@@ -1,12 +1,11 @@
 // CUDA depthwise convolution. Accumulates in float (double for float64).
 //   - forward, NCHW: shared-memory tiles with halo. A block loads the input its
 //     output tile reads (zeros in the padding) once, then each thread computes
-//     kRowsPerThread outputs down a column from shared memory, taps included. The
-//     loops are unrolled for 3x3, 5x5 and 7x7. Any other kernel (the large ones of
-//     RepLKNet too, up to the 48 KiB tile) has runtime bounds and, with row stride 1
-//     and dilation 1, slides a register window down each kernel column: one shared
-//     load per tap for 4 outputs. No input or weight is read from global memory K*K
-//     times.
+//     kRowsPerThread outputs down a column from shared memory, taps included. With
+//     row stride 1 and dilation 1 a register window slides down each kernel column:
+//     one shared load per tap for the 4 outputs. The loops are unrolled for 3x3, 5x5
+//     and 7x7; any other kernel (RepLKNet's large ones too, up to the 48 KiB tile)
+//     has runtime bounds. No input or weight is read from global memory K*K times.
 //   - forward, channels_last: consecutive threads take consecutive channels, so
 //     every load coalesces; each thread computes kColsPerThread outputs along a
 //     row, and for 3x3 to 7x7 with column stride 1 or 2 (dilation 1) loads each
@@ -26,6 +25,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -90,6 +90,19 @@ __device__ __forceinline__ Position unflatten(int64_t index, int64_t C, int64_t 
   return p;
 }
 
+// a / b, and a % b in remainder, computed in I: callers pass uint32_t when every value
+// fits, since 64-bit division is a long software routine on the GPU.
+template <typename I>
+__device__ __forceinline__ int64_t divide(int64_t a, int64_t b, int64_t& remainder) {
+  const I q = static_cast<I>(a) / static_cast<I>(b);
+  remainder = static_cast<int64_t>(static_cast<I>(a) - q * static_cast<I>(b));
+  return static_cast<int64_t>(q);
+}
+
+__device__ __forceinline__ int64_t divide(int64_t a, int64_t b, int64_t& remainder, bool narrow) {
+  return narrow ? divide<uint32_t>(a, b, remainder) : divide<int64_t>(a, b, remainder);
+}
+
 // Index of tap (kh, kw) in a channel's weights; `flip` turns the kernel by 180
 // degrees, which makes the forward kernels compute grad_input (see the header).
 __device__ __forceinline__ int tap_index(int kh, int kw, int kernel_h, int kernel_w, bool flip) {
@@ -145,7 +158,7 @@ struct InputTile {
 // (MobileNet's 14x14 and 7x7). Each plane's taps sit in shared memory after its
 // tile. K > 0: a K x K kernel, its loops unrolled; K == 0: any kernel.
 template <typename scalar_t, int K>
-__global__ void __launch_bounds__(kThreadsPerBlock)
+__global__ void __launch_bounds__(kThreadsPerBlock, 3)  // <= 85 registers: 3 blocks per SM
     forward_tiled_nchw_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
                               const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
                               Geometry g, Strides in_s, Strides out_s, InputTile t, bool flip) {
@@ -193,11 +206,12 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
     for (int r = 0; r < kRowsPerThread; ++r) acc[r] = init;
     const int row_step = stride_h * t.cols;  // between a thread's outputs, in the tile
     const acc_t* column = tile + first_row * row_step + threadIdx.x * stride_w;
-    if (K == 0 && stride_h == 1 && dilation_h == 1) {
-      // Large and non-square kernels: slide a window of the thread's kRowsPerThread
-      // outputs down each kernel column. Outputs r reads tile row first_row + r + kh, so
-      // each step shifts the window by one row and loads one new value: 2 shared loads
-      // (tap and value) per kRowsPerThread FMAs instead of kRowsPerThread + 1.
+    if (stride_h == 1 && dilation_h == 1) {
+      // Slide a window of the thread's kRowsPerThread outputs down each kernel column.
+      // Output r reads tile row first_row + r + kh, so each step shifts the window by
+      // one row and loads one new value: 2 shared loads (tap and value) per
+      // kRowsPerThread FMAs instead of kRowsPerThread + 1 (7x7: 119 loads for 4
+      // outputs instead of 245).
       for (int kw = 0; kw < kernel_w; ++kw) {
         const acc_t* tile_column = column + kw * dilation_w;
         acc_t window[kRowsPerThread];
@@ -214,9 +228,9 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
         }
       }
     } else {
-      // Kernel rows stay a loop (unrolled only for 3x3): unrolling 7 rows of 7 taps for
-      // 4 outputs gives ptxas ~200 loads to schedule at once, and it spills.
-#pragma unroll(K == 3 ? 3 : 1)
+      // Kernel rows stay a loop: unrolled, ptxas schedules every row's loads at once
+      // (~200 for 7x7 and 4 outputs) and spills.
+#pragma unroll 1
       for (int kh = 0; kh < kernel_h; ++kh) {
         const acc_t* tile_row = column + kh * dilation_h * t.cols;
         const acc_t* row_taps = shared_taps + kh * kernel_w;
@@ -246,7 +260,8 @@ constexpr int kColsPerThread = 4;
 // the thread's outputs share input columns, and it loads each once into registers,
 // (R - 1) * stride + K loads per kernel row instead of R * K. 0: any kernel; with
 // column stride 1 and dilation 1 a window slides along the kernel row (one load per
-// tap), otherwise a load per tap and output.
+// tap), otherwise a load per tap and output. weight is (taps, out_channels), taps
+// first, so the warp's 32 channels load each tap in one coalesced access.
 template <typename scalar_t, int K, int WINDOW_STRIDE>
 __global__ void forward_nhwc_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ weight,
                                     const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
@@ -258,20 +273,22 @@ __global__ void forward_nhwc_kernel(const scalar_t* __restrict__ input, const sc
   const int kernel_w = K > 0 ? K : static_cast<int>(g.kernel_w);
   const int64_t out_channels = g.out_channels(), column_groups = cuda::ceil_div<int64_t>(g.out_w, R);
   const int64_t total = g.batch * g.out_h * column_groups * out_channels;
+  const bool narrow = total <= std::numeric_limits<uint32_t>::max();
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t oc = index % out_channels;
-    int64_t rest = index / out_channels;
-    const int64_t ow0 = rest % column_groups * R;
-    rest /= column_groups;
-    const int64_t oh = rest % g.out_h, n = rest / g.out_h;
+    int64_t oc, group, oh;
+    int64_t rest = divide(index, out_channels, oc, narrow);
+    rest = divide(rest, column_groups, group, narrow);
+    const int64_t n = divide(rest, g.out_h, oh, narrow), ow0 = group * R;
     const scalar_t* src = input + n * in_s.n + oc / g.multiplier * in_s.c;
-    const scalar_t* w = weight + oc * kernel_h * kernel_w;
+    const scalar_t* w = weight + oc;  // tap t at w[t * out_channels]
     const acc_t init = bias != nullptr ? static_cast<acc_t>(__ldg(bias + oc)) : acc_t(0);
     acc_t acc[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r] = init;
-#pragma unroll
+    // Kernel rows stay a loop above 3x3: unrolled, ptxas hoists every row's tap loads
+    // (236 registers for 7x7 in float).
+#pragma unroll(K == 3 ? 3 : 1)
     for (int kh = 0; kh < kernel_h; ++kh) {
       const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
       if (ih < 0 || ih >= g.in_h) continue;
@@ -286,7 +303,7 @@ __global__ void forward_nhwc_kernel(const scalar_t* __restrict__ input, const sc
         }
 #pragma unroll
         for (int kw = 0; kw < K; ++kw) {
-          const acc_t tap = static_cast<acc_t>(__ldg(w + tap_index(kh, kw, K, K, flip)));
+          const acc_t tap = static_cast<acc_t>(__ldg(w + tap_index(kh, kw, K, K, flip) * out_channels));
 #pragma unroll
           for (int r = 0; r < R; ++r) acc[r] += tap * window[r * WINDOW_STRIDE + kw];
         }
@@ -300,7 +317,8 @@ __global__ void forward_nhwc_kernel(const scalar_t* __restrict__ input, const sc
 #pragma unroll
         for (int r = 0; r < R; ++r) window[r] = value(ow0 - g.pad_w + r);
         for (int kw = 0; kw < kernel_w; ++kw) {
-          const acc_t tap = static_cast<acc_t>(__ldg(w + tap_index(kh, kw, kernel_h, kernel_w, flip)));
+          const acc_t tap =
+              static_cast<acc_t>(__ldg(w + tap_index(kh, kw, kernel_h, kernel_w, flip) * out_channels));
 #pragma unroll
           for (int r = 0; r < R; ++r) acc[r] += tap * window[r];
 #pragma unroll
@@ -310,7 +328,8 @@ __global__ void forward_nhwc_kernel(const scalar_t* __restrict__ input, const sc
       } else {
 #pragma unroll
         for (int kw = 0; kw < kernel_w; ++kw) {
-          const acc_t tap = static_cast<acc_t>(__ldg(w + tap_index(kh, kw, kernel_h, kernel_w, flip)));
+          const acc_t tap =
+              static_cast<acc_t>(__ldg(w + tap_index(kh, kw, kernel_h, kernel_w, flip) * out_channels));
 #pragma unroll
           for (int r = 0; r < R; ++r) {
             const int64_t iw = (ow0 + r) * g.stride_w - g.pad_w + kw * g.dilation_w;
@@ -438,8 +457,10 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   for (int t = 0; t <= taps; ++t) sums[t] = 0;
   if (oc < out_channels) {
     const int64_t c = oc / g.multiplier;
+    const bool narrow = pixels <= std::numeric_limits<uint32_t>::max();
     for (int64_t p = begin + lane; p < end; p += lanes) {
-      const int64_t n = p / per_image, ho = p % per_image / g.out_w, wo = p % g.out_w;
+      int64_t in_image, wo;
+      const int64_t n = divide(p, per_image, in_image, narrow), ho = divide(in_image, g.out_w, wo, narrow);
       const acc_t go = static_cast<acc_t>(__ldg(grad_out + n * go_s.n + oc * go_s.c + ho * go_s.h + wo * go_s.w));
       sums[taps] += go;
       const scalar_t* src = input + n * in_s.n + c * in_s.c;
@@ -519,10 +540,16 @@ std::optional<NchwPlan> plan_nchw(const Geometry& g, size_t acc_bytes) {
   const int thread_rows =
       static_cast<int>(std::min<int64_t>(kTileThreadRows, cuda::ceil_div<int64_t>(g.out_h, kRowsPerThread)));
   const int64_t tile_h = thread_rows * kRowsPerThread;
+  const int64_t shared_limit = static_cast<int64_t>(cuda::kDefaultSharedMemoryBytes);
+  // A stride, dilation or kernel side above the elements shared memory holds cannot
+  // fit; rejecting them first keeps the products below (and the kernel's int casts)
+  // from overflowing on absurd arguments.
+  const int64_t max_elements = shared_limit / static_cast<int64_t>(acc_bytes);
+  for (const int64_t side : {g.stride_h, g.stride_w, g.dilation_h, g.dilation_w, g.kernel_h, g.kernel_w})
+    if (side > max_elements) return std::nullopt;
   const int64_t rows = (tile_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
   const int64_t cols = (tile_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1;
   const int64_t plane_bytes = (rows * cols + g.kernel_h * g.kernel_w) * static_cast<int64_t>(acc_bytes);
-  const int64_t shared_limit = static_cast<int64_t>(cuda::kDefaultSharedMemoryBytes);
   const int64_t tiles = cuda::ceil_div<int64_t>(g.out_h, tile_h) * cuda::ceil_div<int64_t>(g.out_w, tile_w);
   if (plane_bytes > shared_limit || tiles > std::numeric_limits<int32_t>::max()) return std::nullopt;
   const int64_t planes = g.batch * g.out_channels();
@@ -550,9 +577,11 @@ void launch_forward(const at::Tensor& in, const at::Tensor& weight, const scalar
   if (channels_last) {
     const int64_t window_stride = g.dilation_w == 1 && g.stride_w <= 2 ? g.stride_w : 0;
     const int64_t threads = g.batch * g.out_h * cuda::ceil_div<int64_t>(g.out_w, kColsPerThread) * g.out_channels();
+    // (taps, out_channels): a copy of K*K*C values, next to the N*H*W*C of the input
+    const at::Tensor taps_first = weight.reshape({g.out_channels(), g.kernel_h * g.kernel_w}).t().contiguous();
     auto launch = [&](auto kernel) {
-      kernel<<<blocks_for(threads), kThreadsPerBlock, 0, stream>>>(in_ptr, w_ptr, bias, out_ptr, g,
-                                                                   strides_of(in), strides_of(out), flip);
+      kernel<<<blocks_for(threads), kThreadsPerBlock, 0, stream>>>(
+          in_ptr, taps_first.const_data_ptr<scalar_t>(), bias, out_ptr, g, strides_of(in), strides_of(out), flip);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     auto launch_window = [&](auto stride) {
@@ -639,13 +668,17 @@ void launch_weight_grad(const at::Tensor& go, const at::Tensor& in, const at::Te
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  // About 32 pixels per thread and chunk (64 for channels_last, whose blocks hold only
-  // 8 threads per channel); chunks stay within grid.y's 65535.
+  // Chunks enough for about 4 blocks per multiprocessor, of at least 8 pixels per
+  // thread (16 for channels_last, whose blocks hold 8 threads per channel), and within
+  // grid.y's 65535: small batches still fill the GPU, large ones add pixels per chunk
+  // rather than partial sums.
   const int64_t pixels = g.batch * g.out_h * g.out_w;
-  const int64_t base_chunk = channels_last ? kWeightGradLanes * 64 : kThreadsPerBlock * 32;
-  const int64_t chunk_pixels = std::max(base_chunk, cuda::ceil_div<int64_t>(pixels, 65535));
-  const int64_t chunks = cuda::ceil_div(pixels, chunk_pixels);
   const int64_t channel_blocks = channels_last ? cuda::ceil_div<int64_t>(out_channels, 32) : out_channels;
+  const int64_t wanted_blocks = 4 * int64_t{at::cuda::getCurrentDeviceProperties()->multiProcessorCount};
+  const int64_t min_chunk = channels_last ? kWeightGradLanes * 16 : kThreadsPerBlock * 8;
+  const int64_t chunk_pixels = std::max({min_chunk, cuda::ceil_div(pixels * channel_blocks, wanted_blocks),
+                                         cuda::ceil_div<int64_t>(pixels, 65535)});
+  const int64_t chunks = cuda::ceil_div(pixels, chunk_pixels);
   TORCH_CHECK(channel_blocks <= std::numeric_limits<int32_t>::max(), "fastdl.depthwise_conv2d_backward: ",
               "too many channels for the CUDA grid (", out_channels, ")");
   const at::Tensor partial = at::empty({chunks, out_channels, taps + 1},
