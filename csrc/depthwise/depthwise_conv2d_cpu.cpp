@@ -198,8 +198,8 @@ ChannelsLastConv transposed_stride1(const ChannelsLastConv& conv) {
 // NCHW inputs whose shape the channels-last register tiles or sliding window cover
 // (multiplier 1) run them on blocks of kMaxWidth channels: a task transposes its
 // block's planes into a channels-last buffer, runs the kernels and transposes the
-// result back, all in cache. Narrow planes then keep every lane busy (the plane kernels fill 7 of 16
-// lanes on a 7-wide row), and no plane pays a padded copy.
+// result back, all in cache. Narrow planes then keep every lane busy (the plane
+// kernels fill 7 of 16 lanes on a 7-wide row), and no plane pays a padded copy.
 //
 // Only with at least a block of channels, and planes of up to kMaxBlockPixels: each
 // thread's buffers hold kMaxWidth channels of a whole plane (of 1 to 16 real ones),

@@ -721,7 +721,8 @@ at::Tensor depthwise_conv2d_cuda(const at::Tensor& input, const at::Tensor& weig
   const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "fastdl_depthwise_conv2d_cuda", [&] {
-    launch_forward<scalar_t>(in, w, b ? b->const_data_ptr<scalar_t>() : nullptr, out, g, channels_last, /*flip=*/false, stream);
+    launch_forward<scalar_t>(in, w, b ? b->const_data_ptr<scalar_t>() : nullptr, out, g, channels_last,
+                             /*flip=*/false, stream);
   });
   return out;
 }
