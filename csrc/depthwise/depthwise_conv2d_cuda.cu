@@ -444,7 +444,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
                                Strides in_s, int64_t chunk_pixels) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int taps = K * K;
-  __shared__ acc_t lane_sums[kWeightGradLanes][32];
+  __shared__ acc_t lane_sums[kWeightGradLanes][32];  // channels_last's per-lane sums
   const int64_t out_channels = g.out_channels();
   const int64_t oc = CHANNELS_LAST ? blockIdx.x * 32 + threadIdx.x : blockIdx.x;
   const int lane = CHANNELS_LAST ? threadIdx.y : threadIdx.x;  // among the threads of a channel
@@ -480,21 +480,17 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
   const bool writer = CHANNELS_LAST ? threadIdx.y == 0 : threadIdx.x == 0;
 #pragma unroll
   for (int t = 0; t <= taps; ++t) {
-    acc_t value = sums[t];
-    if constexpr (CHANNELS_LAST) {
-      lane_sums[threadIdx.y][threadIdx.x] = value;
-    } else {
-      for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(cuda::kFullWarpMask, value, offset);
-      if (threadIdx.x % 32 == 0) lane_sums[threadIdx.x / 32][0] = value;
+    acc_t total = 0;
+    if constexpr (CHANNELS_LAST) {  // each channel's 8 pixel lanes, a column of lane_sums
+      lane_sums[threadIdx.y][threadIdx.x] = sums[t];
+      __syncthreads();
+      if (writer)
+        for (int i = 0; i < kWeightGradLanes; ++i) total += lane_sums[i][threadIdx.x];
+    } else {  // the whole block is one channel
+      total = block_sum(sums[t]);
     }
-    __syncthreads();
-    if (writer && oc < out_channels) {
-      const int column = CHANNELS_LAST ? threadIdx.x : 0;
-      acc_t total = 0;
-      for (int i = 0; i < kWeightGradLanes; ++i) total += lane_sums[i][column];
-      partial[(blockIdx.y * out_channels + oc) * (taps + 1) + t] = total;
-    }
-    __syncthreads();  // lane_sums is free for the next tap
+    if (writer && oc < out_channels) partial[(blockIdx.y * out_channels + oc) * (taps + 1) + t] = total;
+    __syncthreads();  // the shared sums are free for the next tap
   }
 }
 
